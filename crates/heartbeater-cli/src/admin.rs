@@ -1,0 +1,218 @@
+//! The commands that talk to a running node: `register`, `deregister`,
+//! `peers`, `watch`, `heartbeat`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use heartbeater::{DeregisterPeerRequest, HeartbeatClient, HeartbeatMessage, RegisterPeerRequest};
+use serde_json::json;
+
+use crate::address::HostPort;
+use crate::output;
+use crate::ServerArgs;
+
+fn client(args: &ServerArgs) -> anyhow::Result<HeartbeatClient> {
+    HeartbeatClient::new(&args.server.host, args.server.port, args.deadline)
+        .with_context(|| format!("--server {}", args.server))
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Options of `register`.
+#[derive(Debug, clap::Args)]
+pub struct RegisterArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The peer's identity (for a Heartbeater node: the UUID `serve` prints).
+    #[arg(long)]
+    peer_id: String,
+    /// Where the peer listens.
+    #[arg(long, value_name = "HOST:PORT")]
+    peer: HostPort,
+    /// Time between heartbeats (1ms to 1h), e.g. 100ms, 2s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    freq: Duration,
+    /// How long a reply is accepted [default: the frequency].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Consecutive misses before the peer is unreachable [default: 3].
+    #[arg(long)]
+    max_missed: Option<u32>,
+    /// Print the answer as one JSON line.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn register(args: RegisterArgs) -> anyhow::Result<()> {
+    let c = client(&args.server)?;
+    let response = c
+        .register_peer(RegisterPeerRequest {
+            peer_id: args.peer_id.clone(),
+            peer_host: args.peer.host.clone(),
+            peer_port: u32::from(args.peer.port),
+            heartbeat_freq_millis: millis(args.freq),
+            timeout_millis: args.timeout.map(millis),
+            max_missed: args.max_missed,
+        })
+        .await?;
+    if args.json {
+        println!(
+            "{}",
+            json!({"event": if response.updated {"updated"} else {"registered"}, "peer_id": args.peer_id,
+                   "peer": args.peer.to_string(), "server_id": response.server_id,
+                   "server_epoch": response.server_epoch, "timestamp": output::now_rfc3339()})
+        );
+    } else {
+        println!(
+            "{} peer {} at {} every {} on node {} (epoch {})",
+            if response.updated {
+                "updated"
+            } else {
+                "registered"
+            },
+            args.peer_id,
+            args.peer,
+            humantime::format_duration(args.freq),
+            response.server_id,
+            response.server_epoch
+        );
+    }
+    Ok(())
+}
+
+/// Options of `deregister`.
+#[derive(Debug, clap::Args)]
+pub struct DeregisterArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The id the peer was registered with.
+    #[arg(long)]
+    peer_id: String,
+    /// Print the answer as one JSON line.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn deregister(args: DeregisterArgs) -> anyhow::Result<()> {
+    let c = client(&args.server)?;
+    let response = c
+        .deregister_peer(DeregisterPeerRequest {
+            peer_id: args.peer_id.clone(),
+        })
+        .await?;
+    if args.json {
+        println!(
+            "{}",
+            json!({"event": "deregistered", "peer_id": args.peer_id, "server_id": response.server_id,
+                   "server_epoch": response.server_epoch, "timestamp": output::now_rfc3339()})
+        );
+    } else {
+        println!(
+            "deregistered peer {} from node {}",
+            args.peer_id, response.server_id
+        );
+    }
+    Ok(())
+}
+
+/// Options of `peers`.
+#[derive(Debug, clap::Args)]
+pub struct PeersArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// One JSON object per peer, one per line.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn peers(args: PeersArgs) -> anyhow::Result<()> {
+    let c = client(&args.server)?;
+    let response = c.list_peers().await?;
+    if args.json {
+        for p in &response.peers {
+            println!("{}", output::peer_json(p));
+        }
+    } else if response.peers.is_empty() {
+        println!("no peers registered on node {}", response.server_id);
+    } else {
+        print!("{}", output::peers_table(&response.peers));
+    }
+    Ok(())
+}
+
+/// Options of `watch`.
+#[derive(Debug, clap::Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Start with one `Snapshot` line per registered peer.
+    #[arg(long)]
+    snapshot: bool,
+    /// One JSON object per event, one per line.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    let c = client(&args.server)?;
+    let mut events = c.watch_peers(args.snapshot).await?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            item = events.next() => match item {
+                Some(Ok(e)) => {
+                    if args.json {
+                        println!("{}", output::event_json(&e));
+                    } else {
+                        println!("{}", output::event_text(&e));
+                    }
+                }
+                Some(Err(e)) => return Err(e).context("watch ended"),
+                None => anyhow::bail!("node {} closed the watch (stopping?)", args.server.server),
+            }
+        }
+    }
+}
+
+/// Options of `heartbeat`.
+#[derive(Debug, clap::Args)]
+pub struct HeartbeatArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The id to send as `client_id`.
+    #[arg(long, default_value = "heartbeater-cli")]
+    client_id: String,
+    /// Print the answer as one JSON line.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn heartbeat(args: HeartbeatArgs) -> anyhow::Result<()> {
+    let c = client(&args.server)?;
+    let started = Instant::now();
+    let response = c
+        .heartbeat(HeartbeatMessage {
+            client_id: args.client_id,
+            client_epoch: 0,
+        })
+        .await?;
+    let rtt = started.elapsed();
+    if args.json {
+        println!(
+            "{}",
+            json!({"event": "heartbeat", "server_id": response.server_id, "server_epoch": response.server_epoch,
+                   "rtt_micros": u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX), "timestamp": output::now_rfc3339()})
+        );
+    } else {
+        println!(
+            "identity {}  epoch {}  rtt {:.2}ms",
+            response.server_id,
+            response.server_epoch,
+            rtt.as_secs_f64() * 1000.0
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! Rendering of statuses and events, as text for people and JSON lines for
+//! programs.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use heartbeater::proto::{self, PeerEventKind, PeerState};
+use serde_json::json;
+
+pub fn state_name(state: i32) -> &'static str {
+    match PeerState::try_from(state) {
+        Ok(PeerState::Alive) => "ALIVE",
+        Ok(PeerState::Unreachable) => "UNREACHABLE",
+        _ => "UNKNOWN",
+    }
+}
+
+pub fn event_name(kind: i32) -> &'static str {
+    match PeerEventKind::try_from(kind) {
+        Ok(PeerEventKind::Registered) => "Registered",
+        Ok(PeerEventKind::PeerUp) => "PeerUp",
+        Ok(PeerEventKind::PeerDown) => "PeerDown",
+        Ok(PeerEventKind::Restarted) => "Restarted",
+        Ok(PeerEventKind::IdentityMismatch) => "IdentityMismatch",
+        Ok(PeerEventKind::Deregistered) => "Deregistered",
+        Ok(PeerEventKind::Snapshot) => "Snapshot",
+        _ => "Unknown",
+    }
+}
+
+pub fn rfc3339_micros(micros: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).unwrap_or(0));
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+fn rtt(micros: Option<u64>) -> String {
+    match micros {
+        Some(us) if us >= 10_000 => format!("{:.0}ms", us as f64 / 1000.0),
+        Some(us) => format!("{:.2}ms", us as f64 / 1000.0),
+        None => "-".into(),
+    }
+}
+
+pub fn peers_table(peers: &[proto::PeerStatus]) -> String {
+    let mut rows = vec![[
+        "PEER ID".to_string(),
+        "ADDRESS".into(),
+        "STATE".into(),
+        "EPOCH".into(),
+        "FREQ".into(),
+        "SENT".into(),
+        "ACKED".into(),
+        "MISSED".into(),
+        "LAST RTT".into(),
+    ]];
+    for p in peers {
+        let addr = if p.peer_host.contains(':') {
+            format!("[{}]:{}", p.peer_host, p.peer_port)
+        } else {
+            format!("{}:{}", p.peer_host, p.peer_port)
+        };
+        rows.push([
+            p.peer_id.clone(),
+            addr,
+            state_name(p.state).into(),
+            p.epoch.map_or("-".into(), |e| e.to_string()),
+            format!("{}ms", p.heartbeat_freq_millis),
+            p.heartbeats_sent.to_string(),
+            p.heartbeats_acked.to_string(),
+            format!("{}/{}", p.missed, p.max_missed),
+            rtt(p.last_rtt_micros),
+        ]);
+    }
+    let mut widths = [0usize; 9];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+pub fn peer_json(p: &proto::PeerStatus) -> serde_json::Value {
+    json!({
+        "peer_id": p.peer_id,
+        "host": p.peer_host,
+        "port": p.peer_port,
+        "state": state_name(p.state),
+        "epoch": p.epoch,
+        "heartbeats_sent": p.heartbeats_sent,
+        "heartbeats_acked": p.heartbeats_acked,
+        "last_rtt_micros": p.last_rtt_micros,
+        "heartbeat_freq_millis": p.heartbeat_freq_millis,
+        "timeout_millis": p.timeout_millis,
+        "max_missed": p.max_missed,
+        "missed": p.missed,
+    })
+}
+
+pub fn event_json(e: &proto::PeerEvent) -> serde_json::Value {
+    json!({
+        "event": event_name(e.kind),
+        "peer_id": e.peer_id,
+        "server_id": e.server_id,
+        "state": state_name(e.state),
+        "epoch": e.epoch,
+        "previous_epoch": e.previous_epoch,
+        "observed_id": (!e.observed_id.is_empty()).then_some(&e.observed_id),
+        "timestamp": rfc3339_micros(e.timestamp_micros),
+        "timestamp_micros": e.timestamp_micros,
+    })
+}
+
+pub fn event_text(e: &proto::PeerEvent) -> String {
+    let mut line = format!(
+        "{} {:<16} {} state={}",
+        rfc3339_micros(e.timestamp_micros),
+        event_name(e.kind),
+        e.peer_id,
+        state_name(e.state)
+    );
+    if let Some(epoch) = e.epoch {
+        line.push_str(&format!(" epoch={epoch}"));
+    }
+    if let Some(prev) = e.previous_epoch {
+        line.push_str(&format!(" previous_epoch={prev}"));
+    }
+    if !e.observed_id.is_empty() {
+        line.push_str(&format!(" observed_id={}", e.observed_id));
+    }
+    line
+}

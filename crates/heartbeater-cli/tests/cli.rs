@@ -1,0 +1,338 @@
+//! The `heartbeater` binary against real processes: what a new user does
+//! from a terminal, including `kill -9`.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const PATIENCE: Duration = Duration::from_secs(15);
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_heartbeater"))
+}
+
+/// A `heartbeater serve --json` child; killed (SIGKILL) on drop.
+struct Node {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+    addr: String,
+    identity: String,
+    epoch: u64,
+}
+
+impl Node {
+    fn start(listen: &str, data_dir: &Path) -> Node {
+        let mut child = bin()
+            .args(["serve", "--json", "--listen", listen, "--data-dir"])
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn heartbeater serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    panic!("serve printed a line that is not JSON: {line}");
+                };
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        });
+        let started = lines
+            .recv_timeout(PATIENCE)
+            .expect("serve prints a start line");
+        assert_eq!(started["event"], "started", "{started}");
+        Node {
+            addr: started["listen"].as_str().unwrap().to_owned(),
+            identity: started["identity"].as_str().unwrap().to_owned(),
+            epoch: started["epoch"].as_u64().unwrap(),
+            child,
+            lines,
+        }
+    }
+
+    fn port(&self) -> &str {
+        self.addr.rsplit_once(':').unwrap().1
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    /// Waits for a JSON line with `event == name` about `peer_id`.
+    fn expect_event(&self, name: &str, peer_id: &str) -> Value {
+        let start = Instant::now();
+        loop {
+            let left = PATIENCE.saturating_sub(start.elapsed());
+            let v = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {name} event for {peer_id}"));
+            if v["event"] == name && v["peer_id"] == peer_id {
+                return v;
+            }
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run heartbeater")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "heartbeater {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+fn peer_state(server: &str, peer_id: &str) -> Option<String> {
+    let out = run(&["peers", "--json", "--server", server]);
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["peer_id"] == peer_id)
+        .map(|v| v["state"].as_str().unwrap_or_default().to_owned())
+}
+
+fn wait_for_state(server: &str, peer_id: &str, state: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        if peer_state(server, peer_id).as_deref() == Some(state) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "{peer_id} never became {state} on {server}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn register_detect_a_kill_see_the_restart_and_survive_a_monitor_kill() {
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut monitor = Node::start("127.0.0.1:0", dirs.0.path());
+    let mut peer = Node::start("127.0.0.1:0", dirs.1.path());
+    assert_eq!((monitor.epoch, peer.epoch), (1, 1));
+
+    let out = ok(&[
+        "register",
+        "--server",
+        &monitor.addr,
+        "--peer-id",
+        &peer.identity,
+        "--peer",
+        &peer.addr,
+        "--freq",
+        "100ms",
+    ]);
+    assert!(out.starts_with("registered peer"), "{out}");
+    monitor.expect_event("Registered", &peer.identity);
+    monitor.expect_event("PeerUp", &peer.identity);
+    wait_for_state(&monitor.addr, &peer.identity, "ALIVE");
+    let table = ok(&["peers", "--server", &monitor.addr]);
+    assert!(
+        table.contains("ALIVE") && table.contains(&peer.identity),
+        "{table}"
+    );
+
+    // kill -9 the peer: UNREACHABLE within 3 x 100 ms + 100 ms (plus slack
+    // for process scheduling and the polling itself).
+    peer.kill9();
+    let killed = Instant::now();
+    let down = monitor.expect_event("PeerDown", &peer.identity);
+    assert_eq!(down["state"], "UNREACHABLE");
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_millis(400 + 1000),
+        "PeerDown after {took:?}"
+    );
+    wait_for_state(&monitor.addr, &peer.identity, "UNREACHABLE");
+
+    // Restart the peer on its data directory and port: Restarted, then ALIVE.
+    let listen = format!("127.0.0.1:{}", peer.port());
+    let peer_again = Node::start(&listen, dirs.1.path());
+    assert_eq!(peer_again.identity, peer.identity);
+    assert_eq!(peer_again.epoch, 2);
+    let restarted = monitor.expect_event("Restarted", &peer.identity);
+    assert_eq!(
+        (
+            restarted["previous_epoch"].as_u64(),
+            restarted["epoch"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    monitor.expect_event("PeerUp", &peer.identity);
+
+    // kill -9 the monitor: its restart keeps identity and registration,
+    // with a higher epoch, and it heartbeats the peer again.
+    monitor.kill9();
+    let monitor_listen = format!("127.0.0.1:{}", monitor.port());
+    let monitor_again = Node::start(&monitor_listen, dirs.0.path());
+    assert_eq!(monitor_again.identity, monitor.identity);
+    assert_eq!(monitor_again.epoch, 2);
+    wait_for_state(&monitor_again.addr, &peer.identity, "ALIVE");
+}
+
+#[test]
+fn watch_prints_restarted_when_a_peer_comes_back() {
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let monitor = Node::start("127.0.0.1:0", dirs.0.path());
+    let mut peer = Node::start("127.0.0.1:0", dirs.1.path());
+    ok(&[
+        "register",
+        "--server",
+        &monitor.addr,
+        "--peer-id",
+        &peer.identity,
+        "--peer",
+        &peer.addr,
+        "--freq",
+        "50ms",
+        "--max-missed",
+        "2",
+    ]);
+    wait_for_state(&monitor.addr, &peer.identity, "ALIVE");
+
+    let mut watch = bin()
+        .args(["watch", "--server", &monitor.addr])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn watch");
+    let (tx, rx) = mpsc::channel();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Give the watch a moment to subscribe before the kill.
+    std::thread::sleep(Duration::from_millis(300));
+    peer.kill9();
+    let listen = format!("127.0.0.1:{}", peer.port());
+    wait_for_state(&monitor.addr, &peer.identity, "UNREACHABLE");
+    let _peer_again = Node::start(&listen, dirs.1.path());
+
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while !seen.iter().any(|l: &String| l.contains("PeerUp")) {
+        let line = rx
+            .recv_timeout(PATIENCE.saturating_sub(start.elapsed()))
+            .unwrap_or_else(|_| panic!("watch printed only {seen:#?}"));
+        seen.push(line);
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let kinds: Vec<&str> = seen
+        .iter()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(kinds, vec!["PeerDown", "Restarted", "PeerUp"], "{seen:#?}");
+    assert!(
+        seen[1].contains("epoch=2") && seen[1].contains("previous_epoch=1"),
+        "{}",
+        seen[1]
+    );
+}
+
+#[test]
+fn sigterm_stops_a_node_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start("127.0.0.1:0", dir.path());
+    let status = Command::new("kill")
+        .args(["-TERM", &node.child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let stopped = node.lines.recv_timeout(PATIENCE).expect("a stop line");
+    assert_eq!(stopped["event"], "stopped");
+    let exit = node.child.wait().expect("wait");
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
+fn start_failures_are_one_clear_line_and_exit_code_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["serve", "--listen", &addr, "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let out = bin()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&file.path().display().to_string()) && err.contains("not a directory"),
+        "{err}"
+    );
+
+    let out = run(&[
+        "register",
+        "--server",
+        "127.0.0.1:1",
+        "--peer-id",
+        "x",
+        "--peer",
+        "127.0.0.1:2",
+        "--freq",
+        "0ms",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = run(&["peers", "--server", "nonsense"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "argument errors are usage errors"
+    );
+}
+
+#[test]
+fn heartbeat_prints_identity_epoch_and_rtt() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start("127.0.0.1:0", dir.path());
+    let out = ok(&["heartbeat", "--server", &node.addr]);
+    assert!(
+        out.contains(&node.identity) && out.contains("epoch 1") && out.contains("rtt"),
+        "{out}"
+    );
+    let json: Value =
+        serde_json::from_str(ok(&["heartbeat", "--json", "--server", &node.addr]).trim()).unwrap();
+    assert_eq!(json["server_id"], node.identity.as_str());
+    assert!(json["rtt_micros"].as_u64().unwrap() > 0);
+}

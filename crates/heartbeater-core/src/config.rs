@@ -1,0 +1,342 @@
+//! Validated configuration of a monitored peer.
+//!
+//! Everything that arrives from the network or a command line passes through
+//! [`PeerSpec::new`] or [`DetectorConfig::new`] before it reaches the state
+//! machines, so the rest of the core never sees a zero frequency, an empty id
+//! or a port that cannot exist. Each error names the offending field in the
+//! wire contract's words (`peer_port`, `heartbeat_freq_millis`, ...), which is
+//! what the gRPC layer reports back to the caller.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest accepted peer id, in bytes. Ids are node UUIDs (36 bytes) in
+/// practice; the limit only stops abuse of the registry.
+pub const MAX_PEER_ID_BYTES: usize = 256;
+
+/// Shortest heartbeat frequency and reply timeout.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
+
+/// Longest heartbeat frequency and reply timeout. A peer checked less than
+/// once an hour is not being monitored in any useful sense.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Most consecutive misses that may be required before a peer is declared
+/// unreachable.
+pub const MAX_MISSED_LIMIT: u32 = 1000;
+
+/// Consecutive misses that make a peer unreachable when none is given.
+pub const DEFAULT_MAX_MISSED: u32 = 3;
+
+/// A value that cannot be accepted, with the wire field it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct ValidationError {
+    /// The field, as named in the `.proto` (`peer_port`, `peer_host`, ...).
+    pub field: &'static str,
+    /// What is wrong with it, in words a user can act on.
+    pub reason: String,
+}
+
+impl ValidationError {
+    /// An error for `field`.
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// How one peer is judged: how often it is asked, how long an answer is
+/// accepted, and how many silences convict it.
+///
+/// A peer that stops answering is declared unreachable within
+/// `max_missed x heartbeat_freq + timeout` of its last valid reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DetectorConfig {
+    /// Time between two heartbeats. Shorter detects faster and costs more.
+    pub heartbeat_freq: Duration,
+    /// How long after sending a heartbeat its reply still counts. Defaults to
+    /// the frequency; raise it on links whose latency approaches the frequency.
+    pub timeout: Duration,
+    /// Consecutive heartbeats without a valid reply that make the peer
+    /// unreachable. Higher tolerates more packet loss, detects more slowly.
+    pub max_missed: NonZeroU32,
+}
+
+impl DetectorConfig {
+    /// Validates wire values: a frequency and an optional timeout in
+    /// milliseconds, and an optional miss count.
+    pub fn from_millis(
+        heartbeat_freq_millis: i64,
+        timeout_millis: Option<i64>,
+        max_missed: Option<u32>,
+    ) -> Result<Self, ValidationError> {
+        let heartbeat_freq = interval_from_millis("heartbeat_freq_millis", heartbeat_freq_millis)?;
+        let timeout = match timeout_millis {
+            Some(ms) => Some(interval_from_millis("timeout_millis", ms)?),
+            None => None,
+        };
+        Self::new(heartbeat_freq, timeout, max_missed)
+    }
+
+    /// Validates a frequency, an optional timeout (default: the frequency) and
+    /// an optional miss count (default: [`DEFAULT_MAX_MISSED`]).
+    pub fn new(
+        heartbeat_freq: Duration,
+        timeout: Option<Duration>,
+        max_missed: Option<u32>,
+    ) -> Result<Self, ValidationError> {
+        check_interval("heartbeat_freq_millis", heartbeat_freq)?;
+        let timeout = timeout.unwrap_or(heartbeat_freq);
+        check_interval("timeout_millis", timeout)?;
+        let max_missed = max_missed.unwrap_or(DEFAULT_MAX_MISSED);
+        if max_missed > MAX_MISSED_LIMIT {
+            return Err(ValidationError::new(
+                "max_missed",
+                format!("{max_missed} is more than the limit of {MAX_MISSED_LIMIT}"),
+            ));
+        }
+        let max_missed = NonZeroU32::new(max_missed)
+            .ok_or_else(|| ValidationError::new("max_missed", "must be at least 1"))?;
+        Ok(Self {
+            heartbeat_freq,
+            timeout,
+            max_missed,
+        })
+    }
+
+    /// The longest a dead peer can go undetected after its last valid reply.
+    pub fn detection_bound(&self) -> Duration {
+        self.heartbeat_freq * self.max_missed.get() + self.timeout
+    }
+}
+
+fn interval_from_millis(field: &'static str, millis: i64) -> Result<Duration, ValidationError> {
+    if millis <= 0 {
+        return Err(ValidationError::new(
+            field,
+            format!("{millis} ms; must be at least 1 ms"),
+        ));
+    }
+    let interval = Duration::from_millis(millis.unsigned_abs());
+    check_interval(field, interval)?;
+    Ok(interval)
+}
+
+fn check_interval(field: &'static str, interval: Duration) -> Result<(), ValidationError> {
+    if interval < MIN_INTERVAL {
+        return Err(ValidationError::new(
+            field,
+            format!("{interval:?}; must be at least 1 ms"),
+        ));
+    }
+    if interval > MAX_INTERVAL {
+        return Err(ValidationError::new(
+            field,
+            format!("{} ms; must be at most 1 hour", interval.as_millis()),
+        ));
+    }
+    Ok(())
+}
+
+/// A peer to monitor: who it is, where it listens and how it is judged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSpec {
+    /// The peer's identity; replies from another identity do not count.
+    pub peer_id: Arc<str>,
+    /// IP address or DNS name, without brackets.
+    pub host: String,
+    /// TCP (and UDP) port of the peer's node.
+    pub port: u16,
+    /// Timing of its heartbeats.
+    pub detector: DetectorConfig,
+}
+
+impl PeerSpec {
+    /// Validates every field of a registration.
+    pub fn new(
+        peer_id: &str,
+        host: &str,
+        port: u32,
+        detector: DetectorConfig,
+    ) -> Result<Self, ValidationError> {
+        validate_peer_id(peer_id)?;
+        let host = validate_host("peer_host", host)?;
+        let port = validate_port("peer_port", port)?;
+        Ok(Self {
+            peer_id: Arc::from(peer_id),
+            host,
+            port,
+            detector,
+        })
+    }
+}
+
+/// Checks a peer id: 1 to [`MAX_PEER_ID_BYTES`] bytes, no control characters.
+pub fn validate_peer_id(peer_id: &str) -> Result<(), ValidationError> {
+    if peer_id.is_empty() {
+        return Err(ValidationError::new("peer_id", "must not be empty"));
+    }
+    if peer_id.len() > MAX_PEER_ID_BYTES {
+        return Err(ValidationError::new(
+            "peer_id",
+            format!(
+                "{} bytes; must be at most {MAX_PEER_ID_BYTES}",
+                peer_id.len()
+            ),
+        ));
+    }
+    if peer_id.chars().any(char::is_control) {
+        return Err(ValidationError::new(
+            "peer_id",
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a port: 1 to 65535.
+pub fn validate_port(field: &'static str, port: u32) -> Result<u16, ValidationError> {
+    match u16::try_from(port) {
+        Ok(0) => Err(ValidationError::new(field, "0; must be 1 to 65535")),
+        Ok(port) => Ok(port),
+        Err(_) => Err(ValidationError::new(
+            field,
+            format!("{port}; must be 1 to 65535"),
+        )),
+    }
+}
+
+/// Checks a host given in `field`: an IP address (IPv6 optionally in brackets) or a DNS name
+/// (RFC 1123 labels, at most 253 bytes, a last label that is not all digits).
+/// Returns it normalised: no brackets, no trailing dot.
+pub fn validate_host(field: &'static str, host: &str) -> Result<String, ValidationError> {
+    if host.is_empty() {
+        return Err(ValidationError::new(field, "must not be empty"));
+    }
+    let unbracketed = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if let Ok(ip) = unbracketed.parse::<IpAddr>() {
+        return Ok(ip.to_string());
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let bad = |why: &str| ValidationError::new(field, format!("{host:?} {why}"));
+    if name.is_empty() || name.len() > 253 {
+        return Err(bad("is not an IP address or a DNS name of 1 to 253 bytes"));
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(bad("has an empty or over-long (> 63 bytes) DNS label"));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(bad(
+                "is not an IP address, and a DNS name has only letters, digits, '-' and '.'",
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(bad("has a DNS label that starts or ends with '-'"));
+        }
+    }
+    let last = name.rsplit('.').next().unwrap_or(name);
+    if last.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad("is neither a valid IP address nor a DNS name"));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn freq(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn detector_defaults_are_the_frequency_and_three_misses() {
+        let cfg = DetectorConfig::new(freq(100), None, None).unwrap();
+        assert_eq!(cfg.timeout, freq(100));
+        assert_eq!(cfg.max_missed.get(), 3);
+        assert_eq!(cfg.detection_bound(), freq(400));
+    }
+
+    #[test]
+    fn frequencies_outside_one_ms_to_one_hour_name_their_field() {
+        for ms in [0, -5, 3_600_001, i64::MAX] {
+            let err = DetectorConfig::from_millis(ms, None, None).unwrap_err();
+            assert_eq!(err.field, "heartbeat_freq_millis", "{ms}");
+        }
+        for ms in [0, -1, 3_600_001] {
+            let err = DetectorConfig::from_millis(100, Some(ms), None).unwrap_err();
+            assert_eq!(err.field, "timeout_millis", "{ms}");
+        }
+        assert!(DetectorConfig::from_millis(3_600_000, Some(1), Some(1000)).is_ok());
+    }
+
+    #[test]
+    fn max_missed_must_be_one_to_a_thousand() {
+        for n in [0, 1001, u32::MAX] {
+            let err = DetectorConfig::from_millis(10, None, Some(n)).unwrap_err();
+            assert_eq!(err.field, "max_missed", "{n}");
+        }
+    }
+
+    #[test]
+    fn ports_outside_the_tcp_range_are_rejected() {
+        assert_eq!(
+            validate_port("peer_port", 0).unwrap_err().field,
+            "peer_port"
+        );
+        assert!(validate_port("peer_port", 65536).is_err());
+        assert_eq!(validate_port("peer_port", 65535), Ok(65535));
+    }
+
+    #[test]
+    fn peer_ids_must_be_non_empty_and_bounded() {
+        assert!(validate_peer_id("").is_err());
+        assert!(validate_peer_id(&"x".repeat(257)).is_err());
+        assert!(validate_peer_id(&"x".repeat(256)).is_ok());
+        assert!(validate_peer_id("a\nb").is_err());
+    }
+
+    #[test]
+    fn hosts_are_ip_addresses_or_dns_names() {
+        assert_eq!(
+            validate_host("peer_host", "127.0.0.1").unwrap(),
+            "127.0.0.1"
+        );
+        assert_eq!(validate_host("peer_host", "[::1]").unwrap(), "::1");
+        assert_eq!(validate_host("peer_host", "::1").unwrap(), "::1");
+        assert_eq!(
+            validate_host("peer_host", "Node-1.Example.com.").unwrap(),
+            "node-1.example.com"
+        );
+        assert_eq!(
+            validate_host("peer_host", "localhost").unwrap(),
+            "localhost"
+        );
+        for bad in [
+            "",
+            "bad host",
+            "-a.com",
+            "a..b",
+            "256.1.1.1",
+            "1.2.3",
+            "exa_mple.com",
+            "http://x",
+            &"a".repeat(64),
+        ] {
+            let err = validate_host("peer_host", bad).unwrap_err();
+            assert_eq!(err.field, "peer_host", "{bad}");
+        }
+    }
+}

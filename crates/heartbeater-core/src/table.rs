@@ -1,0 +1,600 @@
+//! Every monitored peer, and the one schedule that says whose heartbeat is due.
+//!
+//! The table is the node's sans-IO heart. A driver asks it when to wake up
+//! ([`PeerTable::next_deadline`]), collects the heartbeats due at that moment
+//! ([`PeerTable::poll_due`]), sends them however it likes, and reports each
+//! outcome back ([`PeerTable::on_reply`], [`PeerTable::on_no_reply`]). Events
+//! pile up in the table until the driver drains them. One binary heap holds
+//! all the timers, so 100,000 peers cost 100,000 heap entries, not 100,000
+//! tasks.
+//!
+//! Ticks never catch up: a driver that wakes late (a stalled process, a busy
+//! machine) sends one heartbeat per due peer and resumes the normal cadence
+//! from there, rather than a burst of the heartbeats it missed.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{DetectorConfig, PeerSpec};
+use crate::detector::MissCountDetector;
+use crate::liveness::{Change, PeerLiveness, PeerState, Reply};
+
+/// Names one registration of one peer. A re-registration or a removal makes
+/// older keys stale, so outcomes of heartbeats sent under an old registration
+/// are ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    slot: u32,
+    generation: u32,
+}
+
+/// A heartbeat to send now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// The peer, to hand back with the outcome.
+    pub key: PeerKey,
+    /// Sequence number, to hand back with the outcome.
+    pub seq: u64,
+    /// When the heartbeat was due; `sent_at - due` is the scheduler's lateness.
+    pub due: Instant,
+    /// When it is sent (the `now` of the poll).
+    pub sent_at: Instant,
+}
+
+/// Kinds of liveness event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    /// The peer was registered, or its registration changed.
+    Registered,
+    /// The peer became `Alive`.
+    PeerUp,
+    /// The peer became `Unreachable`.
+    PeerDown,
+    /// The peer answered with a higher epoch than last seen.
+    Restarted {
+        /// The epoch seen before.
+        previous: u64,
+    },
+    /// Something answered for the peer with another identity.
+    IdentityMismatch {
+        /// The identity that answered.
+        observed: String,
+    },
+    /// The peer was deregistered.
+    Deregistered,
+}
+
+/// One event about one peer, with the peer's state and epoch after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LivenessEvent {
+    /// The peer concerned.
+    pub peer_id: Arc<str>,
+    /// What happened.
+    pub kind: EventKind,
+    /// The peer's state after the event.
+    pub state: PeerState,
+    /// The peer's epoch after the event, when known.
+    pub epoch: Option<u64>,
+}
+
+/// A snapshot of what the table knows about one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The peer's registered identity.
+    pub peer_id: String,
+    /// Host as registered.
+    pub host: String,
+    /// Port as registered.
+    pub port: u16,
+    /// Current liveness.
+    pub state: PeerState,
+    /// Last epoch seen, if any.
+    pub epoch: Option<u64>,
+    /// Heartbeats sent since this node started monitoring the peer.
+    pub heartbeats_sent: u64,
+    /// Heartbeats validly acknowledged.
+    pub heartbeats_acked: u64,
+    /// Round-trip time of the last valid reply.
+    pub last_rtt: Option<Duration>,
+    /// Consecutive misses right now.
+    pub missed: u32,
+    /// The timing the peer is judged by.
+    pub detector: DetectorConfig,
+}
+
+/// What [`PeerTable::upsert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsert {
+    /// A new peer.
+    Inserted(PeerKey),
+    /// A known peer whose address or timing changed.
+    Updated(PeerKey),
+    /// A known peer registered again with the same values: nothing changed.
+    Unchanged(PeerKey),
+}
+
+impl Upsert {
+    /// The key of the registration now in force.
+    pub fn key(self) -> PeerKey {
+        match self {
+            Upsert::Inserted(k) | Upsert::Updated(k) | Upsert::Unchanged(k) => k,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Slot {
+    spec: PeerSpec,
+    liveness: PeerLiveness<MissCountDetector>,
+    generation: u32,
+    next_due: Instant,
+}
+
+/// All monitored peers and their schedule.
+#[derive(Debug, Default)]
+pub struct PeerTable {
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    generations: Vec<u32>,
+    index: HashMap<Arc<str>, u32>,
+    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    events: Vec<LivenessEvent>,
+}
+
+impl PeerTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of peers.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether no peer is registered.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Registers a peer, or updates its registration. Its first heartbeat is
+    /// due at `now` when it is new or its registration changed.
+    pub fn upsert(&mut self, spec: PeerSpec, now: Instant) -> Upsert {
+        let existing = self.index.get(&spec.peer_id).copied();
+        if let Some(slot_no) = existing {
+            let unchanged = match self.slot_mut(slot_no) {
+                Some(slot) => (slot.spec == spec).then_some(slot.generation),
+                None => None,
+            };
+            if let Some(generation) = unchanged {
+                return Upsert::Unchanged(PeerKey {
+                    slot: slot_no,
+                    generation,
+                });
+            }
+            let generation = self.bump_generation(slot_no);
+            if let Some(slot) = self.slot_mut(slot_no) {
+                let detector = MissCountDetector::new(spec.detector.max_missed);
+                slot.liveness.reconfigure(spec.detector, detector);
+                slot.spec = spec;
+                slot.generation = generation;
+                slot.next_due = now;
+                self.push_event(slot_no, EventKind::Registered);
+                self.timers.push(Reverse((now, slot_no, generation)));
+                return Upsert::Updated(PeerKey {
+                    slot: slot_no,
+                    generation,
+                });
+            }
+        }
+        let key = self.insert(spec, None, now);
+        self.push_event(key.slot, EventKind::Registered);
+        Upsert::Inserted(key)
+    }
+
+    /// Re-creates a peer from the registry after a restart of this node,
+    /// remembering the epoch it had. No event: nothing changed for the peer.
+    pub fn restore(&mut self, spec: PeerSpec, known_epoch: Option<u64>, now: Instant) -> PeerKey {
+        if let Some(&slot_no) = self.index.get(&spec.peer_id) {
+            self.remove_slot(slot_no);
+        }
+        self.insert(spec, known_epoch, now)
+    }
+
+    fn insert(&mut self, spec: PeerSpec, known_epoch: Option<u64>, now: Instant) -> PeerKey {
+        let slot_no = match self.free.pop() {
+            Some(n) => n,
+            None => {
+                self.slots.push(None);
+                self.generations.push(0);
+                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        let generation = self.bump_generation(slot_no);
+        self.index.insert(spec.peer_id.clone(), slot_no);
+        let liveness = PeerLiveness::new(spec.detector, known_epoch);
+        self.slots[slot_no as usize] = Some(Slot {
+            spec,
+            liveness,
+            generation,
+            next_due: now,
+        });
+        self.timers.push(Reverse((now, slot_no, generation)));
+        PeerKey {
+            slot: slot_no,
+            generation,
+        }
+    }
+
+    fn bump_generation(&mut self, slot_no: u32) -> u32 {
+        let g = &mut self.generations[slot_no as usize];
+        *g = g.wrapping_add(1);
+        *g
+    }
+
+    /// Deregisters a peer. Returns whether it was registered.
+    pub fn remove(&mut self, peer_id: &str) -> bool {
+        let Some(&slot_no) = self.index.get(peer_id) else {
+            return false;
+        };
+        self.push_event(slot_no, EventKind::Deregistered);
+        self.remove_slot(slot_no);
+        true
+    }
+
+    fn remove_slot(&mut self, slot_no: u32) {
+        if let Some(slot) = self.slots[slot_no as usize].take() {
+            self.index.remove(&slot.spec.peer_id);
+            self.bump_generation(slot_no);
+            self.free.push(slot_no);
+        }
+    }
+
+    /// When the driver must next call [`PeerTable::poll_due`]; `None` with no
+    /// peers.
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(Reverse((due, slot_no, generation))) = self.timers.peek().copied() {
+            if self.is_current(due, slot_no, generation) {
+                return Some(due);
+            }
+            self.timers.pop();
+        }
+        None
+    }
+
+    fn is_current(&self, due: Instant, slot_no: u32, generation: u32) -> bool {
+        matches!(self.slots.get(slot_no as usize), Some(Some(s)) if s.generation == generation && s.next_due == due)
+    }
+
+    /// Appends to `out` every heartbeat due at or before `now`, and schedules
+    /// each peer's next one.
+    pub fn poll_due(&mut self, now: Instant, out: &mut Vec<Probe>) {
+        while let Some(Reverse((due, slot_no, generation))) = self.timers.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.timers.pop();
+            if !self.is_current(due, slot_no, generation) {
+                continue;
+            }
+            let Some(slot) = self.slot_mut(slot_no) else {
+                continue;
+            };
+            let freq = slot.spec.detector.heartbeat_freq;
+            let mut next = due + freq;
+            if next <= now {
+                // Late by a whole period or more: no catch-up burst.
+                next = now + freq;
+            }
+            slot.next_due = next;
+            let seq = slot.liveness.on_send(now);
+            self.timers.push(Reverse((next, slot_no, generation)));
+            out.push(Probe {
+                key: PeerKey {
+                    slot: slot_no,
+                    generation,
+                },
+                seq,
+                due,
+                sent_at: now,
+            });
+        }
+    }
+
+    /// A reply to heartbeat `seq` of `key` arrived at `now`.
+    pub fn on_reply(
+        &mut self,
+        key: PeerKey,
+        seq: u64,
+        sent_at: Instant,
+        now: Instant,
+        reply: Reply<'_>,
+    ) {
+        let Some(slot) = self.current_mut(key) else {
+            return;
+        };
+        let changes = slot
+            .liveness
+            .on_reply(seq, sent_at, now, &slot.spec.peer_id, reply);
+        self.record_changes(key.slot, changes);
+    }
+
+    /// Heartbeat `seq` of `key` got no reply: it timed out at `now` or could
+    /// not be sent.
+    pub fn on_no_reply(&mut self, key: PeerKey, seq: u64, now: Instant) {
+        let Some(slot) = self.current_mut(key) else {
+            return;
+        };
+        let changes = slot.liveness.on_no_reply(seq, now);
+        self.record_changes(key.slot, changes);
+    }
+
+    fn record_changes(&mut self, slot_no: u32, changes: Vec<Change>) {
+        for change in changes {
+            let kind = match change {
+                Change::Up => EventKind::PeerUp,
+                Change::Down => EventKind::PeerDown,
+                Change::Restarted { previous, .. } => EventKind::Restarted { previous },
+                Change::IdentityMismatch { observed } => EventKind::IdentityMismatch { observed },
+            };
+            self.push_event(slot_no, kind);
+        }
+    }
+
+    fn push_event(&mut self, slot_no: u32, kind: EventKind) {
+        if let Some(Some(slot)) = self.slots.get(slot_no as usize) {
+            self.events.push(LivenessEvent {
+                peer_id: slot.spec.peer_id.clone(),
+                kind,
+                state: slot.liveness.state(),
+                epoch: slot.liveness.epoch(),
+            });
+        }
+    }
+
+    /// Takes the events recorded since the last call, oldest first.
+    pub fn drain_events(&mut self) -> std::vec::Drain<'_, LivenessEvent> {
+        self.events.drain(..)
+    }
+
+    /// The registration behind `key`, if still current.
+    pub fn spec(&self, key: PeerKey) -> Option<&PeerSpec> {
+        match self.slots.get(key.slot as usize) {
+            Some(Some(s)) if s.generation == key.generation => Some(&s.spec),
+            _ => None,
+        }
+    }
+
+    /// The key of `peer_id`'s current registration.
+    pub fn key_of(&self, peer_id: &str) -> Option<PeerKey> {
+        let slot_no = *self.index.get(peer_id)?;
+        let slot = self.slots.get(slot_no as usize)?.as_ref()?;
+        Some(PeerKey {
+            slot: slot_no,
+            generation: slot.generation,
+        })
+    }
+
+    /// The status of one peer.
+    pub fn status(&self, peer_id: &str) -> Option<PeerStatus> {
+        let slot_no = *self.index.get(peer_id)?;
+        self.slots.get(slot_no as usize)?.as_ref().map(status_of)
+    }
+
+    /// The status of every peer, ordered by peer id.
+    pub fn statuses(&self) -> Vec<PeerStatus> {
+        let mut all: Vec<PeerStatus> = self.slots.iter().flatten().map(status_of).collect();
+        all.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        all
+    }
+
+    fn slot_mut(&mut self, slot_no: u32) -> Option<&mut Slot> {
+        self.slots.get_mut(slot_no as usize)?.as_mut()
+    }
+
+    fn current_mut(&mut self, key: PeerKey) -> Option<&mut Slot> {
+        self.slot_mut(key.slot)
+            .filter(|s| s.generation == key.generation)
+    }
+}
+
+fn status_of(slot: &Slot) -> PeerStatus {
+    let l = &slot.liveness;
+    PeerStatus {
+        peer_id: slot.spec.peer_id.to_string(),
+        host: slot.spec.host.clone(),
+        port: slot.spec.port,
+        state: l.state(),
+        epoch: l.epoch(),
+        heartbeats_sent: l.heartbeats_sent(),
+        heartbeats_acked: l.heartbeats_acked(),
+        last_rtt: l.last_rtt(),
+        missed: l.missed(),
+        detector: *l.config(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn spec(id: &str, freq_ms: u64) -> PeerSpec {
+        PeerSpec::new(
+            id,
+            "127.0.0.1",
+            9000,
+            DetectorConfig::new(ms(freq_ms), None, None).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn ack(table: &mut PeerTable, p: &Probe, at: Instant, id: &str, epoch: u64) {
+        table.on_reply(
+            p.key,
+            p.seq,
+            p.sent_at,
+            at,
+            Reply {
+                responder_id: id,
+                responder_epoch: epoch,
+            },
+        );
+    }
+
+    fn kinds(table: &mut PeerTable) -> Vec<(String, EventKind)> {
+        table
+            .drain_events()
+            .map(|e| (e.peer_id.to_string(), e.kind))
+            .collect()
+    }
+
+    #[test]
+    fn each_peer_is_heartbeated_at_its_own_frequency() {
+        let t0 = Instant::now();
+        let mut t = PeerTable::new();
+        t.upsert(spec("fast", 10), t0);
+        t.upsert(spec("slow", 25), t0);
+        let mut sent = Vec::new();
+        let mut now = t0;
+        while now <= t0 + ms(100) {
+            let mut due = Vec::new();
+            t.poll_due(now, &mut due);
+            for p in due {
+                sent.push((t.spec(p.key).unwrap().peer_id.to_string(), now - t0));
+            }
+            now = t.next_deadline().unwrap();
+        }
+        let at = |id: &str| -> Vec<u64> {
+            sent.iter()
+                .filter(|(p, _)| p == id)
+                .map(|(_, d)| d.as_millis() as u64)
+                .collect()
+        };
+        assert_eq!(at("fast"), (0..=10).map(|i| i * 10).collect::<Vec<_>>());
+        assert_eq!(at("slow"), vec![0, 25, 50, 75, 100]);
+    }
+
+    #[test]
+    fn a_late_driver_sends_one_heartbeat_not_a_burst() {
+        let t0 = Instant::now();
+        let mut t = PeerTable::new();
+        t.upsert(spec("p", 10), t0);
+        let mut out = Vec::new();
+        t.poll_due(t0, &mut out);
+        out.clear();
+        // The driver stalls for 95 ms: nine ticks were missed.
+        t.poll_due(t0 + ms(95), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].due, t0 + ms(10));
+        assert_eq!(t.next_deadline(), Some(t0 + ms(105)));
+    }
+
+    #[test]
+    fn events_follow_the_liveness_rules() {
+        let t0 = Instant::now();
+        let mut t = PeerTable::new();
+        t.upsert(spec("p", 100), t0);
+        assert_eq!(kinds(&mut t), vec![("p".into(), EventKind::Registered)]);
+        let mut out = Vec::new();
+        t.poll_due(t0, &mut out);
+        ack(&mut t, &out[0], t0 + ms(2), "p", 4);
+        assert_eq!(kinds(&mut t), vec![("p".into(), EventKind::PeerUp)]);
+        assert_eq!(t.status("p").unwrap().epoch, Some(4));
+        for i in 1..=3 {
+            out.clear();
+            t.poll_due(t0 + ms(100 * i), &mut out);
+            t.on_no_reply(out[0].key, out[0].seq, t0 + ms(100 * i + 100));
+        }
+        assert_eq!(kinds(&mut t), vec![("p".into(), EventKind::PeerDown)]);
+        let st = t.status("p").unwrap();
+        assert_eq!(st.state, PeerState::Unreachable);
+        assert_eq!((st.heartbeats_sent, st.heartbeats_acked), (4, 1));
+    }
+
+    #[test]
+    fn outcomes_for_an_old_registration_are_ignored() {
+        let t0 = Instant::now();
+        let mut t = PeerTable::new();
+        t.upsert(spec("p", 100), t0);
+        let mut out = Vec::new();
+        t.poll_due(t0, &mut out);
+        let old = out[0].clone();
+        assert!(matches!(t.upsert(spec("p", 50), t0), Upsert::Updated(_)));
+        ack(&mut t, &old, t0 + ms(1), "p", 1);
+        assert_eq!(t.status("p").unwrap().state, PeerState::Unknown);
+        assert!(t.remove("p"));
+        ack(&mut t, &old, t0 + ms(2), "p", 1);
+        assert!(t.status("p").is_none());
+        assert!(!t.remove("p"));
+    }
+
+    #[test]
+    fn registering_the_same_values_again_changes_nothing() {
+        let t0 = Instant::now();
+        let mut t = PeerTable::new();
+        let key = t.upsert(spec("p", 100), t0).key();
+        t.drain_events().for_each(drop);
+        assert_eq!(
+            t.upsert(spec("p", 100), t0 + ms(10)),
+            Upsert::Unchanged(key)
+        );
+        assert!(kinds(&mut t).is_empty());
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn a_removed_peer_is_no_longer_scheduled() {
+        let t0 = Instant::now();
+        let mut t = PeerTable::new();
+        t.upsert(spec("a", 100), t0);
+        t.upsert(spec("b", 100), t0);
+        t.remove("a");
+        let mut out = Vec::new();
+        t.poll_due(t0 + ms(500), &mut out);
+        let ids: Vec<_> = out
+            .iter()
+            .map(|p| t.spec(p.key).unwrap().peer_id.to_string())
+            .collect();
+        assert_eq!(ids, vec!["b"]);
+        assert_eq!(
+            kinds(&mut t).last().cloned(),
+            Some(("a".into(), EventKind::Deregistered))
+        );
+    }
+
+    #[test]
+    fn restored_peers_remember_their_epoch() {
+        let t0 = Instant::now();
+        let mut t = PeerTable::new();
+        t.restore(spec("p", 100), Some(3), t0);
+        assert!(kinds(&mut t).is_empty());
+        let mut out = Vec::new();
+        t.poll_due(t0, &mut out);
+        ack(&mut t, &out[0], t0 + ms(1), "p", 4);
+        assert_eq!(
+            kinds(&mut t),
+            vec![
+                ("p".into(), EventKind::Restarted { previous: 3 }),
+                ("p".into(), EventKind::PeerUp)
+            ]
+        );
+    }
+
+    #[test]
+    fn slots_are_reused_without_confusing_keys() {
+        let t0 = Instant::now();
+        let mut t = PeerTable::new();
+        let a = t.upsert(spec("a", 100), t0).key();
+        t.remove("a");
+        let b = t.upsert(spec("b", 100), t0).key();
+        assert_ne!(a, b);
+        assert!(t.spec(a).is_none());
+        assert_eq!(&*t.spec(b).unwrap().peer_id, "b");
+    }
+}

@@ -1,0 +1,310 @@
+//! A blocking facade over the async node and client, shaped like the seed's
+//! Java API: `builder()...build()?`, `start()?`, `stop()?`, `is_running()`.
+//!
+//! Each facade owns a tokio runtime with `worker_count` threads. Do not use
+//! it from inside an async context: there, use the async types directly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use heartbeater_core::PeerStatus;
+use tokio::runtime::Runtime;
+
+use crate::error::{ClientError, ServerError};
+use crate::event::PeerEvent;
+use crate::node::NodeError;
+use crate::proto;
+use crate::store::RegistryStore;
+
+fn runtime(worker_count: usize, name: &str) -> std::io::Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_count.max(1))
+        .thread_name(name)
+        .enable_all()
+        .build()
+}
+
+/// Configures a blocking [`HeartbeatServer`]; same settings as
+/// [`crate::HeartbeatServerBuilder`].
+#[must_use]
+#[derive(Clone, Default)]
+pub struct HeartbeatServerBuilder {
+    inner: crate::HeartbeatServerBuilder,
+}
+
+impl HeartbeatServerBuilder {
+    /// See [`crate::HeartbeatServerBuilder::server_host`].
+    pub fn server_host(self, host: impl Into<String>) -> Self {
+        Self {
+            inner: self.inner.server_host(host),
+        }
+    }
+    /// See [`crate::HeartbeatServerBuilder::server_port`].
+    pub fn server_port(self, port: u16) -> Self {
+        Self {
+            inner: self.inner.server_port(port),
+        }
+    }
+    /// Threads of this server's runtime (1 to 1024).
+    pub fn worker_count(self, worker_count: usize) -> Self {
+        Self {
+            inner: self.inner.worker_count(worker_count),
+        }
+    }
+    /// See [`crate::HeartbeatServerBuilder::server_epoch`].
+    pub fn server_epoch(self, epoch: u64) -> Self {
+        Self {
+            inner: self.inner.server_epoch(epoch),
+        }
+    }
+    /// See [`crate::HeartbeatServerBuilder::data_dir`].
+    pub fn data_dir(self, dir: impl Into<PathBuf>) -> Self {
+        Self {
+            inner: self.inner.data_dir(dir),
+        }
+    }
+    /// See [`crate::HeartbeatServerBuilder::in_memory`].
+    pub fn in_memory(self) -> Self {
+        Self {
+            inner: self.inner.in_memory(),
+        }
+    }
+    /// See [`crate::HeartbeatServerBuilder::store`].
+    pub fn store(self, store: Arc<dyn RegistryStore>) -> Self {
+        Self {
+            inner: self.inner.store(store),
+        }
+    }
+
+    /// Validates, opens the registry, and creates the server's runtime.
+    pub fn build(self) -> Result<HeartbeatServer, ServerError> {
+        let server = self.inner.build()?;
+        let runtime =
+            runtime(server.worker_count(), "heartbeater-server").map_err(ServerError::Runtime)?;
+        Ok(HeartbeatServer {
+            server: Some(server),
+            runtime,
+        })
+    }
+}
+
+/// A node driven from blocking code. Dropping it stops it gracefully.
+pub struct HeartbeatServer {
+    // An Option only so that Drop can stop the server before the runtime goes.
+    server: Option<crate::HeartbeatServer>,
+    runtime: Runtime,
+}
+
+impl HeartbeatServer {
+    /// A builder with the defaults.
+    pub fn builder() -> HeartbeatServerBuilder {
+        HeartbeatServerBuilder::default()
+    }
+
+    fn server(&self) -> &crate::HeartbeatServer {
+        // Only Drop takes the server out.
+        self.server
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("server taken before drop"))
+    }
+
+    /// Binds and starts; returns the bound address.
+    pub fn start(&self) -> Result<SocketAddr, ServerError> {
+        self.runtime.block_on(self.server().start())
+    }
+
+    /// Stops gracefully and releases the data directory.
+    pub fn stop(&self) -> Result<(), ServerError> {
+        self.runtime.block_on(self.server().stop())
+    }
+
+    /// Whether the node is serving.
+    pub fn is_running(&self) -> bool {
+        self.server().is_running()
+    }
+
+    /// The node's identity.
+    pub fn identity(&self) -> String {
+        self.server().identity()
+    }
+
+    /// The node's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.server().epoch()
+    }
+
+    /// The bound address while running.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.server().local_addr()
+    }
+
+    /// Heartbeats this node has answered since it was built.
+    pub fn heartbeats_answered(&self) -> u64 {
+        self.server().heartbeats_answered()
+    }
+
+    /// Every registered peer's status.
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        self.server().peers()
+    }
+
+    /// Peer events from now on, on a channel: `recv_timeout` waits for one.
+    pub fn events(&self) -> std::sync::mpsc::Receiver<PeerEvent> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut stream = self.server().events();
+        self.runtime.spawn(async move {
+            while let Some(event) = stream.next().await {
+                if tx.send(event).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    /// Registers a peer directly with this node.
+    pub fn register_peer(
+        &self,
+        request: proto::RegisterPeerRequest,
+    ) -> Result<proto::RegisterPeerResponse, NodeError> {
+        self.runtime.block_on(self.server().register_peer(request))
+    }
+
+    /// Deregisters a peer directly.
+    pub fn deregister_peer(
+        &self,
+        request: proto::DeregisterPeerRequest,
+    ) -> Result<proto::DeregisterPeerResponse, NodeError> {
+        self.runtime
+            .block_on(self.server().deregister_peer(request))
+    }
+}
+
+impl Drop for HeartbeatServer {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            if tokio::runtime::Handle::try_current().is_err() {
+                let _ = self.runtime.block_on(server.stop());
+            }
+        }
+    }
+}
+
+/// A client driven from blocking code, as in the seed:
+/// `HeartbeatClient::new(host, port, deadline, worker_count)?`, then
+/// `start()?` before the first call.
+pub struct HeartbeatClient {
+    host: String,
+    port: u16,
+    deadline: Duration,
+    worker_count: usize,
+    running: Option<(Runtime, crate::HeartbeatClient)>,
+}
+
+impl HeartbeatClient {
+    /// Validates the settings; nothing connects until the first call after `start`.
+    pub fn new(
+        host: &str,
+        port: u16,
+        deadline: Duration,
+        worker_count: usize,
+    ) -> Result<Self, ClientError> {
+        crate::client::target_of(host, port, deadline)?;
+        if !(1..=1024).contains(&worker_count) {
+            return Err(heartbeater_core::ValidationError::new(
+                "worker_count",
+                format!("{worker_count}; must be 1 to 1024"),
+            )
+            .into());
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+            deadline,
+            worker_count,
+            running: None,
+        })
+    }
+
+    /// Creates the runtime and the connection (lazily). Starting a started
+    /// client is a no-op.
+    pub fn start(&mut self) -> Result<(), ClientError> {
+        if self.running.is_some() {
+            return Ok(());
+        }
+        let rt =
+            runtime(self.worker_count, "heartbeater-client").map_err(|e| ClientError::Rpc {
+                code: tonic::Code::Internal,
+                message: format!("cannot create a runtime: {e}"),
+            })?;
+        let client = {
+            let _guard = rt.enter();
+            crate::HeartbeatClient::new(&self.host, self.port, self.deadline)?
+        };
+        self.running = Some((rt, client));
+        Ok(())
+    }
+
+    /// Closes the connection and the runtime.
+    pub fn stop(&mut self) -> Result<(), ClientError> {
+        if let Some((rt, client)) = self.running.take() {
+            drop(client);
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+        Ok(())
+    }
+
+    /// Whether `start` was called and `stop` not since.
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    fn run<T, F>(&self, f: impl FnOnce(crate::HeartbeatClient) -> F) -> Result<T, ClientError>
+    where
+        F: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let (rt, client) = self.running.as_ref().ok_or(ClientError::NotRunning)?;
+        rt.block_on(f(client.clone()))
+    }
+
+    /// See [`crate::HeartbeatClient::register_peer`].
+    pub fn register_peer(
+        &self,
+        request: proto::RegisterPeerRequest,
+    ) -> Result<proto::RegisterPeerResponse, ClientError> {
+        self.run(|c| async move { c.register_peer(request).await })
+    }
+
+    /// See [`crate::HeartbeatClient::deregister_peer`].
+    pub fn deregister_peer(
+        &self,
+        request: proto::DeregisterPeerRequest,
+    ) -> Result<proto::DeregisterPeerResponse, ClientError> {
+        self.run(|c| async move { c.deregister_peer(request).await })
+    }
+
+    /// See [`crate::HeartbeatClient::heartbeat`].
+    pub fn heartbeat(
+        &self,
+        message: proto::HeartbeatMessage,
+    ) -> Result<proto::HeartbeatResponse, ClientError> {
+        self.run(|c| async move { c.heartbeat(message).await })
+    }
+
+    /// See [`crate::HeartbeatClient::list_peers`].
+    pub fn list_peers(&self) -> Result<proto::ListPeersResponse, ClientError> {
+        self.run(|c| async move { c.list_peers().await })
+    }
+}
+
+impl Drop for HeartbeatClient {
+    fn drop(&mut self) {
+        if let Some((rt, client)) = self.running.take() {
+            drop(client);
+            rt.shutdown_background();
+        }
+    }
+}

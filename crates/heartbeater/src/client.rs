@@ -1,0 +1,209 @@
+//! [`HeartbeatClient`]: talks to any node, its own or another.
+
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use heartbeater_core::config::{validate_host, validate_port};
+use heartbeater_core::ValidationError;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+use crate::error::ClientError;
+use crate::proto;
+use crate::proto::heartbeat_service_client::HeartbeatServiceClient;
+
+/// Longest deadline a client accepts.
+const MAX_DEADLINE: Duration = Duration::from_secs(3600);
+
+/// An async client of one node. Cheap to clone: clones share one connection.
+///
+/// The connection is made lazily, at the first call, and re-made after a
+/// failure; every call is bounded by the deadline given at construction.
+#[derive(Clone)]
+pub struct HeartbeatClient {
+    inner: HeartbeatServiceClient<Channel>,
+    target: String,
+    deadline: Duration,
+}
+
+impl std::fmt::Debug for HeartbeatClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeartbeatClient")
+            .field("target", &self.target)
+            .field("deadline", &self.deadline)
+            .finish()
+    }
+}
+
+impl HeartbeatClient {
+    /// A client of the node at `host:port` whose calls each get `deadline`
+    /// (1 ms to 1 hour). Connects lazily; must be called within a tokio
+    /// runtime.
+    pub fn new(host: &str, port: u16, deadline: Duration) -> Result<Self, ClientError> {
+        let target = target_of(host, port, deadline)?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ValidationError::new(
+                "runtime",
+                "the async client must be created within a tokio runtime; use heartbeater::blocking::HeartbeatClient otherwise",
+            )
+            .into());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{target}"))
+            .map_err(|e| ValidationError::new("server_host", e.to_string()))?
+            .connect_timeout(deadline)
+            .tcp_nodelay(true);
+        Ok(Self {
+            inner: HeartbeatServiceClient::new(endpoint.connect_lazy()),
+            target,
+            deadline,
+        })
+    }
+
+    /// `host:port` of the node.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The deadline of each call.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.deadline);
+        request
+    }
+
+    async fn call<F, R>(&self, f: F) -> Result<R, ClientError>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        match tokio::time::timeout(self.deadline, f).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(self.map_status(&status)),
+            Err(_) => Err(ClientError::DeadlineExceeded {
+                target: self.target.clone(),
+                deadline: self.deadline,
+            }),
+        }
+    }
+
+    /// Registers (or updates) a peer on the node; returns once it is durable there.
+    pub async fn register_peer(
+        &self,
+        request: proto::RegisterPeerRequest,
+    ) -> Result<proto::RegisterPeerResponse, ClientError> {
+        let mut c = self.inner.clone();
+        self.call(c.register_peer(self.request(request))).await
+    }
+
+    /// Deregisters a peer; [`ClientError::NotFound`] if the node does not know it.
+    pub async fn deregister_peer(
+        &self,
+        request: proto::DeregisterPeerRequest,
+    ) -> Result<proto::DeregisterPeerResponse, ClientError> {
+        let mut c = self.inner.clone();
+        self.call(c.deregister_peer(self.request(request))).await
+    }
+
+    /// Sends one heartbeat; the answer carries the node's identity and epoch.
+    pub async fn heartbeat(
+        &self,
+        message: proto::HeartbeatMessage,
+    ) -> Result<proto::HeartbeatResponse, ClientError> {
+        let mut c = self.inner.clone();
+        self.call(c.heartbeat(self.request(message))).await
+    }
+
+    /// The status of every peer registered on the node.
+    pub async fn list_peers(&self) -> Result<proto::ListPeersResponse, ClientError> {
+        let mut c = self.inner.clone();
+        self.call(c.list_peers(self.request(proto::ListPeersRequest {})))
+            .await
+    }
+
+    /// The node's peer events from now on (after a snapshot of every peer if
+    /// `include_snapshot`). The deadline bounds the opening of the stream only.
+    pub async fn watch_peers(
+        &self,
+        include_snapshot: bool,
+    ) -> Result<
+        impl Stream<Item = Result<proto::PeerEvent, ClientError>> + Send + 'static,
+        ClientError,
+    > {
+        let mut c = self.inner.clone();
+        let request = tonic::Request::new(proto::WatchPeersRequest { include_snapshot });
+        let stream = self.call(c.watch_peers(request)).await?;
+        let this = self.clone();
+        Ok(stream.map(move |item| item.map_err(|s| this.map_status(&s))))
+    }
+
+    fn map_status(&self, status: &Status) -> ClientError {
+        let message = status.message().to_owned();
+        match status.code() {
+            Code::Unavailable | Code::Unknown if is_transport(status) => ClientError::Unavailable {
+                target: self.target.clone(),
+                message: transport_message(status),
+            },
+            Code::Unavailable => ClientError::Unavailable {
+                target: self.target.clone(),
+                message,
+            },
+            Code::DeadlineExceeded => ClientError::DeadlineExceeded {
+                target: self.target.clone(),
+                deadline: self.deadline,
+            },
+            Code::Cancelled if message.contains("Timeout expired") => {
+                ClientError::DeadlineExceeded {
+                    target: self.target.clone(),
+                    deadline: self.deadline,
+                }
+            }
+            Code::InvalidArgument => {
+                let field = status
+                    .get_error_details()
+                    .bad_request()
+                    .and_then(|br| br.field_violations.first().map(|v| v.field.clone()));
+                ClientError::InvalidArgument { field, message }
+            }
+            Code::NotFound => ClientError::NotFound(message),
+            code => ClientError::Rpc { code, message },
+        }
+    }
+}
+
+/// Validates a client's settings; returns the `host:port` it will call.
+pub(crate) fn target_of(host: &str, port: u16, deadline: Duration) -> Result<String, ClientError> {
+    let host = validate_host("server_host", host)?;
+    let port = validate_port("server_port", u32::from(port))?;
+    if deadline.is_zero() || deadline > MAX_DEADLINE {
+        return Err(ValidationError::new(
+            "deadline",
+            format!("{deadline:?}; must be 1 ms to 1 hour"),
+        )
+        .into());
+    }
+    Ok(if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    })
+}
+
+fn is_transport(status: &Status) -> bool {
+    std::error::Error::source(status).is_some()
+}
+
+/// The innermost cause of a transport failure ("Connection refused") is what
+/// an operator needs; tonic's outer message is "transport error".
+fn transport_message(status: &Status) -> String {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    let mut last = status.message().to_owned();
+    while let Some(e) = cause {
+        last = e.to_string();
+        cause = e.source();
+    }
+    last
+}

@@ -1,0 +1,113 @@
+//! Typed errors of the node and the client.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use heartbeater_core::ValidationError;
+
+use crate::store::StoreError;
+
+/// Why a node could not be built, started or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A builder value is out of range; nothing was started.
+    #[error("invalid server configuration: {field}: {reason}")]
+    InvalidConfig {
+        /// The builder setting.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The data directory cannot be used (see [`StoreError`]).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An explicit epoch lower than the one already stored: peers would take
+    /// this incarnation for a stale one.
+    #[error("epoch {requested} is lower than the stored epoch {stored}; use {stored} or more, or omit it")]
+    EpochRegressed {
+        /// The epoch already in the data directory.
+        stored: u64,
+        /// The epoch asked for.
+        requested: u64,
+    },
+    /// The listen address could not be bound (in use, not local, no permission).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `start` on a server that is running.
+    #[error("server already running on {0}")]
+    AlreadyRunning(SocketAddr),
+    /// `start` on a server that was stopped: a node is started once; build a
+    /// new one on the same data directory to restart it.
+    #[error("server was stopped; build a new one to start again")]
+    Stopped,
+    /// The tokio runtime of the blocking facade could not be created.
+    #[error("cannot create the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// A background task of the node failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Why a call to a node failed. Every gRPC status maps to one variant, so
+/// callers can tell a retryable outage from a mistake of their own.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The client's own settings are wrong (host, port, deadline).
+    #[error("invalid client configuration: {0}")]
+    InvalidConfig(#[from] ValidationError),
+    /// The node could not be reached (refused, reset, unresolvable host).
+    /// Retryable.
+    #[error("{target} unavailable: {message}")]
+    Unavailable {
+        /// `host:port` of the node.
+        target: String,
+        /// What the transport said.
+        message: String,
+    },
+    /// No answer within the client's deadline. Retryable.
+    #[error("{target}: no answer within the deadline of {deadline:?}")]
+    DeadlineExceeded {
+        /// `host:port` of the node.
+        target: String,
+        /// The deadline in force.
+        deadline: Duration,
+    },
+    /// The node rejected a field of the request.
+    #[error("invalid argument{}: {message}", field.as_deref().map(|f| format!(" {f}")).unwrap_or_default())]
+    InvalidArgument {
+        /// The offending field, as named in the `.proto`, when the node said.
+        field: Option<String>,
+        /// The node's explanation.
+        message: String,
+    },
+    /// The peer (or other entity) named in the request does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The blocking client was used before `start` or after `stop`.
+    #[error("client is not running; call start() first")]
+    NotRunning,
+    /// Any other gRPC failure.
+    #[error("{code:?}: {message}")]
+    Rpc {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The node's message.
+        message: String,
+    },
+}
+
+impl ClientError {
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Unavailable { .. } | ClientError::DeadlineExceeded { .. }
+        )
+    }
+}

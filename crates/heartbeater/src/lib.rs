@@ -1,0 +1,62 @@
+//! Heartbeater: a liveness service.
+//!
+//! A node ([`HeartbeatServer`]) answers heartbeats, heartbeats the peers
+//! registered with it at each one's own frequency, and tells, for each,
+//! whether it is `Alive` or `Unreachable`, with an event on every change. Its
+//! registry, identity and epoch live in an embedded RocksDB, so a restarted
+//! node resumes where it stopped and its peers can tell it restarted.
+//! A [`HeartbeatClient`] drives any node; [`blocking`] has both for code
+//! without an async runtime.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use heartbeater::{HeartbeatClient, HeartbeatServer, RegisterPeerRequest};
+//!
+//! let a = HeartbeatServer::builder().server_port(0).in_memory().build()?;
+//! let b = HeartbeatServer::builder().server_port(0).in_memory().build()?;
+//! a.start().await?;
+//! let b_addr = b.start().await?;
+//! let a_addr = a.local_addr().expect("started");
+//! let client = HeartbeatClient::new("127.0.0.1", a_addr.port(), Duration::from_millis(500))?;
+//! client
+//!     .register_peer(RegisterPeerRequest {
+//!         peer_id: b.identity(),
+//!         peer_host: "127.0.0.1".into(),
+//!         peer_port: b_addr.port().into(),
+//!         heartbeat_freq_millis: 100,
+//!         ..Default::default()
+//!     })
+//!     .await?;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+// Library code turns every failure that input or the network can cause into
+// an error value; tests may unwrap.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod blocking;
+mod client;
+mod error;
+mod event;
+mod monitor;
+mod node;
+pub mod proto;
+mod server;
+mod service;
+pub mod store;
+
+pub use client::HeartbeatClient;
+pub use error::{ClientError, ServerError};
+pub use event::{EventStream, PeerEvent, PeerEventKind};
+pub use heartbeater_core::{DetectorConfig, PeerState, PeerStatus, ValidationError};
+pub use node::NodeError;
+pub use proto::{
+    DeregisterPeerRequest, DeregisterPeerResponse, HeartbeatMessage, HeartbeatResponse,
+    ListPeersRequest, ListPeersResponse, RegisterPeerRequest, RegisterPeerResponse,
+    WatchPeersRequest,
+};
+pub use server::{
+    HeartbeatServer, HeartbeatServerBuilder, DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT,
+};
+pub use store::{MemoryStore, RegistryStore, RocksDbStore, StoreError};

@@ -1,0 +1,482 @@
+//! The node: [`HeartbeatServer`] and its builder.
+//!
+//! Life cycle: `build()` opens the registry and settles identity and epoch
+//! (so a bad data directory fails before anything listens); `start()` binds,
+//! serves and starts heartbeating; `stop()` drains connections and releases
+//! the data directory. A node starts once: to restart, build a new one on the
+//! same data directory, which is exactly what a process restart does.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use heartbeater_core::config::validate_host;
+use heartbeater_core::PeerStatus;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::server::HealthReporter;
+
+use crate::error::ServerError;
+use crate::event::EventStream;
+use crate::node::{Node, NodeError};
+use crate::proto::heartbeat_service_server::HeartbeatServiceServer;
+use crate::proto::{
+    DeregisterPeerRequest, DeregisterPeerResponse, RegisterPeerRequest, RegisterPeerResponse,
+};
+use crate::service::HeartbeatGrpc;
+use crate::store::{MemoryStore, NodeMeta, RegistryStore, RocksDbStore};
+
+/// Default listen host.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+/// Default listen port.
+pub const DEFAULT_PORT: u16 = 8181;
+/// Default data directory, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "heartbeater-data";
+/// How long `stop` waits for open calls to finish before cutting them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+enum Storage {
+    DataDir(PathBuf),
+    InMemory,
+    Custom(Arc<dyn RegistryStore>),
+}
+
+/// Configures a [`HeartbeatServer`]. Every setting has a default: listen on
+/// `127.0.0.1:8181`, keep the registry in RocksDB under `./heartbeater-data`,
+/// take the stored epoch + 1.
+#[derive(Clone)]
+#[must_use]
+pub struct HeartbeatServerBuilder {
+    host: String,
+    port: u16,
+    worker_count: usize,
+    epoch: Option<u64>,
+    storage: Storage,
+}
+
+impl Default for HeartbeatServerBuilder {
+    fn default() -> Self {
+        Self {
+            host: DEFAULT_HOST.to_owned(),
+            port: DEFAULT_PORT,
+            worker_count: 1,
+            epoch: None,
+            storage: Storage::DataDir(PathBuf::from(DEFAULT_DATA_DIR)),
+        }
+    }
+}
+
+impl HeartbeatServerBuilder {
+    /// Host to listen on: an IP address or a name that resolves to a local one.
+    pub fn server_host(mut self, host: impl Into<String>) -> Self {
+        self.host = host.into();
+        self
+    }
+
+    /// Port to listen on; 0 picks a free one (see [`HeartbeatServer::local_addr`]).
+    pub fn server_port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Threads of the runtime that the blocking facade
+    /// ([`crate::blocking::HeartbeatServer`]) creates; ignored by the async
+    /// server, which runs on the caller's runtime. 1 to 1024.
+    pub fn worker_count(mut self, worker_count: usize) -> Self {
+        self.worker_count = worker_count;
+        self
+    }
+
+    /// An explicit epoch (at least 1, and at least the stored one) instead of
+    /// the stored epoch + 1.
+    pub fn server_epoch(mut self, epoch: u64) -> Self {
+        self.epoch = Some(epoch);
+        self
+    }
+
+    /// Keep the registry in RocksDB under `dir` (created if missing).
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.storage = Storage::DataDir(dir.into());
+        self
+    }
+
+    /// Keep the registry in memory: a new identity at every build, nothing
+    /// survives the process.
+    pub fn in_memory(mut self) -> Self {
+        self.storage = Storage::InMemory;
+        self
+    }
+
+    /// Keep the registry in a store of your own.
+    pub fn store(mut self, store: Arc<dyn RegistryStore>) -> Self {
+        self.storage = Storage::Custom(store);
+        self
+    }
+
+    /// Validates the settings, opens the registry and settles identity and
+    /// epoch (the new epoch is stored before this returns). Blocks on disk IO.
+    pub fn build(self) -> Result<HeartbeatServer, ServerError> {
+        let host =
+            validate_host("server_host", &self.host).map_err(|e| ServerError::InvalidConfig {
+                field: "server_host",
+                reason: e.reason,
+            })?;
+        if !(1..=1024).contains(&self.worker_count) {
+            return Err(ServerError::InvalidConfig {
+                field: "worker_count",
+                reason: format!("{}; must be 1 to 1024", self.worker_count),
+            });
+        }
+        if self.epoch == Some(0) {
+            return Err(ServerError::InvalidConfig {
+                field: "server_epoch",
+                reason: "0; epochs start at 1 (0 means \"no epoch\" on the wire)".into(),
+            });
+        }
+        let store: Arc<dyn RegistryStore> = match self.storage {
+            Storage::DataDir(dir) => Arc::new(RocksDbStore::open(dir)?),
+            Storage::InMemory => Arc::new(MemoryStore::new()),
+            Storage::Custom(store) => store,
+        };
+        let stored = store.load_meta()?;
+        let identity = match &stored {
+            Some(meta) => meta.identity.clone(),
+            None => uuid::Uuid::new_v4().to_string(),
+        };
+        let stored_epoch = stored.as_ref().map_or(0, |m| m.epoch);
+        let epoch = match self.epoch {
+            Some(requested) if requested < stored_epoch => {
+                return Err(ServerError::EpochRegressed {
+                    stored: stored_epoch,
+                    requested,
+                })
+            }
+            Some(requested) => requested,
+            None => stored_epoch.saturating_add(1),
+        };
+        store.save_meta(&NodeMeta {
+            identity: identity.clone(),
+            epoch,
+        })?;
+        let records = store.load_peers()?;
+        let (node, learned_epochs) = Node::new(identity, epoch, store, records);
+        Ok(HeartbeatServer {
+            host,
+            port: self.port,
+            worker_count: self.worker_count,
+            node,
+            lifecycle: Mutex::new(Lifecycle::Built { learned_epochs }),
+        })
+    }
+}
+
+enum Lifecycle {
+    Built {
+        learned_epochs: mpsc::UnboundedReceiver<(Arc<str>, u64)>,
+    },
+    Running(Running),
+    Stopping,
+    Stopped,
+}
+
+struct Running {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    serve: JoinHandle<Result<(), tonic::transport::Error>>,
+    monitor: JoinHandle<()>,
+    epochs: JoinHandle<()>,
+    health: HealthReporter,
+}
+
+/// A Heartbeater node: answers heartbeats, heartbeats its registered peers,
+/// serves `heartbeater.v1.HeartbeatService`, `grpc.health.v1` and server
+/// reflection.
+///
+/// Dropping a running server stops its tasks without draining; call
+/// [`HeartbeatServer::stop`] for a graceful stop.
+pub struct HeartbeatServer {
+    host: String,
+    port: u16,
+    worker_count: usize,
+    node: Arc<Node>,
+    lifecycle: Mutex<Lifecycle>,
+}
+
+impl std::fmt::Debug for HeartbeatServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeartbeatServer")
+            .field("identity", &self.identity())
+            .field("epoch", &self.epoch())
+            .field("local_addr", &self.local_addr())
+            .finish()
+    }
+}
+
+impl HeartbeatServer {
+    /// A builder with the defaults.
+    pub fn builder() -> HeartbeatServerBuilder {
+        HeartbeatServerBuilder::default()
+    }
+
+    fn lifecycle(&self) -> MutexGuard<'_, Lifecycle> {
+        self.lifecycle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Binds, starts serving and starts heartbeating the stored peers.
+    /// Returns the bound address (useful with port 0).
+    pub async fn start(&self) -> Result<SocketAddr, ServerError> {
+        let learned_epochs = {
+            let mut lifecycle = self.lifecycle();
+            match std::mem::replace(&mut *lifecycle, Lifecycle::Stopping) {
+                Lifecycle::Built { learned_epochs } => learned_epochs,
+                Lifecycle::Running(r) => {
+                    let addr = r.addr;
+                    *lifecycle = Lifecycle::Running(r);
+                    return Err(ServerError::AlreadyRunning(addr));
+                }
+                other @ (Lifecycle::Stopping | Lifecycle::Stopped) => {
+                    *lifecycle = other;
+                    return Err(ServerError::Stopped);
+                }
+            }
+        };
+        match self.spawn(learned_epochs).await {
+            Ok(running) => {
+                let addr = running.addr;
+                *self.lifecycle() = Lifecycle::Running(running);
+                tracing::info!(%addr, identity = %self.identity(), epoch = self.epoch(), "node started");
+                Ok(addr)
+            }
+            Err(e) => {
+                *self.lifecycle() = Lifecycle::Stopped;
+                self.node.close_store();
+                Err(e)
+            }
+        }
+    }
+
+    async fn spawn(
+        &self,
+        learned_epochs: mpsc::UnboundedReceiver<(Arc<str>, u64)>,
+    ) -> Result<Running, ServerError> {
+        let display = if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        };
+        let bind_error = |source| ServerError::Bind {
+            addr: display.clone(),
+            source,
+        };
+        let addr = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(bind_error)?
+            .next()
+            .ok_or_else(|| {
+                bind_error(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "host resolves to no address",
+                ))
+            })?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<HeartbeatServiceServer<HeartbeatGrpc>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| ServerError::Internal(format!("reflection: {e}")))?;
+        let grpc =
+            HeartbeatServiceServer::new(HeartbeatGrpc::new(self.node.clone(), shutdown_rx.clone()));
+        let mut signal = shutdown_rx.clone();
+        let serve = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(reflection)
+                .add_service(grpc)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    // Either a `true` or the sender gone means stop.
+                    let _ = signal.wait_for(|stop| *stop).await;
+                }),
+        );
+        let monitor = tokio::spawn(self.node.monitor().clone().run(
+            self.node.identity().to_owned(),
+            self.node.epoch(),
+            shutdown_rx.clone(),
+        ));
+        let epochs = tokio::spawn(record_epochs(
+            self.node.clone(),
+            learned_epochs,
+            shutdown_rx,
+        ));
+        Ok(Running {
+            addr,
+            shutdown,
+            serve,
+            monitor,
+            epochs,
+            health,
+        })
+    }
+
+    /// Stops serving and heartbeating, waits (up to 5 s) for open calls, and
+    /// releases the data directory. Stopping a stopped server is a no-op.
+    pub async fn stop(&self) -> Result<(), ServerError> {
+        let running = {
+            let mut lifecycle = self.lifecycle();
+            match std::mem::replace(&mut *lifecycle, Lifecycle::Stopping) {
+                Lifecycle::Running(r) => r,
+                Lifecycle::Built { .. } | Lifecycle::Stopped => {
+                    *lifecycle = Lifecycle::Stopped;
+                    self.node.close_store();
+                    return Ok(());
+                }
+                Lifecycle::Stopping => return Ok(()),
+            }
+        };
+        running
+            .health
+            .set_not_serving::<HeartbeatServiceServer<HeartbeatGrpc>>()
+            .await;
+        let _ = running.shutdown.send(true);
+        let mut serve = running.serve;
+        let served = match tokio::time::timeout(DRAIN_TIMEOUT, &mut serve).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                tracing::warn!("open calls did not finish within {DRAIN_TIMEOUT:?}; closing them");
+                serve.abort();
+                serve.await
+            }
+        };
+        let _ = running.monitor.await;
+        let _ = running.epochs.await;
+        self.node.close_store();
+        *self.lifecycle() = Lifecycle::Stopped;
+        tracing::info!(identity = %self.identity(), "node stopped");
+        match served {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ServerError::Internal(format!("server: {e}"))),
+            Err(e) if e.is_cancelled() => Ok(()),
+            Err(e) => Err(ServerError::Internal(format!("server task: {e}"))),
+        }
+    }
+
+    /// Whether the node is serving.
+    pub fn is_running(&self) -> bool {
+        matches!(&*self.lifecycle(), Lifecycle::Running(r) if !r.serve.is_finished())
+    }
+
+    /// The node's identity (a UUID), stable across restarts on one data directory.
+    pub fn identity(&self) -> String {
+        self.node.identity().to_owned()
+    }
+
+    /// The node's epoch: grows at every start on one data directory.
+    pub fn epoch(&self) -> u64 {
+        self.node.epoch()
+    }
+
+    /// The bound address while running; `None` before `start`.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match &*self.lifecycle() {
+            Lifecycle::Running(r) => Some(r.addr),
+            _ => None,
+        }
+    }
+
+    /// Threads the blocking facade runs this server on.
+    pub fn worker_count(&self) -> usize {
+        self.worker_count
+    }
+
+    /// Every registered peer's status, ordered by peer id. Before `start`,
+    /// the peers restored from the data directory, all `Unknown`.
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        self.node.peers()
+    }
+
+    /// Heartbeats this node has answered (from monitors and clients) since it
+    /// was built.
+    pub fn heartbeats_answered(&self) -> u64 {
+        self.node.heartbeats_answered()
+    }
+
+    /// Every peer event from now on.
+    pub fn events(&self) -> EventStream {
+        EventStream::new(self.node.subscribe())
+    }
+
+    /// Registers a peer with this node directly (what the `RegisterPeer` RPC
+    /// does); returns once the registration is durable.
+    pub async fn register_peer(
+        &self,
+        request: RegisterPeerRequest,
+    ) -> Result<RegisterPeerResponse, NodeError> {
+        self.node.register(request).await
+    }
+
+    /// Deregisters a peer directly (what the `DeregisterPeer` RPC does).
+    pub async fn deregister_peer(
+        &self,
+        request: DeregisterPeerRequest,
+    ) -> Result<DeregisterPeerResponse, NodeError> {
+        self.node.deregister(request).await
+    }
+}
+
+impl Drop for HeartbeatServer {
+    fn drop(&mut self) {
+        if let Lifecycle::Running(r) = &*self.lifecycle() {
+            let _ = r.shutdown.send(true);
+        }
+        self.node.close_store();
+    }
+}
+
+/// Writes the epochs the monitor learns, in batches, off the async threads,
+/// until shutdown; then writes what is still queued and ends.
+async fn record_epochs(
+    node: Arc<Node>,
+    mut rx: mpsc::UnboundedReceiver<(Arc<str>, u64)>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut batch = Vec::new();
+    loop {
+        let stopping = tokio::select! {
+            n = rx.recv_many(&mut batch, 256) => n == 0,
+            _ = shutdown.wait_for(|stop| *stop) => true,
+        };
+        if stopping {
+            while let Ok(item) = rx.try_recv() {
+                batch.push(item);
+            }
+        }
+        if !batch.is_empty() {
+            let Ok(store) = node.store() else { return };
+            let items = std::mem::take(&mut batch);
+            let result = tokio::task::spawn_blocking(move || {
+                items
+                    .iter()
+                    .try_for_each(|(peer_id, epoch)| store.record_epoch(peer_id, *epoch))
+            })
+            .await;
+            if let Ok(Err(e)) = result {
+                tracing::warn!(error = %e, "could not record a peer's epoch");
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! `heartbeater.v1.HeartbeatService`: a thin adapter from gRPC to [`Node`].
+//!
+//! Generated types stop here; the node speaks in domain types. Errors become
+//! status codes with the offending field in a standard
+//! `google.rpc.BadRequest` detail, which every gRPC toolchain can decode.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use heartbeater_core::{PeerState, PeerStatus};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::event::{PeerEvent, PeerEventKind};
+use crate::node::{unix_micros, Node, NodeError};
+use crate::proto;
+use crate::proto::heartbeat_service_server::HeartbeatService;
+
+/// The gRPC face of a node.
+pub(crate) struct HeartbeatGrpc {
+    node: Arc<Node>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl HeartbeatGrpc {
+    pub(crate) fn new(node: Arc<Node>, shutdown: watch::Receiver<bool>) -> Self {
+        Self { node, shutdown }
+    }
+}
+
+impl From<NodeError> for Status {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::Invalid(v) => {
+                let details = ErrorDetails::with_bad_request_violation(v.field, v.reason.clone());
+                Status::with_error_details(Code::InvalidArgument, v.to_string(), details)
+            }
+            NodeError::UnknownPeer(_) => Status::not_found(e.to_string()),
+            NodeError::Store(_) => Status::internal(e.to_string()),
+            NodeError::ShuttingDown => Status::unavailable(e.to_string()),
+        }
+    }
+}
+
+pub(crate) fn state_to_proto(s: PeerState) -> proto::PeerState {
+    match s {
+        PeerState::Unknown => proto::PeerState::Unknown,
+        PeerState::Alive => proto::PeerState::Alive,
+        PeerState::Unreachable => proto::PeerState::Unreachable,
+    }
+}
+
+pub(crate) fn status_to_proto(s: PeerStatus) -> proto::PeerStatus {
+    proto::PeerStatus {
+        peer_id: s.peer_id,
+        peer_host: s.host,
+        peer_port: u32::from(s.port),
+        state: state_to_proto(s.state).into(),
+        epoch: s.epoch,
+        heartbeats_sent: s.heartbeats_sent,
+        heartbeats_acked: s.heartbeats_acked,
+        last_rtt_micros: s
+            .last_rtt
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+        heartbeat_freq_millis: millis(s.detector.heartbeat_freq),
+        timeout_millis: millis(s.detector.timeout),
+        max_missed: s.detector.max_missed.get(),
+        missed: s.missed,
+    }
+}
+
+fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn event_to_proto(e: PeerEvent, server_id: &str) -> proto::PeerEvent {
+    let (kind, previous_epoch, observed_id) = match e.kind {
+        PeerEventKind::Registered => (proto::PeerEventKind::Registered, None, String::new()),
+        PeerEventKind::PeerUp => (proto::PeerEventKind::PeerUp, None, String::new()),
+        PeerEventKind::PeerDown => (proto::PeerEventKind::PeerDown, None, String::new()),
+        PeerEventKind::Restarted { previous } => (
+            proto::PeerEventKind::Restarted,
+            Some(previous),
+            String::new(),
+        ),
+        PeerEventKind::IdentityMismatch { observed } => {
+            (proto::PeerEventKind::IdentityMismatch, None, observed)
+        }
+        PeerEventKind::Deregistered => (proto::PeerEventKind::Deregistered, None, String::new()),
+    };
+    proto::PeerEvent {
+        kind: kind.into(),
+        peer_id: e.peer_id,
+        state: state_to_proto(e.state).into(),
+        epoch: e.epoch,
+        previous_epoch,
+        observed_id,
+        timestamp_micros: unix_micros(e.timestamp),
+        server_id: server_id.to_owned(),
+    }
+}
+
+type EventStreamResult = Pin<Box<dyn Stream<Item = Result<proto::PeerEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl HeartbeatService for HeartbeatGrpc {
+    async fn heartbeat(
+        &self,
+        request: Request<proto::HeartbeatMessage>,
+    ) -> Result<Response<proto::HeartbeatResponse>, Status> {
+        Ok(Response::new(self.node.heartbeat(request.get_ref())?))
+    }
+
+    async fn register_peer(
+        &self,
+        request: Request<proto::RegisterPeerRequest>,
+    ) -> Result<Response<proto::RegisterPeerResponse>, Status> {
+        Ok(Response::new(
+            self.node.register(request.into_inner()).await?,
+        ))
+    }
+
+    async fn deregister_peer(
+        &self,
+        request: Request<proto::DeregisterPeerRequest>,
+    ) -> Result<Response<proto::DeregisterPeerResponse>, Status> {
+        Ok(Response::new(
+            self.node.deregister(request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_peers(
+        &self,
+        _request: Request<proto::ListPeersRequest>,
+    ) -> Result<Response<proto::ListPeersResponse>, Status> {
+        Ok(Response::new(proto::ListPeersResponse {
+            peers: self.node.peers().into_iter().map(status_to_proto).collect(),
+            server_id: self.node.identity().to_owned(),
+            server_epoch: self.node.epoch(),
+        }))
+    }
+
+    type WatchPeersStream = EventStreamResult;
+
+    async fn watch_peers(
+        &self,
+        request: Request<proto::WatchPeersRequest>,
+    ) -> Result<Response<Self::WatchPeersStream>, Status> {
+        // Subscribe before the snapshot: an event may then appear in both, but
+        // none can fall between them.
+        let mut events = self.node.subscribe();
+        let server_id = self.node.identity().to_owned();
+        let snapshot: Vec<proto::PeerEvent> = if request.get_ref().include_snapshot {
+            let now = unix_micros(std::time::SystemTime::now());
+            self.node
+                .peers()
+                .into_iter()
+                .map(|s| proto::PeerEvent {
+                    kind: proto::PeerEventKind::Snapshot.into(),
+                    peer_id: s.peer_id,
+                    state: state_to_proto(s.state).into(),
+                    epoch: s.epoch,
+                    previous_epoch: None,
+                    observed_id: String::new(),
+                    timestamp_micros: now,
+                    server_id: server_id.clone(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            for e in snapshot {
+                if tx.send(Ok(e)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let item = tokio::select! {
+                    _ = shutdown.changed() => return,
+                    () = tx.closed() => return,
+                    r = events.recv() => r,
+                };
+                let msg = match item {
+                    Ok(e) => Ok(event_to_proto(e, &server_id)),
+                    Err(broadcast::error::RecvError::Lagged(n)) => Err(Status::resource_exhausted(format!(
+                        "watcher fell {n} events behind; watch again (with include_snapshot) to resynchronise"
+                    ))),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let last = msg.is_err();
+                if tx.send(msg).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,219 @@
+//! The RocksDB registry store, the default.
+//!
+//! Column families: `meta` (key `node`: identity and epoch), `peers` (key: the
+//! peer id, value: its registration) and `peer_epochs` (key: the peer id,
+//! value: the last epoch seen, 8 bytes big-endian). Epochs live apart from the
+//! registrations so that learning an epoch, which happens at run time without
+//! any caller waiting, never rewrites (or resurrects) a registration.
+//!
+//! Acknowledged writes go through a synced WAL; concurrent synced writes from
+//! several threads are grouped into one fsync by RocksDB's write leader.
+
+use std::path::{Path, PathBuf};
+
+use rocksdb::{
+    ColumnFamily, DBCompressionType, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
+
+use super::codec;
+use super::{NodeMeta, PeerRecord, RegistryStore, StoreError};
+
+const CF_META: &str = "meta";
+const CF_PEERS: &str = "peers";
+const CF_EPOCHS: &str = "peer_epochs";
+const META_KEY: &[u8] = b"node";
+
+/// A registry in a RocksDB database under a data directory.
+pub struct RocksDbStore {
+    db: DB,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for RocksDbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksDbStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl RocksDbStore {
+    /// Opens (creating if needed) the registry in `path`. Fails with a typed
+    /// error naming the path when it is a file, in use by another node,
+    /// unwritable or corrupt.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if path.exists() && !path.is_dir() {
+            return Err(StoreError::NotADirectory { path });
+        }
+        std::fs::create_dir_all(&path).map_err(|e| StoreError::Io {
+            path: path.clone(),
+            detail: format!("cannot create: {e}"),
+        })?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(DBCompressionType::None);
+        // The registry is small; keep RocksDB's own footprint small too.
+        opts.set_keep_log_file_num(2);
+        opts.set_max_log_file_size(1 << 20);
+        opts.set_max_background_jobs(1);
+        opts.set_max_open_files(64);
+        let db = DB::open_cf(&opts, &path, [CF_META, CF_PEERS, CF_EPOCHS])
+            .map_err(|e| open_error(&path, e))?;
+        Ok(Self { db, path })
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn cf(&self, name: &str) -> Result<&ColumnFamily, StoreError> {
+        self.db.cf_handle(name).ok_or_else(|| StoreError::Corrupt {
+            path: self.path.clone(),
+            detail: format!("column family {name} missing"),
+        })
+    }
+
+    fn io(&self, e: rocksdb::Error) -> StoreError {
+        StoreError::Io {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        }
+    }
+
+    fn corrupt(&self, detail: String) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            detail,
+        }
+    }
+
+    fn write_synced(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo).map_err(|e| self.io(e))
+    }
+
+    fn epoch_of(&self, peer_id: &str) -> Result<Option<u64>, StoreError> {
+        match self
+            .db
+            .get_cf(self.cf(CF_EPOCHS)?, peer_id)
+            .map_err(|e| self.io(e))?
+        {
+            Some(bytes) => codec::decode_epoch(&bytes)
+                .map(Some)
+                .map_err(|d| self.corrupt(d)),
+            None => Ok(None),
+        }
+    }
+}
+
+fn open_error(path: &Path, e: rocksdb::Error) -> StoreError {
+    let detail = e.to_string();
+    let path = path.to_path_buf();
+    if detail.contains("lock") || detail.contains("LOCK") {
+        StoreError::InUse { path, detail }
+    } else if detail.contains("Corruption") || detail.contains("corrupt") {
+        StoreError::Corrupt { path, detail }
+    } else {
+        StoreError::Io { path, detail }
+    }
+}
+
+impl RegistryStore for RocksDbStore {
+    fn load_meta(&self) -> Result<Option<NodeMeta>, StoreError> {
+        match self
+            .db
+            .get_cf(self.cf(CF_META)?, META_KEY)
+            .map_err(|e| self.io(e))?
+        {
+            Some(bytes) => codec::decode_meta(&bytes)
+                .map(Some)
+                .map_err(|d| self.corrupt(d)),
+            None => Ok(None),
+        }
+    }
+
+    fn save_meta(&self, meta: &NodeMeta) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_META)?, META_KEY, codec::encode_meta(meta));
+        self.write_synced(batch)
+    }
+
+    fn put_peer(&self, record: &PeerRecord) -> Result<(), StoreError> {
+        let peers = self.cf(CF_PEERS)?;
+        let existed = self
+            .db
+            .get_pinned_cf(peers, &record.peer_id)
+            .map_err(|e| self.io(e))?
+            .is_some();
+        let mut batch = WriteBatch::default();
+        batch.put_cf(peers, &record.peer_id, codec::encode_peer(record));
+        if !existed {
+            batch.delete_cf(self.cf(CF_EPOCHS)?, &record.peer_id);
+        }
+        self.write_synced(batch)
+    }
+
+    fn delete_peer(&self, peer_id: &str) -> Result<bool, StoreError> {
+        let peers = self.cf(CF_PEERS)?;
+        let existed = self
+            .db
+            .get_pinned_cf(peers, peer_id)
+            .map_err(|e| self.io(e))?
+            .is_some();
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(peers, peer_id);
+        batch.delete_cf(self.cf(CF_EPOCHS)?, peer_id);
+        self.write_synced(batch)?;
+        Ok(existed)
+    }
+
+    fn get_peer(&self, peer_id: &str) -> Result<Option<PeerRecord>, StoreError> {
+        let Some(bytes) = self
+            .db
+            .get_cf(self.cf(CF_PEERS)?, peer_id)
+            .map_err(|e| self.io(e))?
+        else {
+            return Ok(None);
+        };
+        let mut record = codec::decode_peer(&bytes).map_err(|d| self.corrupt(d))?;
+        record.last_epoch = self.epoch_of(peer_id)?;
+        Ok(Some(record))
+    }
+
+    fn load_peers(&self) -> Result<Vec<PeerRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_PEERS)?, IteratorMode::Start) {
+            let (_key, value) = item.map_err(|e| self.io(e))?;
+            out.push(codec::decode_peer(&value).map_err(|d| self.corrupt(d))?);
+        }
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_EPOCHS)?, IteratorMode::Start)
+        {
+            let (key, value) = item.map_err(|e| self.io(e))?;
+            let epoch = codec::decode_epoch(&value).map_err(|d| self.corrupt(d))?;
+            if let Ok(i) = out.binary_search_by(|p| p.peer_id.as_bytes().cmp(&key)) {
+                out[i].last_epoch = Some(epoch);
+            }
+        }
+        Ok(out)
+    }
+
+    fn record_epoch(&self, peer_id: &str, epoch: u64) -> Result<(), StoreError> {
+        let registered = self
+            .db
+            .get_pinned_cf(self.cf(CF_PEERS)?, peer_id)
+            .map_err(|e| self.io(e))?
+            .is_some();
+        if registered {
+            self.db
+                .put_cf(self.cf(CF_EPOCHS)?, peer_id, codec::encode_epoch(epoch))
+                .map_err(|e| self.io(e))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,77 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use heartbeater::{
+    HeartbeatServer, PeerEvent, PeerEventKind, PeerState, PeerStatus, RegisterPeerRequest,
+};
+use tokio_stream::StreamExt;
+
+/// Generous upper bound for anything that should happen "soon": tests assert
+/// behaviour, the benchmark measures speed.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+pub async fn memory_node() -> HeartbeatServer {
+    let server = HeartbeatServer::builder()
+        .server_port(0)
+        .in_memory()
+        .build()
+        .expect("build");
+    server.start().await.expect("start");
+    server
+}
+
+pub fn registration(peer: &HeartbeatServer, freq_ms: i64) -> RegisterPeerRequest {
+    let addr = peer.local_addr().expect("peer running");
+    RegisterPeerRequest {
+        peer_id: peer.identity(),
+        peer_host: addr.ip().to_string(),
+        peer_port: u32::from(addr.port()),
+        heartbeat_freq_millis: freq_ms,
+        timeout_millis: None,
+        max_missed: None,
+    }
+}
+
+/// Polls `f` every few milliseconds until it returns `Some`, or panics with
+/// `what` after `PATIENCE`.
+pub async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub fn status(server: &HeartbeatServer, peer_id: &str) -> Option<PeerStatus> {
+    server.peers().into_iter().find(|p| p.peer_id == peer_id)
+}
+
+pub async fn wait_state(server: &HeartbeatServer, peer_id: &str, state: PeerState) -> PeerStatus {
+    eventually(&format!("{peer_id} to be {state}"), || {
+        status(server, peer_id).filter(|s| s.state == state)
+    })
+    .await
+}
+
+/// Waits for the next event of `kind` about `peer_id`.
+pub async fn next_event(
+    events: &mut heartbeater::EventStream,
+    peer_id: &str,
+    kind: fn(&PeerEventKind) -> bool,
+) -> PeerEvent {
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(e) = events.next().await {
+            if e.peer_id == peer_id && kind(&e.kind) {
+                return e;
+            }
+        }
+        panic!("event stream ended");
+    })
+    .await
+    .expect("timed out waiting for an event")
+}

@@ -1,0 +1,137 @@
+//! One conformance suite, run against every registry store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use heartbeater::store::{MemoryStore, NodeMeta, PeerRecord, RegistryStore, RocksDbStore};
+
+/// Opens the store under test; calling it again after dropping every earlier
+/// handle "restarts" it on the same data.
+trait Harness {
+    fn open(&self) -> Arc<dyn RegistryStore>;
+}
+
+struct Memory(MemoryStore);
+impl Harness for Memory {
+    fn open(&self) -> Arc<dyn RegistryStore> {
+        Arc::new(self.0.clone())
+    }
+}
+
+struct Rocks(tempfile::TempDir);
+impl Harness for Rocks {
+    fn open(&self) -> Arc<dyn RegistryStore> {
+        Arc::new(RocksDbStore::open(self.0.path()).expect("open rocksdb"))
+    }
+}
+
+fn record(id: &str, port: u16) -> PeerRecord {
+    PeerRecord {
+        peer_id: id.into(),
+        host: "127.0.0.1".into(),
+        port,
+        heartbeat_freq: Duration::from_millis(100),
+        timeout: Duration::from_millis(150),
+        max_missed: 3,
+        registered_at_micros: 1_700_000_000_000_000,
+        last_epoch: None,
+    }
+}
+
+fn meta_is_empty_then_survives_a_reopen(h: &dyn Harness) {
+    let s = h.open();
+    assert_eq!(s.load_meta().unwrap(), None);
+    let meta = NodeMeta {
+        identity: "node-a".into(),
+        epoch: 3,
+    };
+    s.save_meta(&meta).unwrap();
+    drop(s);
+    assert_eq!(h.open().load_meta().unwrap(), Some(meta));
+}
+
+fn peers_round_trip_in_id_order(h: &dyn Harness) {
+    let s = h.open();
+    s.put_peer(&record("b", 2)).unwrap();
+    s.put_peer(&record("a", 1)).unwrap();
+    s.put_peer(&record("c", 3)).unwrap();
+    drop(s);
+    let s = h.open();
+    let ids: Vec<_> = s
+        .load_peers()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.peer_id)
+        .collect();
+    assert_eq!(ids, vec!["a", "b", "c"]);
+    assert_eq!(s.get_peer("b").unwrap(), Some(record("b", 2)));
+    assert_eq!(s.get_peer("zz").unwrap(), None);
+}
+
+fn put_replaces_and_delete_removes(h: &dyn Harness) {
+    let s = h.open();
+    s.put_peer(&record("p", 1)).unwrap();
+    s.put_peer(&record("p", 2)).unwrap();
+    assert_eq!(s.load_peers().unwrap(), vec![record("p", 2)]);
+    assert!(s.delete_peer("p").unwrap());
+    assert!(!s.delete_peer("p").unwrap(), "second delete finds nothing");
+    drop(s);
+    assert!(h.open().load_peers().unwrap().is_empty());
+}
+
+fn epochs_are_remembered_for_registered_peers_only(h: &dyn Harness) {
+    let s = h.open();
+    s.put_peer(&record("p", 1)).unwrap();
+    s.record_epoch("p", 7).unwrap();
+    s.record_epoch("unknown", 9).unwrap();
+    assert_eq!(s.get_peer("p").unwrap().unwrap().last_epoch, Some(7));
+    assert_eq!(
+        s.get_peer("unknown").unwrap(),
+        None,
+        "recording an epoch registers nothing"
+    );
+    // An update keeps the epoch; a deregistration forgets it.
+    s.put_peer(&record("p", 5)).unwrap();
+    assert_eq!(s.load_peers().unwrap()[0].last_epoch, Some(7));
+    drop(s);
+    let s = h.open();
+    assert_eq!(s.get_peer("p").unwrap().unwrap().last_epoch, Some(7));
+    s.delete_peer("p").unwrap();
+    s.put_peer(&record("p", 1)).unwrap();
+    assert_eq!(s.get_peer("p").unwrap().unwrap().last_epoch, None);
+}
+
+fn many_concurrent_writers_all_land(h: &dyn Harness) {
+    let s = h.open();
+    std::thread::scope(|scope| {
+        for t in 0..8 {
+            let s = s.clone();
+            scope.spawn(move || {
+                for i in 0..50 {
+                    s.put_peer(&record(&format!("t{t}-{i:03}"), 1)).unwrap();
+                }
+            });
+        }
+    });
+    drop(s);
+    assert_eq!(h.open().load_peers().unwrap().len(), 400);
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(#[test] fn $name() { super::$name(&super::Memory(super::MemoryStore::new())); })*
+        }
+        mod rocksdb {
+            $(#[test] fn $name() { super::$name(&super::Rocks(tempfile::tempdir().unwrap())); })*
+        }
+    };
+}
+
+conformance!(
+    meta_is_empty_then_survives_a_reopen,
+    peers_round_trip_in_id_order,
+    put_replaces_and_delete_removes,
+    epochs_are_remembered_for_registered_peers_only,
+    many_concurrent_writers_all_land,
+);
