@@ -9,6 +9,7 @@
 //! - [`detector`]: the [`FailureDetector`] trait and the seeds' miss counter.
 //! - [`liveness`]: one peer's state machine (`Unknown`, `Alive`, `Unreachable`).
 //! - [`table`]: all peers and the single schedule of their heartbeats.
+//! - [`tracker`]: which clients of a topic are connected (seed 001).
 #![forbid(unsafe_code)]
 // Library code turns every failure that input or the network can cause into
 // an error value; tests may unwrap.
@@ -18,8 +19,10 @@ pub mod config;
 pub mod detector;
 pub mod liveness;
 pub mod table;
+pub mod tracker;
 
 pub use config::{DetectorConfig, PeerSpec, ValidationError};
 pub use detector::{FailureDetector, MissCountDetector};
 pub use liveness::{Change, PeerLiveness, PeerState, Reply};
 pub use table::{EventKind, LivenessEvent, PeerKey, PeerStatus, PeerTable, Probe, Upsert};
+pub use tracker::{ClientConnectionTracker, ConnectionChange, Tick, TrackerConfig};
