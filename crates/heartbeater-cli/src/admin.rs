@@ -47,6 +47,8 @@ pub struct RegisterArgs {
 }
 
 pub async fn register(args: RegisterArgs) -> anyhow::Result<()> {
+    // Refuse nonsense before contacting anyone; the node checks again.
+    heartbeater::DetectorConfig::new(args.freq, args.timeout, args.max_missed)?;
     let c = client(&args.server)?;
     let response = c
         .register_peer(RegisterPeerRequest {

@@ -7,6 +7,7 @@ mod address;
 mod admin;
 mod output;
 mod serve;
+mod topics;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -39,6 +40,11 @@ enum Command {
     Watch(admin::WatchArgs),
     /// Send one heartbeat to a node; print its identity, epoch and the RTT.
     Heartbeat(admin::HeartbeatArgs),
+    /// Publish a topic: each line read on stdin is one message; print which
+    /// subscribers connect and disconnect, as heartbeats tell.
+    Publish(topics::PublishArgs),
+    /// Subscribe to a topic and print its messages.
+    Subscribe(topics::SubscribeArgs),
 }
 
 /// Options shared by every command that talks to a node.
@@ -80,6 +86,8 @@ fn main() -> ExitCode {
             Command::Peers(args) => admin::peers(args).await,
             Command::Watch(args) => admin::watch(args).await,
             Command::Heartbeat(args) => admin::heartbeat(args).await,
+            Command::Publish(args) => topics::publish(args).await,
+            Command::Subscribe(args) => topics::subscribe(args).await,
         }
     });
     match result {

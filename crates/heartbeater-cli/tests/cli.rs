@@ -336,3 +336,132 @@ fn heartbeat_prints_identity_epoch_and_rtt() {
     assert_eq!(json["server_id"], node.identity.as_str());
     assert!(json["rtt_micros"].as_u64().unwrap() > 0);
 }
+
+/// A child whose stdout lines (JSON) arrive on a channel; killed on drop.
+struct JsonChild {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+}
+
+impl JsonChild {
+    fn spawn(args: &[&str], stdin: Stdio) -> JsonChild {
+        let mut child = bin()
+            .args(args)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn heartbeater");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let v: Value =
+                    serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        });
+        JsonChild { child, lines }
+    }
+
+    fn next(&self, within: Duration) -> Option<Value> {
+        self.lines.recv_timeout(within).ok()
+    }
+
+    fn expect(&self, event: &str) -> Value {
+        let start = Instant::now();
+        loop {
+            let v = self
+                .next(PATIENCE.saturating_sub(start.elapsed()))
+                .unwrap_or_else(|| panic!("no {event} line"));
+            if v["event"] == event {
+                return v;
+            }
+        }
+    }
+}
+
+impl Drop for JsonChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn publish_and_subscribe_processes_and_a_killed_subscriber_disconnects_once() {
+    use std::io::Write;
+    let mut publisher = JsonChild::spawn(
+        &[
+            "publish",
+            "--json",
+            "--listen",
+            "127.0.0.1:0",
+            "--topic",
+            "news",
+            "--heartbeat-rate",
+            "100ms",
+        ],
+        Stdio::piped(),
+    );
+    let started = publisher.expect("publishing");
+    let addr = started["listen"].as_str().unwrap().to_owned();
+    let subscribe = [
+        "subscribe",
+        "--json",
+        "--publisher",
+        addr.as_str(),
+        "--topic",
+        "news",
+    ];
+    let mut one = JsonChild::spawn(&subscribe, Stdio::null());
+    let two = JsonChild::spawn(&subscribe, Stdio::null());
+    let id_one = one.expect("subscribed")["client"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let id_two = two.expect("subscribed")["client"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let mut connected = Vec::new();
+    while connected.len() < 2 {
+        let v = publisher.expect("connected");
+        assert_eq!(v["topic"], "news");
+        connected.push(v["client"].as_str().unwrap().to_owned());
+    }
+    connected.sort();
+    let mut expected = vec![id_one.clone(), id_two.clone()];
+    expected.sort();
+    assert_eq!(connected, expected);
+
+    let stdin = publisher.child.stdin.as_mut().unwrap();
+    writeln!(stdin, "hello subscribers").unwrap();
+    stdin.flush().unwrap();
+    for sub in [&one, &two] {
+        let m = sub.expect("message");
+        assert_eq!(
+            (m["topic"].as_str(), m["payload"].as_str()),
+            (Some("news"), Some("hello subscribers"))
+        );
+    }
+
+    // kill -9 one subscriber: exactly one disconnected, for it, within about
+    // 3 x 100 ms + 100 ms (slack for process scheduling on a busy machine).
+    one.child.kill().unwrap();
+    one.child.wait().unwrap();
+    let killed = Instant::now();
+    let v = publisher.expect("disconnected");
+    let took = killed.elapsed();
+    assert_eq!(v["client"].as_str(), Some(id_one.as_str()));
+    assert!(
+        took < Duration::from_millis(400 + 1000),
+        "disconnected after {took:?}"
+    );
+    // Nothing more: no second report for it, none for the live subscriber.
+    let quiet = publisher.next(Duration::from_millis(1500));
+    assert!(quiet.is_none(), "unexpected line {quiet:?}");
+    drop(two);
+}

@@ -98,6 +98,14 @@ pub struct HeartbeatServer {
     runtime: Runtime,
 }
 
+impl std::fmt::Debug for HeartbeatServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("HeartbeatServer")
+            .field(self.server())
+            .finish()
+    }
+}
+
 impl HeartbeatServer {
     /// A builder with the defaults.
     pub fn builder() -> HeartbeatServerBuilder {
@@ -202,6 +210,17 @@ pub struct HeartbeatClient {
     deadline: Duration,
     worker_count: usize,
     running: Option<(Runtime, crate::HeartbeatClient)>,
+}
+
+impl std::fmt::Debug for HeartbeatClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeartbeatClient")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("deadline", &self.deadline)
+            .field("running", &self.is_running())
+            .finish()
+    }
 }
 
 impl HeartbeatClient {

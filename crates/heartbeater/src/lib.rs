@@ -45,6 +45,7 @@ pub mod proto;
 mod server;
 mod service;
 pub mod store;
+pub mod topic;
 
 pub use client::HeartbeatClient;
 pub use error::{ClientError, ServerError};
@@ -60,3 +61,8 @@ pub use server::{
     HeartbeatServer, HeartbeatServerBuilder, DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT,
 };
 pub use store::{MemoryStore, RegistryStore, RocksDbStore, StoreError};
+pub use topic::{
+    ClientConnectionListener, HeartbeatParameters, HeartbeatParametersBuilder, TopicError,
+    TopicHandler, TopicPublisher, TopicResponse, TopicSubscriber,
+};
+pub use uuid::Uuid;

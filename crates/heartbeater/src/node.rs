@@ -45,6 +45,7 @@ pub(crate) struct Node {
     monitor: Arc<Monitor>,
     registry_lock: tokio::sync::Mutex<()>,
     answered: std::sync::atomic::AtomicU64,
+    topics: Arc<crate::topic::Topics>,
 }
 
 impl Node {
@@ -74,6 +75,7 @@ impl Node {
             monitor,
             registry_lock: tokio::sync::Mutex::new(()),
             answered: std::sync::atomic::AtomicU64::new(0),
+            topics: Arc::default(),
         });
         (node, epochs)
     }
@@ -84,6 +86,10 @@ impl Node {
 
     pub(crate) fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    pub(crate) fn topics(&self) -> &Arc<crate::topic::Topics> {
+        &self.topics
     }
 
     pub(crate) fn monitor(&self) -> &Arc<Monitor> {

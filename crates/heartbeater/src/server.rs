@@ -22,11 +22,13 @@ use crate::error::ServerError;
 use crate::event::EventStream;
 use crate::node::{Node, NodeError};
 use crate::proto::heartbeat_service_server::HeartbeatServiceServer;
+use crate::proto::topic_service_server::TopicServiceServer;
 use crate::proto::{
     DeregisterPeerRequest, DeregisterPeerResponse, RegisterPeerRequest, RegisterPeerResponse,
 };
 use crate::service::HeartbeatGrpc;
 use crate::store::{MemoryStore, NodeMeta, RegistryStore, RocksDbStore};
+use crate::topic::{TopicError, TopicGrpc, TopicHandler, TopicPublisher, TopicSubscriber};
 
 /// Default listen host.
 pub const DEFAULT_HOST: &str = "127.0.0.1";
@@ -142,10 +144,16 @@ impl HeartbeatServerBuilder {
             Storage::Custom(store) => store,
         };
         let stored = store.load_meta()?;
-        let identity = match &stored {
-            Some(meta) => meta.identity.clone(),
-            None => uuid::Uuid::new_v4().to_string(),
+        let instance = match &stored {
+            Some(meta) => {
+                uuid::Uuid::parse_str(&meta.identity).map_err(|_| ServerError::InvalidConfig {
+                    field: "data_dir",
+                    reason: format!("stored identity {:?} is not a UUID", meta.identity),
+                })?
+            }
+            None => uuid::Uuid::new_v4(),
         };
+        let identity = instance.to_string();
         let stored_epoch = stored.as_ref().map_or(0, |m| m.epoch);
         let epoch = match self.epoch {
             Some(requested) if requested < stored_epoch => {
@@ -164,6 +172,7 @@ impl HeartbeatServerBuilder {
         let records = store.load_peers()?;
         let (node, learned_epochs) = Node::new(identity, epoch, store, records);
         Ok(HeartbeatServer {
+            instance,
             host,
             port: self.port,
             worker_count: self.worker_count,
@@ -198,6 +207,7 @@ struct Running {
 /// Dropping a running server stops its tasks without draining; call
 /// [`HeartbeatServer::stop`] for a graceful stop.
 pub struct HeartbeatServer {
+    instance: uuid::Uuid,
     host: String,
     port: u16,
     worker_count: usize,
@@ -299,12 +309,14 @@ impl HeartbeatServer {
             .map_err(|e| ServerError::Internal(format!("reflection: {e}")))?;
         let grpc =
             HeartbeatServiceServer::new(HeartbeatGrpc::new(self.node.clone(), shutdown_rx.clone()));
+        let topics = TopicServiceServer::new(TopicGrpc::new(self.node.topics().clone()));
         let mut signal = shutdown_rx.clone();
         let serve = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(grpc)
+                .add_service(topics)
                 .serve_with_incoming_shutdown(incoming, async move {
                     // Either a `true` or the sender gone means stop.
                     let _ = signal.wait_for(|stop| *stop).await;
@@ -349,6 +361,9 @@ impl HeartbeatServer {
             .health
             .set_not_serving::<HeartbeatServiceServer<HeartbeatGrpc>>()
             .await;
+        // End subscription streams first: a graceful shutdown waits for open
+        // streams, and subscribers would otherwise hold it for the full drain.
+        self.node.topics().close_all();
         let _ = running.shutdown.send(true);
         let mut serve = running.serve;
         let served = match tokio::time::timeout(DRAIN_TIMEOUT, &mut serve).await {
@@ -415,6 +430,31 @@ impl HeartbeatServer {
     /// Every peer event from now on.
     pub fn events(&self) -> EventStream {
         EventStream::new(self.node.subscribe())
+    }
+
+    /// Publishes `topic` from this node. Subscribers connect to this node's
+    /// address; the publisher lives until its last clone is dropped.
+    pub fn create_publisher(&self, topic: &str) -> Result<TopicPublisher, TopicError> {
+        self.node.topics().create(topic, self.instance)
+    }
+
+    /// Subscribes this node to `topic` published by the node at `publisher`
+    /// (which may be this node). The client instance id the publisher sees is
+    /// this node's identity. Must be called within a tokio runtime; the
+    /// subscription reconnects after failures until the returned handle is
+    /// dropped.
+    pub fn subscribe(
+        &self,
+        topic: &str,
+        publisher: SocketAddr,
+        handler: impl TopicHandler,
+    ) -> Result<TopicSubscriber, TopicError> {
+        crate::topic::subscribe(self.instance, topic, publisher, Arc::new(handler))
+    }
+
+    /// The node's identity as a UUID: the client instance id of its subscriptions.
+    pub fn instance_id(&self) -> uuid::Uuid {
+        self.instance
     }
 
     /// Registers a peer with this node directly (what the `RegisterPeer` RPC

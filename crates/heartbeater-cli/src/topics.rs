@@ -1,0 +1,184 @@
+//! `heartbeater publish` and `heartbeater subscribe`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use heartbeater::{ClientConnectionListener, HeartbeatParameters, HeartbeatServer, Uuid};
+use serde_json::json;
+use tokio::io::AsyncBufReadExt;
+
+use crate::address::HostPort;
+use crate::output;
+
+/// Options of `publish`.
+#[derive(Debug, clap::Args)]
+pub struct PublishArgs {
+    /// Where this publisher's node listens for subscribers.
+    #[arg(long, default_value = "127.0.0.1:8181", value_name = "HOST:PORT")]
+    listen: HostPort,
+    /// The topic.
+    #[arg(long)]
+    topic: String,
+    /// Time between heartbeats to the subscribers.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    heartbeat_rate: Duration,
+    /// How long a heartbeat answer counts [default: the rate].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    heartbeat_timeout: Option<Duration>,
+    /// Unanswered heartbeats before a client is disconnected.
+    #[arg(long, default_value_t = 3)]
+    max_client_conn_checks: u32,
+    /// Publish without heartbeats (no connected/disconnected lines).
+    #[arg(long)]
+    no_heartbeats: bool,
+    /// JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+struct PrintingListener {
+    json: bool,
+}
+
+impl PrintingListener {
+    fn print(&self, event: &str, topic: &str, client: Uuid) {
+        let line = if self.json {
+            json!({"event": event, "topic": topic, "client": client.to_string(), "timestamp": output::now_rfc3339()})
+                .to_string()
+        } else {
+            format!(
+                "{} {event:<12} {client} topic={topic}",
+                output::now_rfc3339()
+            )
+        };
+        let mut out = std::io::stdout().lock();
+        // A closed stdout (the reader went away) is no reason to stop publishing.
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+impl ClientConnectionListener for PrintingListener {
+    fn on_client_connected(&self, topic: &str, client: Uuid) {
+        self.print("connected", topic, client);
+    }
+
+    fn on_client_disconnected(&self, topic: &str, client: Uuid) {
+        self.print("disconnected", topic, client);
+    }
+}
+
+pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    let params = HeartbeatParameters::builder()
+        .heartbeat_rate(args.heartbeat_rate)
+        .heartbeat_timeout(args.heartbeat_timeout.unwrap_or(args.heartbeat_rate))
+        .max_client_conn_checks(args.max_client_conn_checks)
+        .build()?;
+    let server = HeartbeatServer::builder()
+        .server_host(args.listen.host.clone())
+        .server_port(args.listen.port)
+        .in_memory()
+        .build()?;
+    let publisher = server.create_publisher(&args.topic)?;
+    let addr = server.start().await?;
+    if !args.no_heartbeats {
+        publisher.activate_heartbeats(PrintingListener { json: args.json }, params)?;
+    }
+    if args.json {
+        println!(
+            "{}",
+            json!({"event": "publishing", "topic": args.topic, "listen": addr.to_string(),
+                   "identity": server.identity(), "heartbeats": !args.no_heartbeats,
+                   "timestamp": output::now_rfc3339()})
+        );
+    } else {
+        eprintln!(
+            "publishing topic {:?} on {addr}; each line typed is one message (Ctrl-C to stop)",
+            args.topic
+        );
+    }
+
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+            line = lines.next_line(), if stdin_open => match line.context("reading stdin")? {
+                Some(line) => {
+                    publisher.send(line).await;
+                }
+                None => stdin_open = false,
+            }
+        }
+    }
+    publisher.deactivate_heartbeats();
+    drop(publisher);
+    server.stop().await?;
+    Ok(())
+}
+
+/// Options of `subscribe`.
+#[derive(Debug, clap::Args)]
+pub struct SubscribeArgs {
+    /// The publisher's node.
+    #[arg(long, value_name = "HOST:PORT")]
+    publisher: HostPort,
+    /// The topic.
+    #[arg(long)]
+    topic: String,
+    /// JSON lines instead of the bare messages.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
+    let publisher: SocketAddr =
+        tokio::net::lookup_host((args.publisher.host.as_str(), args.publisher.port))
+            .await
+            .with_context(|| format!("--publisher {}", args.publisher))?
+            .next()
+            .with_context(|| format!("--publisher {}: resolves to no address", args.publisher))?;
+    // A node of our own, only for its identity (the client instance id the
+    // publisher sees); it needs no listener.
+    let node = HeartbeatServer::builder().in_memory().build()?;
+    let json = args.json;
+    let subscription = node.subscribe(&args.topic, publisher, move |topic: &str, payload: &[u8]| {
+        let text = String::from_utf8_lossy(payload);
+        let line = if json {
+            json!({"event": "message", "topic": topic, "payload": text, "timestamp": output::now_rfc3339()})
+                .to_string()
+        } else {
+            text.into_owned()
+        };
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    })?;
+    if json {
+        println!(
+            "{}",
+            json!({"event": "subscribed", "topic": args.topic, "publisher": args.publisher.to_string(),
+                   "client": node.instance_id().to_string(), "timestamp": output::now_rfc3339()})
+        );
+    } else {
+        eprintln!(
+            "subscribed to {:?} at {} as client {}",
+            args.topic,
+            args.publisher,
+            node.instance_id()
+        );
+    }
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    drop(subscription);
+    Ok(())
+}

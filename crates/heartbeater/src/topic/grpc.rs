@@ -1,0 +1,88 @@
+//! `heartbeater.v1.TopicService`: the publisher's end of subscription streams.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use uuid::Uuid;
+
+use super::hub::{Topics, SUBSCRIBER_QUEUE};
+use super::validate_topic;
+use crate::proto::topic_service_server::TopicService;
+use crate::proto::{FrameKind, TopicFrame};
+
+/// The gRPC face of a node's topics.
+pub(crate) struct TopicGrpc {
+    topics: Arc<Topics>,
+}
+
+impl TopicGrpc {
+    pub(crate) fn new(topics: Arc<Topics>) -> Self {
+        Self { topics }
+    }
+}
+
+fn kind_of(frame: &TopicFrame) -> FrameKind {
+    frame
+        .header
+        .as_ref()
+        .and_then(|h| FrameKind::try_from(h.kind).ok())
+        .unwrap_or(FrameKind::Unspecified)
+}
+
+type FrameStream = Pin<Box<dyn Stream<Item = Result<TopicFrame, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl TopicService for TopicGrpc {
+    type SubscribeStream = FrameStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<TopicFrame>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("stream closed before its SUBSCRIBE frame"))?;
+        if kind_of(&first) != FrameKind::Subscribe {
+            return Err(Status::invalid_argument(
+                "the first frame must be SUBSCRIBE",
+            ));
+        }
+        let header = first.header.unwrap_or_default();
+        validate_topic(&header.topic).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let instance = Uuid::parse_str(&header.instance_id).map_err(|_| {
+            Status::invalid_argument(format!(
+                "invalid instance_id {:?}: must be the subscribing node's UUID",
+                header.instance_id
+            ))
+        })?;
+        let hub = self.topics.get(&header.topic).ok_or_else(|| {
+            Status::not_found(format!(
+                "this node does not publish topic {:?}",
+                header.topic
+            ))
+        })?;
+
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+        let conn = hub.add_subscriber(instance, tx);
+        tokio::spawn(async move {
+            // Answers are attributed to the instance that subscribed, not to
+            // whatever a frame's header claims.
+            while let Ok(Some(frame)) = inbound.message().await {
+                let request_id = frame.header.as_ref().map_or(0, |h| h.request_id);
+                match kind_of(&frame) {
+                    FrameKind::HeartbeatResponse => hub.on_heartbeat_response(request_id, instance),
+                    FrameKind::Response => hub.on_response(request_id, instance, frame.payload),
+                    _ => {}
+                }
+            }
+            hub.remove_subscriber(conn);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
