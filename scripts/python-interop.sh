@@ -27,7 +27,8 @@ trap cleanup EXIT
     proto/heartbeater/v1/heartbeater.proto
 touch "$work/heartbeater/__init__.py" "$work/heartbeater/v1/__init__.py"
 
-cargo build --quiet -p heartbeater-cli
+# The same build as `make test` (other cargo invocations may rebuild RocksDB).
+cargo test --quiet --workspace --no-run
 bin="${CARGO_TARGET_DIR:-target}/debug/heartbeater"
 
 start_node() {
