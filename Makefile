@@ -18,7 +18,7 @@ test: deps
 
 check: deps
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	./scripts/clippy.sh
 
 release: deps
 	$(CARGO) build --release --workspace

@@ -161,9 +161,11 @@ pub struct WatchArgs {
 pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     let c = client(&args.server)?;
     let mut events = c.watch_peers(args.snapshot).await?;
+    let stop = crate::interrupted();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            r = &mut stop => return r,
             item = events.next() => match item {
                 Some(Ok(e)) => {
                     if args.json {

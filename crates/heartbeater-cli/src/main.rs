@@ -58,6 +58,17 @@ struct ServerArgs {
     deadline: Duration,
 }
 
+/// Resolves at the first SIGINT (Ctrl-C) or SIGTERM.
+async fn interrupted() -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot install the SIGINT handler"),
+        _ = terminate.recv() => Ok(()),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()

@@ -113,12 +113,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         println!("  peers     {} restored", server.peers().len());
     }
 
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install the SIGTERM handler")?;
+    let stop = crate::interrupted();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
+            r = &mut stop => { r?; break }
             event = events.next() => {
                 let Some(event) = event else { break };
                 let e = event.to_proto(&identity);

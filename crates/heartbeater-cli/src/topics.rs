@@ -102,12 +102,11 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
 
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install the SIGTERM handler")?;
+    let stop = crate::interrupted();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
+            r = &mut stop => { r?; break }
             line = lines.next_line(), if stdin_open => match line.context("reading stdin")? {
                 Some(line) => {
                     publisher.send(line).await;
@@ -173,12 +172,7 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
             node.instance_id()
         );
     }
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install the SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
+    crate::interrupted().await?;
     drop(subscription);
     Ok(())
 }

@@ -17,8 +17,7 @@ fn bin() -> Command {
 
 /// A `heartbeater serve --json` child; killed (SIGKILL) on drop.
 struct Node {
-    child: Child,
-    lines: mpsc::Receiver<Value>,
+    proc: JsonChild,
     addr: String,
     identity: String,
     epoch: u64,
@@ -26,36 +25,17 @@ struct Node {
 
 impl Node {
     fn start(listen: &str, data_dir: &Path) -> Node {
-        let mut child = bin()
-            .args(["serve", "--json", "--listen", listen, "--data-dir"])
-            .arg(data_dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn heartbeater serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                    panic!("serve printed a line that is not JSON: {line}");
-                };
-                if tx.send(v).is_err() {
-                    return;
-                }
-            }
-        });
-        let started = lines
-            .recv_timeout(PATIENCE)
-            .expect("serve prints a start line");
-        assert_eq!(started["event"], "started", "{started}");
+        let dir = data_dir.to_str().expect("utf-8 path");
+        let proc = JsonChild::spawn(
+            &["serve", "--json", "--listen", listen, "--data-dir", dir],
+            Stdio::null(),
+        );
+        let started = proc.expect("started");
         Node {
             addr: started["listen"].as_str().unwrap().to_owned(),
             identity: started["identity"].as_str().unwrap().to_owned(),
             epoch: started["epoch"].as_u64().unwrap(),
-            child,
-            lines,
+            proc,
         }
     }
 
@@ -64,30 +44,22 @@ impl Node {
     }
 
     fn kill9(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
+        self.proc.child.kill().expect("SIGKILL");
+        self.proc.child.wait().expect("reap");
     }
 
     /// Waits for a JSON line with `event == name` about `peer_id`.
     fn expect_event(&self, name: &str, peer_id: &str) -> Value {
         let start = Instant::now();
         loop {
-            let left = PATIENCE.saturating_sub(start.elapsed());
             let v = self
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no {name} event for {peer_id}"));
+                .proc
+                .next(PATIENCE.saturating_sub(start.elapsed()))
+                .unwrap_or_else(|| panic!("no {name} event for {peer_id}"));
             if v["event"] == name && v["peer_id"] == peer_id {
                 return v;
             }
         }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -265,13 +237,12 @@ fn sigterm_stops_a_node_gracefully() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = Node::start("127.0.0.1:0", dir.path());
     let status = Command::new("kill")
-        .args(["-TERM", &node.child.id().to_string()])
+        .args(["-TERM", &node.proc.child.id().to_string()])
         .status()
         .expect("kill -TERM");
     assert!(status.success());
-    let stopped = node.lines.recv_timeout(PATIENCE).expect("a stop line");
-    assert_eq!(stopped["event"], "stopped");
-    let exit = node.child.wait().expect("wait");
+    node.proc.expect("stopped");
+    let exit = node.proc.child.wait().expect("wait");
     assert!(exit.success(), "{exit:?}");
 }
 

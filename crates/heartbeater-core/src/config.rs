@@ -93,15 +93,7 @@ impl DetectorConfig {
         check_interval("heartbeat_freq_millis", heartbeat_freq)?;
         let timeout = timeout.unwrap_or(heartbeat_freq);
         check_interval("timeout_millis", timeout)?;
-        let max_missed = max_missed.unwrap_or(DEFAULT_MAX_MISSED);
-        if max_missed > MAX_MISSED_LIMIT {
-            return Err(ValidationError::new(
-                "max_missed",
-                format!("{max_missed} is more than the limit of {MAX_MISSED_LIMIT}"),
-            ));
-        }
-        let max_missed = NonZeroU32::new(max_missed)
-            .ok_or_else(|| ValidationError::new("max_missed", "must be at least 1"))?;
+        let max_missed = check_count("max_missed", max_missed.unwrap_or(DEFAULT_MAX_MISSED))?;
         Ok(Self {
             heartbeat_freq,
             timeout,
@@ -127,7 +119,22 @@ fn interval_from_millis(field: &'static str, millis: i64) -> Result<Duration, Va
     Ok(interval)
 }
 
-fn check_interval(field: &'static str, interval: Duration) -> Result<(), ValidationError> {
+/// Checks a count of misses or checks: 1 to [`MAX_MISSED_LIMIT`].
+pub(crate) fn check_count(field: &'static str, n: u32) -> Result<NonZeroU32, ValidationError> {
+    if n > MAX_MISSED_LIMIT {
+        return Err(ValidationError::new(
+            field,
+            format!("{n} is more than the limit of {MAX_MISSED_LIMIT}"),
+        ));
+    }
+    NonZeroU32::new(n).ok_or_else(|| ValidationError::new(field, "must be at least 1"))
+}
+
+/// Checks an interval: [`MIN_INTERVAL`] to [`MAX_INTERVAL`].
+pub(crate) fn check_interval(
+    field: &'static str,
+    interval: Duration,
+) -> Result<(), ValidationError> {
     if interval < MIN_INTERVAL {
         return Err(ValidationError::new(
             field,

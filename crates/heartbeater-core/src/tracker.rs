@@ -25,7 +25,7 @@ use std::hash::Hash;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use crate::config::ValidationError;
+use crate::config::{check_count, check_interval, ValidationError};
 
 /// Timing of topic heartbeats: the seed's `HeartbeatParameters`, validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,25 +45,9 @@ impl TrackerConfig {
         heartbeat_timeout: Duration,
         max_client_conn_checks: u32,
     ) -> Result<Self, ValidationError> {
-        for (field, d) in [
-            ("heartbeat_rate", heartbeat_rate),
-            ("heartbeat_timeout", heartbeat_timeout),
-        ] {
-            if d < crate::config::MIN_INTERVAL || d > crate::config::MAX_INTERVAL {
-                return Err(ValidationError::new(
-                    field,
-                    format!("{d:?}; must be 1 ms to 1 hour"),
-                ));
-            }
-        }
-        if max_client_conn_checks > crate::config::MAX_MISSED_LIMIT {
-            return Err(ValidationError::new(
-                "max_client_conn_checks",
-                format!("{max_client_conn_checks}; must be at most 1000"),
-            ));
-        }
-        let max_client_conn_checks = NonZeroU32::new(max_client_conn_checks)
-            .ok_or_else(|| ValidationError::new("max_client_conn_checks", "must be at least 1"))?;
+        check_interval("heartbeat_rate", heartbeat_rate)?;
+        check_interval("heartbeat_timeout", heartbeat_timeout)?;
+        let max_client_conn_checks = check_count("max_client_conn_checks", max_client_conn_checks)?;
         Ok(Self {
             heartbeat_rate,
             heartbeat_timeout,

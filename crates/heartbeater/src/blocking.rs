@@ -84,17 +84,15 @@ impl HeartbeatServerBuilder {
         let server = self.inner.build()?;
         let runtime =
             runtime(server.worker_count(), "heartbeater-server").map_err(ServerError::Runtime)?;
-        Ok(HeartbeatServer {
-            server: Some(server),
-            runtime,
-        })
+        Ok(HeartbeatServer { server, runtime })
     }
 }
 
 /// A node driven from blocking code. Dropping it stops it gracefully.
 pub struct HeartbeatServer {
-    // An Option only so that Drop can stop the server before the runtime goes.
-    server: Option<crate::HeartbeatServer>,
+    // Declared before the runtime: fields drop in order, and the server's
+    // tasks must go before the runtime that runs them.
+    server: crate::HeartbeatServer,
     runtime: Runtime,
 }
 
@@ -113,10 +111,7 @@ impl HeartbeatServer {
     }
 
     fn server(&self) -> &crate::HeartbeatServer {
-        // Only Drop takes the server out.
-        self.server
-            .as_ref()
-            .unwrap_or_else(|| unreachable!("server taken before drop"))
+        &self.server
     }
 
     /// Binds and starts; returns the bound address.
@@ -193,10 +188,10 @@ impl HeartbeatServer {
 
 impl Drop for HeartbeatServer {
     fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            if tokio::runtime::Handle::try_current().is_err() {
-                let _ = self.runtime.block_on(server.stop());
-            }
+        // Blocking inside an async context would panic; there the server's
+        // own Drop still signals its tasks to stop.
+        if tokio::runtime::Handle::try_current().is_err() {
+            let _ = self.runtime.block_on(self.server.stop());
         }
     }
 }

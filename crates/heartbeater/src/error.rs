@@ -31,13 +31,12 @@ pub enum ServerError {
         requested: u64,
     },
     /// The listen address could not be bound (in use, not local, no permission).
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         /// The address.
         addr: String,
         /// The OS error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// `start` on a server that is running.
     #[error("server already running on {0}")]
@@ -48,7 +47,7 @@ pub enum ServerError {
     Stopped,
     /// The tokio runtime of the blocking facade could not be created.
     #[error("cannot create the runtime: {0}")]
-    Runtime(#[source] std::io::Error),
+    Runtime(std::io::Error),
     /// A background task of the node failed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -59,7 +58,7 @@ pub enum ServerError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
     /// The client's own settings are wrong (host, port, deadline).
-    #[error("invalid client configuration: {0}")]
+    #[error(transparent)]
     InvalidConfig(#[from] ValidationError),
     /// The node could not be reached (refused, reset, unresolvable host).
     /// Retryable.
@@ -79,7 +78,7 @@ pub enum ClientError {
         deadline: Duration,
     },
     /// The node rejected a field of the request.
-    #[error("invalid argument{}: {message}", field.as_deref().map(|f| format!(" {f}")).unwrap_or_default())]
+    #[error("rejected by the node: {message}")]
     InvalidArgument {
         /// The offending field, as named in the `.proto`, when the node said.
         field: Option<String>,

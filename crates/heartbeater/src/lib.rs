@@ -8,6 +8,11 @@
 //! A [`HeartbeatClient`] drives any node; [`blocking`] has both for code
 //! without an async runtime.
 //!
+//! A node also publishes and subscribes to topics ([`topic`]): a
+//! [`TopicPublisher`] can heartbeat every subscriber over the stream that
+//! carries the topic's messages, and a [`ClientConnectionListener`] hears which
+//! client instances are connected.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
@@ -39,6 +44,7 @@ pub mod blocking;
 mod client;
 mod error;
 mod event;
+mod lateness;
 mod monitor;
 mod node;
 pub mod proto;
@@ -51,6 +57,7 @@ pub use client::HeartbeatClient;
 pub use error::{ClientError, ServerError};
 pub use event::{EventStream, PeerEvent, PeerEventKind};
 pub use heartbeater_core::{DetectorConfig, PeerState, PeerStatus, ValidationError};
+pub use lateness::LatenessSnapshot;
 pub use node::NodeError;
 pub use proto::{
     DeregisterPeerRequest, DeregisterPeerResponse, HeartbeatMessage, HeartbeatResponse,

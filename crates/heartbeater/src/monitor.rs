@@ -22,6 +22,7 @@ use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::event::PeerEvent;
+use crate::lateness::{LatenessHistogram, LatenessSnapshot};
 use crate::proto::heartbeat_service_client::HeartbeatServiceClient;
 use crate::proto::HeartbeatMessage;
 
@@ -34,6 +35,7 @@ pub(crate) struct Monitor {
     wake: Notify,
     events: broadcast::Sender<PeerEvent>,
     learned_epochs: mpsc::UnboundedSender<(Arc<str>, u64)>,
+    lateness: LatenessHistogram,
 }
 
 /// What became of one heartbeat.
@@ -57,6 +59,7 @@ impl Monitor {
             wake: Notify::new(),
             events,
             learned_epochs,
+            lateness: LatenessHistogram::default(),
         });
         (monitor, epochs_rx)
     }
@@ -81,6 +84,10 @@ impl Monitor {
     /// Reads the table.
     pub(crate) fn read<R>(&self, f: impl FnOnce(&PeerTable) -> R) -> R {
         f(&self.lock())
+    }
+
+    pub(crate) fn lateness(&self) -> LatenessSnapshot {
+        self.lateness.snapshot()
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<PeerEvent> {
@@ -142,6 +149,7 @@ impl Monitor {
                     let mut table = self.lock();
                     table.poll_due(now, &mut due);
                     for probe in due.drain(..) {
+                        self.lateness.record(probe.sent_at.saturating_duration_since(probe.due));
                         if let Some(spec) = table.spec(probe.key) {
                             let client = transport.client(&spec.host, spec.port, spec.detector.timeout);
                             inflight.push(transport.probe(client, probe, spec.detector.timeout));

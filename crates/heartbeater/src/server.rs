@@ -277,9 +277,9 @@ impl HeartbeatServer {
         } else {
             format!("{}:{}", self.host, self.port)
         };
-        let bind_error = |source| ServerError::Bind {
+        let bind_error = |error| ServerError::Bind {
             addr: display.clone(),
-            source,
+            error,
         };
         let addr = tokio::net::lookup_host((self.host.as_str(), self.port))
             .await
@@ -425,6 +425,12 @@ impl HeartbeatServer {
     /// was built.
     pub fn heartbeats_answered(&self) -> u64 {
         self.node.heartbeats_answered()
+    }
+
+    /// How late the scheduler has sent heartbeats against their schedule
+    /// since the node started; `since` of two snapshots gives a window.
+    pub fn scheduler_lateness(&self) -> crate::LatenessSnapshot {
+        self.node.monitor().lateness()
     }
 
     /// Every peer event from now on.

@@ -50,12 +50,7 @@ async fn a_stopped_peer_is_unreachable_within_the_bound_and_alive_again_after_re
     );
     drop(peer);
 
-    let reborn = HeartbeatServer::builder()
-        .server_port(addr.port())
-        .data_dir(peer_dir.path())
-        .build()
-        .unwrap();
-    reborn.start().await.unwrap();
+    let reborn = node_on(peer_dir.path(), addr.port()).await;
     let restarted = next_event(&mut events, &peer_id, |k| {
         matches!(k, PeerEventKind::Restarted { .. })
     })

@@ -66,12 +66,7 @@ async fn a_monitor_sees_its_peer_restart_with_a_higher_epoch() {
     })
     .await;
 
-    let reborn = HeartbeatServer::builder()
-        .server_port(addr.port())
-        .data_dir(peer_dir.path())
-        .build()
-        .unwrap();
-    reborn.start().await.unwrap();
+    let reborn = node_on(peer_dir.path(), addr.port()).await;
     let restarted = next_event(&mut events, &reborn.identity(), |k| {
         matches!(k, PeerEventKind::Restarted { .. })
     })

@@ -14,14 +14,17 @@ use heartbeater::{
 
 const TOPIC: &str = "utopic1";
 
+/// One callback: which, for whom, when.
+type Callback = (&'static str, Uuid, Instant);
+
 /// Records every callback with the moment it ran.
 #[derive(Clone, Default)]
 struct Recorder {
-    events: Arc<Mutex<Vec<(&'static str, Uuid, Instant)>>>,
+    events: Arc<Mutex<Vec<Callback>>>,
 }
 
 impl Recorder {
-    fn all(&self) -> Vec<(&'static str, Uuid, Instant)> {
+    fn all(&self) -> Vec<Callback> {
         self.events.lock().unwrap().clone()
     }
 

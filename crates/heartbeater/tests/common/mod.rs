@@ -22,6 +22,17 @@ pub async fn memory_node() -> HeartbeatServer {
     server
 }
 
+/// A node on `dir` listening on `port` (0: any), started.
+pub async fn node_on(dir: &std::path::Path, port: u16) -> HeartbeatServer {
+    let server = HeartbeatServer::builder()
+        .server_port(port)
+        .data_dir(dir)
+        .build()
+        .expect("build on data dir");
+    server.start().await.expect("start");
+    server
+}
+
 pub fn registration(peer: &HeartbeatServer, freq_ms: i64) -> RegisterPeerRequest {
     let addr = peer.local_addr().expect("peer running");
     RegisterPeerRequest {

@@ -1,0 +1,129 @@
+//! `heartbeater-bench`: Heartbeater's benchmark. Every scenario runs its
+//! baseline in the same run and reports the ratio, because absolute figures
+//! on a shared machine drift.
+//!
+//! ```text
+//! cargo run --release -p heartbeater-bench -- [--quick] [--json] [--scenario NAME]...
+//! ```
+
+mod child;
+mod procfs;
+mod report;
+mod roles;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::report::Row;
+use crate::scenarios::Settings;
+
+/// Scenarios in the order they run.
+const SCENARIOS: &[&str] = &["rpc", "register", "restore", "fanout", "detect"];
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "heartbeater-bench",
+    about = "Heartbeater's benchmark, baselines included"
+)]
+struct Cli {
+    #[command(subcommand)]
+    role: Option<Role>,
+    /// Short windows: every scenario in under 3 minutes.
+    #[arg(long)]
+    quick: bool,
+    /// One JSON object per figure, one per line.
+    #[arg(long)]
+    json: bool,
+    /// Run only these scenarios (rpc, register, restore, fanout (also gives
+    /// memory), detect). Default: all.
+    #[arg(long = "scenario", value_name = "NAME")]
+    scenarios: Vec<String>,
+}
+
+/// Helper processes the bench starts itself.
+#[derive(Debug, Subcommand)]
+enum Role {
+    /// A node on 127.0.0.1:0.
+    #[command(hide = true)]
+    Node {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// A plain tonic echo server.
+    #[command(hide = true)]
+    Echo,
+    /// Lightweight peers, one socket each.
+    #[command(hide = true)]
+    Responders {
+        #[arg(long)]
+        count: usize,
+    },
+}
+
+async fn scenario(name: &str, settings: &Settings) -> anyhow::Result<Vec<Row>> {
+    match name {
+        "rpc" => scenarios::rpc::run(settings).await,
+        "register" => scenarios::register::run(settings).await,
+        "restore" => tokio::task::spawn_blocking(scenarios::restore::run).await?,
+        "fanout" | "memory" => scenarios::fanout::run().await,
+        "detect" => scenarios::detect::run().await,
+        other => anyhow::bail!(
+            "unknown scenario {other:?}; known: {}",
+            SCENARIOS.join(", ")
+        ),
+    }
+}
+
+async fn main_async(cli: Cli) -> anyhow::Result<()> {
+    match cli.role {
+        Some(Role::Node { data_dir }) => return roles::node(data_dir).await,
+        Some(Role::Echo) => return roles::echo().await,
+        Some(Role::Responders { count }) => return roles::responders(count).await,
+        None => {}
+    }
+    let settings = Settings { quick: cli.quick };
+    let names: Vec<String> = if cli.scenarios.is_empty() {
+        SCENARIOS.iter().map(|s| s.to_string()).collect()
+    } else {
+        cli.scenarios
+    };
+    let mut rows = Vec::new();
+    for name in &names {
+        eprintln!("running {name}...");
+        let new = scenario(name, &settings).await?;
+        if cli.json {
+            for r in &new {
+                println!("{}", r.json());
+            }
+        }
+        rows.extend(new);
+    }
+    if !cli.json {
+        print!("{}", report::table(&rows));
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main_async(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

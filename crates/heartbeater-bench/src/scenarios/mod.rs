@@ -1,0 +1,162 @@
+//! The benchmark scenarios. Each returns its rows, baseline included.
+
+pub mod detect;
+pub mod fanout;
+pub mod register;
+pub mod restore;
+pub mod rpc;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use heartbeater::proto::heartbeat_service_client::HeartbeatServiceClient;
+use heartbeater::{HeartbeatClient, RegisterPeerRequest};
+use tonic::transport::{Channel, Endpoint};
+
+/// Run lengths: `--quick` for a smoke run under 3 minutes, the default for
+/// steadier figures.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub quick: bool,
+}
+
+impl Settings {
+    /// Length of one measurement window.
+    pub fn window(&self) -> Duration {
+        if self.quick {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(5)
+        }
+    }
+
+    /// Alternating rounds of measured system and baseline.
+    pub fn rounds(&self) -> usize {
+        if self.quick {
+            1
+        } else {
+            3
+        }
+    }
+}
+
+pub async fn raw_client(addr: &str) -> anyhow::Result<HeartbeatServiceClient<Channel>> {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .with_context(|| format!("connect {addr}"))?;
+    Ok(HeartbeatServiceClient::new(channel))
+}
+
+pub fn node_client(addr: &str) -> anyhow::Result<HeartbeatClient> {
+    let (host, port) = addr.rsplit_once(':').context("addr")?;
+    Ok(HeartbeatClient::new(
+        host,
+        port.parse()?,
+        Duration::from_secs(30),
+    )?)
+}
+
+/// Registers every `(port, identity)` responder on the node, 64 at a time.
+pub async fn register_all(
+    client: &HeartbeatClient,
+    peers: &[(u16, String)],
+    freq_ms: i64,
+) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    let results: Vec<_> = futures_util::stream::iter(peers.iter().cloned())
+        .map(|(port, id)| {
+            let client = client.clone();
+            async move {
+                client
+                    .register_peer(RegisterPeerRequest {
+                        peer_id: id,
+                        peer_host: "127.0.0.1".into(),
+                        peer_port: u32::from(port),
+                        heartbeat_freq_millis: freq_ms,
+                        timeout_millis: None,
+                        max_missed: None,
+                    })
+                    .await
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    Ok(())
+}
+
+/// Waits until the node reports `n` peers alive.
+pub async fn wait_all_alive(
+    client: &HeartbeatClient,
+    n: usize,
+    patience: Duration,
+) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        let peers = client.list_peers().await?.peers;
+        let alive = peers
+            .iter()
+            .filter(|p| p.state == heartbeater::proto::PeerState::Alive as i32)
+            .count();
+        if alive >= n {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            start.elapsed() < patience,
+            "only {alive} of {n} peers alive after {patience:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Starts responder helpers for `n` peers, `per_process` per helper.
+pub async fn responders(
+    n: usize,
+    per_process: usize,
+) -> anyhow::Result<(Vec<crate::child::Helper>, Vec<Vec<(u16, String)>>)> {
+    let mut helpers = Vec::new();
+    let mut groups = Vec::new();
+    let mut left = n;
+    while left > 0 {
+        let count = left.min(per_process);
+        let h = crate::child::Helper::start(&["responders", "--count", &count.to_string()]).await?;
+        let peers = h.ready["peers"]
+            .as_array()
+            .context("responder peers")?
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    u16::try_from(p[0].as_u64()?).ok()?,
+                    p[1].as_str()?.to_owned(),
+                ))
+            })
+            .collect::<Vec<_>>();
+        anyhow::ensure!(
+            peers.len() == count,
+            "responder started {} of {count}",
+            peers.len()
+        );
+        groups.push(peers);
+        helpers.push(h);
+        left -= count;
+    }
+    Ok((helpers, groups))
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+pub fn percentile(sorted: &[u64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1] as f64
+}

@@ -1,0 +1,103 @@
+//! `register`: acknowledged (synced) registrations per second from 64
+//! concurrent clients, against raw synced RocksDB writes from 64 threads.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use heartbeater::store::{PeerRecord, RegistryStore, RocksDbStore};
+use heartbeater::RegisterPeerRequest;
+
+use super::{median, node_client, Settings};
+use crate::child::Helper;
+use crate::report::Row;
+
+const BASELINE: &str = "RocksDB synced put, 64 threads";
+
+fn record(id: String) -> PeerRecord {
+    PeerRecord {
+        peer_id: id,
+        host: "127.0.0.1".into(),
+        port: 9,
+        heartbeat_freq: Duration::from_secs(3600),
+        timeout: Duration::from_secs(3600),
+        max_missed: 3,
+        registered_at_micros: 0,
+        last_epoch: None,
+    }
+}
+
+async fn ours(window: Duration, round: usize) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let dir_arg = dir.path().to_string_lossy().into_owned();
+    let node = Helper::start(&["node", "--data-dir", &dir_arg]).await?;
+    let client = node_client(node.ready["addr"].as_str().unwrap_or_default())?;
+    let done = Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + window;
+    let mut tasks = Vec::new();
+    for t in 0..64 {
+        let (client, done) = (client.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while Instant::now() < end {
+                client
+                    .register_peer(RegisterPeerRequest {
+                        peer_id: format!("r{round}-t{t}-{i}"),
+                        peer_host: "127.0.0.1".into(),
+                        peer_port: 9,
+                        heartbeat_freq_millis: 3_600_000,
+                        timeout_millis: None,
+                        max_missed: None,
+                    })
+                    .await?;
+                done.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+            Ok::<(), heartbeater::ClientError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / window.as_secs_f64())
+}
+
+fn baseline(window: Duration) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(RocksDbStore::open(dir.path())?);
+    let done = AtomicU64::new(0);
+    let end = Instant::now() + window;
+    std::thread::scope(|scope| {
+        for t in 0..64 {
+            let (store, done) = (store.clone(), &done);
+            scope.spawn(move || {
+                let mut i = 0u64;
+                while Instant::now() < end {
+                    if store.put_peer(&record(format!("t{t}-{i}"))).is_err() {
+                        return;
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+            });
+        }
+    });
+    Ok(done.load(Ordering::Relaxed) as f64 / window.as_secs_f64())
+}
+
+pub async fn run(s: &Settings) -> anyhow::Result<Vec<Row>> {
+    let (mut o, mut b) = (Vec::new(), Vec::new());
+    for round in 0..s.rounds() {
+        let window = s.window();
+        b.push(tokio::task::spawn_blocking(move || baseline(window)).await??);
+        o.push(ours(s.window(), round).await?);
+    }
+    Ok(vec![Row::new(
+        "register",
+        "durable_per_s_c64",
+        median(o),
+        "registrations/s",
+        ">= 10000",
+    )
+    .against(BASELINE, median(b))])
+}
