@@ -12,10 +12,10 @@ use crate::address::HostPort;
 use crate::output;
 
 /// Options of `serve`. A `--config` file may set the same keys (`listen`,
-/// `data_dir`, `epoch`, `in_memory`); flags given on the command line win.
+/// `data_dir`, `epoch`, `in_memory`, `udp`); flags given on the command line win.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// A TOML file with `listen`, `data_dir`, `epoch` and `in_memory` keys.
+    /// A TOML file with `listen`, `data_dir`, `epoch`, `in_memory` and `udp` keys.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address to listen on (port 0 picks a free one) [default: 127.0.0.1:8181].
@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// Explicit epoch (at least the stored one) instead of stored + 1.
     #[arg(long, value_name = "N")]
     epoch: Option<u64>,
+    /// Heartbeat over gRPC only: do not bind UDP on the listen port and do
+    /// not send heartbeat datagrams (for networks that drop UDP).
+    #[arg(long)]
+    no_udp: bool,
     /// Print the start line and peer events as JSON lines.
     #[arg(long)]
     json: bool,
@@ -43,6 +47,7 @@ struct ConfigFile {
     data_dir: Option<PathBuf>,
     epoch: Option<u64>,
     in_memory: Option<bool>,
+    udp: Option<bool>,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -73,7 +78,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let mut builder = HeartbeatServer::builder()
         .server_host(listen.host.clone())
-        .server_port(listen.port);
+        .server_port(listen.port)
+        .udp_heartbeats(!args.no_udp && file.udp.unwrap_or(true));
     builder = if in_memory {
         builder.in_memory()
     } else {

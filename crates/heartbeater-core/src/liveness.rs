@@ -93,6 +93,10 @@ pub struct PeerLiveness<D = MissCountDetector> {
     next_seq: u64,
     /// Highest sequence number validly acknowledged; 0 before the first.
     last_acked_seq: u64,
+    /// Which of the last 64 heartbeats already have their outcome: bit `i`
+    /// is heartbeat `next_seq - 1 - i`. A heartbeat may travel two paths and
+    /// a datagram may arrive twice; only its first outcome counts.
+    resolved: u64,
     sent: u64,
     acked: u64,
     last_rtt: Option<Duration>,
@@ -121,6 +125,7 @@ impl<D: FailureDetector> PeerLiveness<D> {
             epoch: known_epoch,
             next_seq: 1,
             last_acked_seq: 0,
+            resolved: u64::MAX,
             sent: 0,
             acked: 0,
             last_rtt: None,
@@ -134,7 +139,31 @@ impl<D: FailureDetector> PeerLiveness<D> {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.sent += 1;
+        self.resolved <<= 1;
         seq
+    }
+
+    /// Marks heartbeat `seq` as settled; returns false if it already was.
+    /// Heartbeats older than the last 64 are not tracked and always pass:
+    /// their timeout is then more than 64 periods, and they can have only
+    /// the one outcome their timeout gives them.
+    fn settle(&mut self, seq: u64) -> bool {
+        let Some(age) = self.next_seq.checked_sub(seq + 1) else {
+            return false;
+        };
+        if age >= 64 {
+            return true;
+        }
+        let bit = 1u64 << age;
+        let fresh = self.resolved & bit == 0;
+        self.resolved |= bit;
+        fresh
+    }
+
+    /// Drops heartbeat `seq` without counting it either way: the driver
+    /// learned the path it took cannot carry it, and will use another.
+    pub fn forget(&mut self, seq: u64) {
+        self.settle(seq);
     }
 
     /// A reply arrived at `now` for heartbeat `seq`, sent at `sent_at`, to a
@@ -151,6 +180,9 @@ impl<D: FailureDetector> PeerLiveness<D> {
         if rtt > self.config.timeout {
             return self.on_no_reply(seq, now);
         }
+        if !self.settle(seq) {
+            return Vec::new();
+        }
         if reply.responder_id != expected_id {
             let mut changes = Vec::new();
             if !self.mismatch_reported {
@@ -159,12 +191,12 @@ impl<D: FailureDetector> PeerLiveness<D> {
                     observed: reply.responder_id.to_owned(),
                 });
             }
-            changes.extend(self.on_no_reply(seq, now));
+            changes.extend(self.count_miss(seq, now));
             return changes;
         }
         self.mismatch_reported = false;
         if matches!(self.epoch, Some(known) if reply.responder_epoch < known) {
-            return self.on_no_reply(seq, now);
+            return self.count_miss(seq, now);
         }
 
         let mut changes = Vec::new();
@@ -191,6 +223,13 @@ impl<D: FailureDetector> PeerLiveness<D> {
     /// Heartbeat `seq` got no valid reply: its timeout expired at `now`, or it
     /// could not be sent.
     pub fn on_no_reply(&mut self, seq: u64, now: Instant) -> Vec<Change> {
+        if !self.settle(seq) {
+            return Vec::new();
+        }
+        self.count_miss(seq, now)
+    }
+
+    fn count_miss(&mut self, seq: u64, now: Instant) -> Vec<Change> {
         if seq <= self.last_acked_seq {
             return Vec::new();
         }
@@ -208,6 +247,7 @@ impl<D: FailureDetector> PeerLiveness<D> {
         self.config = config;
         self.detector = detector;
         self.last_acked_seq = self.next_seq.saturating_sub(1);
+        self.resolved = u64::MAX;
     }
 
     /// Current state.
@@ -302,6 +342,55 @@ mod tests {
         let s4 = p.on_send(t0 + ms(400));
         assert!(p.on_no_reply(s4, t0 + ms(500)).is_empty(), "reported once");
         assert_eq!(p.missed(), 4);
+    }
+
+    #[test]
+    fn a_heartbeat_counts_once_whichever_path_answers_first() {
+        let t0 = Instant::now();
+        let mut p = peer();
+        let s1 = p.on_send(t0);
+        assert_eq!(
+            p.on_reply(s1, t0, t0 + ms(2), ID, reply(1)),
+            vec![Change::Up]
+        );
+        // The same heartbeat answered again (a second path, a duplicated
+        // datagram) and then timing out on a third: no effect.
+        assert!(p.on_reply(s1, t0, t0 + ms(3), ID, reply(1)).is_empty());
+        assert!(p.on_no_reply(s1, t0 + ms(100)).is_empty());
+        assert_eq!((p.heartbeats_acked(), p.missed()), (1, 0));
+        // A timeout first, then a (timely) answer on the other path: one miss.
+        let s2 = p.on_send(t0 + ms(100));
+        assert!(p.on_no_reply(s2, t0 + ms(150)).is_empty());
+        assert!(p
+            .on_reply(s2, t0 + ms(100), t0 + ms(160), ID, reply(1))
+            .is_empty());
+        assert_eq!((p.heartbeats_acked(), p.missed()), (1, 1));
+    }
+
+    #[test]
+    fn a_forgotten_heartbeat_is_neither_a_reply_nor_a_miss() {
+        let t0 = Instant::now();
+        let mut p = PeerLiveness::new(DetectorConfig::new(ms(100), None, Some(1)).unwrap(), None);
+        let s1 = p.on_send(t0);
+        p.forget(s1);
+        assert!(p.on_no_reply(s1, t0 + ms(100)).is_empty());
+        assert!(p.on_reply(s1, t0, t0 + ms(5), ID, reply(1)).is_empty());
+        assert_eq!(
+            (p.state(), p.missed(), p.heartbeats_acked()),
+            (PeerState::Unknown, 0, 0)
+        );
+        let s2 = p.on_send(t0 + ms(100));
+        assert_eq!(p.on_no_reply(s2, t0 + ms(200)), vec![Change::Down]);
+    }
+
+    #[test]
+    fn outcomes_of_heartbeats_never_sent_are_ignored() {
+        let t0 = Instant::now();
+        let mut p = PeerLiveness::new(DetectorConfig::new(ms(100), None, Some(1)).unwrap(), None);
+        assert!(p.on_no_reply(0, t0).is_empty());
+        assert!(p.on_no_reply(1, t0).is_empty());
+        assert!(p.on_reply(5, t0, t0, ID, reply(1)).is_empty());
+        assert_eq!(p.state(), PeerState::Unknown);
     }
 
     #[test]

@@ -30,6 +30,30 @@ pub struct PeerKey {
     generation: u32,
 }
 
+impl PeerKey {
+    /// The key as one number, for drivers that carry it through a network
+    /// round trip (a datagram's token) and get it back with [`Self::from_bits`].
+    pub fn to_bits(self) -> u64 {
+        (u64::from(self.slot) << 32) | u64::from(self.generation)
+    }
+
+    /// The key [`Self::to_bits`] made. Any number is a key; one the table
+    /// never issued is simply not current, and outcomes for it are ignored.
+    pub fn from_bits(bits: u64) -> Self {
+        Self {
+            slot: (bits >> 32) as u32,
+            generation: bits as u32,
+        }
+    }
+
+    /// A small dense index (the slot) for drivers that keep per-peer state
+    /// in a vector. Reused after a removal; compare whole keys to tell
+    /// registrations apart.
+    pub fn index(self) -> usize {
+        self.slot as usize
+    }
+}
+
 /// A heartbeat to send now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {
@@ -329,6 +353,14 @@ impl PeerTable {
         };
         let changes = slot.liveness.on_no_reply(seq, now);
         self.record_changes(key.slot, changes);
+    }
+
+    /// Drops heartbeat `seq` of `key` without counting it as a reply or a
+    /// miss (see [`PeerLiveness::forget`]).
+    pub fn forget(&mut self, key: PeerKey, seq: u64) {
+        if let Some(slot) = self.current_mut(key) {
+            slot.liveness.forget(seq);
+        }
     }
 
     fn record_changes(&mut self, slot_no: u32, changes: Vec<Change>) {

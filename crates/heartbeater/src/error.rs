@@ -38,6 +38,15 @@ pub enum ServerError {
         /// The OS error.
         error: std::io::Error,
     },
+    /// The gRPC port is free but the same port number is taken for UDP, where
+    /// the node receives heartbeat datagrams.
+    #[error("cannot receive heartbeat datagrams on UDP {addr}: {error}; free the UDP port or turn UDP heartbeats off (gRPC only)")]
+    UdpBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        error: std::io::Error,
+    },
     /// `start` on a server that is running.
     #[error("server already running on {0}")]
     AlreadyRunning(SocketAddr),

@@ -52,6 +52,8 @@ mod server;
 mod service;
 pub mod store;
 pub mod topic;
+pub mod udp;
+mod udp_path;
 
 pub use client::HeartbeatClient;
 pub use error::{ClientError, ServerError};

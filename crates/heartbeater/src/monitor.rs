@@ -12,12 +12,14 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use heartbeater_core::{EventKind, PeerKey, PeerTable, Probe, Reply};
+use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tonic::transport::{Channel, Endpoint};
 
@@ -25,6 +27,28 @@ use crate::event::PeerEvent;
 use crate::lateness::{LatenessHistogram, LatenessSnapshot};
 use crate::proto::heartbeat_service_client::HeartbeatServiceClient;
 use crate::proto::HeartbeatMessage;
+use crate::udp::{Datagram, Kind};
+use crate::udp_path::{PathTable, Resolving};
+
+/// Datagrams handled per wake-up before the driver looks at its other work.
+const RECEIVE_BATCH: usize = 256;
+
+/// Receive and send buffers of the datagram path, reused for every packet.
+struct Datagrams {
+    buf: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl Default for Datagrams {
+    fn default() -> Self {
+        Self {
+            // Room for one byte more than the largest valid datagram, so an
+            // oversized one is seen as such rather than silently cut.
+            buf: vec![0; crate::udp::MAX_DATAGRAM + 1],
+            out: Vec::with_capacity(crate::udp::MAX_DATAGRAM),
+        }
+    }
+}
 
 /// Events buffered per subscriber before the slowest starts skipping.
 const EVENT_BUFFER: usize = 4096;
@@ -36,6 +60,8 @@ pub(crate) struct Monitor {
     events: broadcast::Sender<PeerEvent>,
     learned_epochs: mpsc::UnboundedSender<(Arc<str>, u64)>,
     lateness: LatenessHistogram,
+    /// Heartbeats this node answered, over either path.
+    pub(crate) answered: AtomicU64,
 }
 
 /// What became of one heartbeat.
@@ -60,6 +86,7 @@ impl Monitor {
             events,
             learned_epochs,
             lateness: LatenessHistogram::default(),
+            answered: AtomicU64::new(0),
         });
         (monitor, epochs_rx)
     }
@@ -116,47 +143,136 @@ impl Monitor {
         }
     }
 
-    /// Drives the table until `shutdown` turns true.
+    /// Drives the table until `shutdown` turns true. `udp`, when given, is
+    /// the node's datagram socket: heartbeats to peers go over it first, and
+    /// pings from other nodes arriving on it are answered here.
     pub(crate) async fn run(
         self: Arc<Self>,
         identity: String,
         epoch: u64,
+        udp: Option<Arc<UdpSocket>>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut transport = Transport::new(identity, epoch);
+        let mut grpc = GrpcChannels::new(identity.clone(), epoch);
+        let mut paths = udp.map(|socket| PathTable::new(socket, identity, epoch));
         let mut inflight: FuturesUnordered<InFlight> = FuturesUnordered::new();
+        let mut resolving: FuturesUnordered<Resolving> = FuturesUnordered::new();
         let mut due: Vec<Probe> = Vec::new();
+        let mut datagrams = Datagrams::default();
+        // One timer, re-armed only when the earliest deadline moves: a pong
+        // must not cost a timer registration.
+        let sleep = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(sleep);
+        let mut armed: Option<Instant> = None;
         loop {
-            let deadline = self.lock().next_deadline();
-            let sleep = async move {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
+            let next = {
+                let table_next = self.lock().next_deadline();
+                let udp_next = paths.as_ref().and_then(PathTable::next_timeout);
+                match (table_next, udp_next) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            };
+            if next != armed {
+                let at = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+                sleep.as_mut().reset(at.into());
+                armed = next;
+            }
+            let readable = async {
+                match &paths {
+                    Some(p) => p.socket.readable().await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
+                Ok(()) = readable => {
+                    if let Some(p) = paths.as_mut() {
+                        self.receive(p, &mut grpc, &mut datagrams);
+                    }
+                }
                 Some(outcome) = inflight.next(), if !inflight.is_empty() => {
                     self.apply(outcome);
                 }
+                Some((key, addr)) = resolving.next(), if !resolving.is_empty() => {
+                    if let Some(p) = paths.as_mut() {
+                        p.resolved(key, addr);
+                    }
+                }
                 () = self.wake.notified() => {
                     let table = self.lock();
-                    transport.forget_unused(&table);
+                    grpc.forget_unused(&table);
                 }
-                () = sleep => {
+                () = &mut sleep => {
+                    armed = None;
                     let now = tokio::time::Instant::now().into_std();
                     let mut table = self.lock();
+                    if let Some(p) = paths.as_mut() {
+                        p.expire(now, &mut table);
+                    }
                     table.poll_due(now, &mut due);
                     for probe in due.drain(..) {
                         self.lateness.record(probe.sent_at.saturating_duration_since(probe.due));
-                        if let Some(spec) = table.spec(probe.key) {
-                            let client = transport.client(&spec.host, spec.port, spec.detector.timeout);
-                            inflight.push(transport.probe(client, probe, spec.detector.timeout));
+                        let Some(spec) = table.spec(probe.key) else { continue };
+                        let timeout = spec.detector.timeout;
+                        let via_grpc = match paths.as_mut() {
+                            Some(p) => p.send(&probe, spec, now, &mut resolving),
+                            None => true,
+                        };
+                        if via_grpc {
+                            let client = grpc.client(&spec.host, spec.port, timeout);
+                            inflight.push(grpc.probe(client, probe, timeout));
                         }
                     }
+                    self.publish(&mut table);
                 }
             }
+        }
+    }
+
+    /// Reads every datagram waiting on the socket (up to a batch, so the
+    /// other branches get their turn): pings are answered, pongs applied.
+    fn receive(&self, paths: &mut PathTable, grpc: &mut GrpcChannels, d: &mut Datagrams) {
+        let now = tokio::time::Instant::now().into_std();
+        let mut table: Option<MutexGuard<'_, PeerTable>> = None;
+        for _ in 0..RECEIVE_BATCH {
+            let (n, from) = match paths.socket.try_recv_from(&mut d.buf) {
+                Ok(x) => x,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // ICMP errors of earlier sends surface here on some
+                    // systems; they say nothing about this socket.
+                    tracing::trace!(error = %e, "udp receive");
+                    continue;
+                }
+            };
+            let Ok(datagram) = Datagram::decode(&d.buf[..n]) else {
+                continue;
+            };
+            match datagram.kind {
+                Kind::Ping => {
+                    Datagram {
+                        kind: Kind::Pong,
+                        token: datagram.token,
+                        epoch: paths.epoch,
+                        identity: &paths.identity,
+                    }
+                    .encode(&mut d.out);
+                    // A full send buffer drops the answer; the pinger counts a
+                    // miss and tries again, over gRPC too.
+                    if paths.socket.try_send_to(&d.out, from).is_ok() {
+                        self.answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Kind::Pong => {
+                    let table = table.get_or_insert_with(|| self.lock());
+                    paths.on_pong(&datagram, now, table, grpc);
+                }
+            }
+        }
+        if let Some(mut table) = table {
+            self.publish(&mut table);
         }
     }
 
@@ -181,13 +297,13 @@ impl Monitor {
 }
 
 /// Heartbeats over unary gRPC, one lazily connected channel per peer address.
-struct Transport {
+pub(crate) struct GrpcChannels {
     identity: String,
     epoch: u64,
     clients: HashMap<(String, u16), HeartbeatServiceClient<Channel>>,
 }
 
-impl Transport {
+impl GrpcChannels {
     fn new(identity: String, epoch: u64) -> Self {
         Self {
             identity,
@@ -217,6 +333,13 @@ impl Transport {
         let client = HeartbeatServiceClient::new(endpoint.connect_lazy());
         self.clients.insert((host.to_owned(), port), client.clone());
         Some(client)
+    }
+
+    /// Closes the channel to an address whose peers answer over UDP again.
+    pub(crate) fn close(&mut self, host: &str, port: u16) {
+        if !self.clients.is_empty() {
+            self.clients.remove(&(host.to_owned(), port));
+        }
     }
 
     /// Drops channels to addresses no peer uses any more.

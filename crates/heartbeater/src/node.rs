@@ -44,7 +44,6 @@ pub(crate) struct Node {
     store: std::sync::Mutex<Option<Arc<dyn RegistryStore>>>,
     monitor: Arc<Monitor>,
     registry_lock: tokio::sync::Mutex<()>,
-    answered: std::sync::atomic::AtomicU64,
     topics: Arc<crate::topic::Topics>,
 }
 
@@ -74,7 +73,6 @@ impl Node {
             store: std::sync::Mutex::new(Some(store)),
             monitor,
             registry_lock: tokio::sync::Mutex::new(()),
-            answered: std::sync::atomic::AtomicU64::new(0),
             topics: Arc::default(),
         });
         (node, epochs)
@@ -116,7 +114,8 @@ impl Node {
         if msg.client_id.len() > heartbeater_core::config::MAX_PEER_ID_BYTES {
             return Err(ValidationError::new("client_id", "must be at most 256 bytes").into());
         }
-        self.answered
+        self.monitor
+            .answered
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(HeartbeatResponse {
             server_id: self.identity.clone(),
@@ -126,7 +125,9 @@ impl Node {
 
     /// Heartbeats answered since the node was built.
     pub(crate) fn heartbeats_answered(&self) -> u64 {
-        self.answered.load(std::sync::atomic::Ordering::Relaxed)
+        self.monitor
+            .answered
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Registers or updates a peer; returns once the registration is durable.

@@ -57,6 +57,7 @@ pub struct HeartbeatServerBuilder {
     worker_count: usize,
     epoch: Option<u64>,
     storage: Storage,
+    udp: bool,
 }
 
 impl Default for HeartbeatServerBuilder {
@@ -67,6 +68,7 @@ impl Default for HeartbeatServerBuilder {
             worker_count: 1,
             epoch: None,
             storage: Storage::DataDir(PathBuf::from(DEFAULT_DATA_DIR)),
+            udp: true,
         }
     }
 }
@@ -109,6 +111,17 @@ impl HeartbeatServerBuilder {
     /// survives the process.
     pub fn in_memory(mut self) -> Self {
         self.storage = Storage::InMemory;
+        self
+    }
+
+    /// Whether the node uses UDP on its port number (default: yes). With
+    /// UDP, the node answers heartbeat datagrams ([`crate::udp`]) and sends
+    /// its own heartbeats as datagrams, falling back to gRPC per peer where
+    /// they go unanswered. Without, it neither binds UDP nor sends
+    /// datagrams: every heartbeat is a gRPC call (for networks that drop UDP
+    /// or policies that require every byte to go over the TLS-capable path).
+    pub fn udp_heartbeats(mut self, enabled: bool) -> Self {
+        self.udp = enabled;
         self
     }
 
@@ -176,6 +189,7 @@ impl HeartbeatServerBuilder {
             host,
             port: self.port,
             worker_count: self.worker_count,
+            udp: self.udp,
             node,
             lifecycle: Mutex::new(Lifecycle::Built { learned_epochs }),
         })
@@ -211,6 +225,7 @@ pub struct HeartbeatServer {
     host: String,
     port: u16,
     worker_count: usize,
+    udp: bool,
     node: Arc<Node>,
     lifecycle: Mutex<Lifecycle>,
 }
@@ -291,9 +306,10 @@ impl HeartbeatServer {
                     "host resolves to no address",
                 ))
             })?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(bind_error)?;
+        let (listener, udp) = bind(addr, self.udp).await.map_err(|e| match e {
+            BindError::Tcp(error) => bind_error(error),
+            BindError::Udp(addr, error) => ServerError::UdpBind { addr, error },
+        })?;
         let addr = listener.local_addr().map_err(bind_error)?;
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
 
@@ -325,6 +341,7 @@ impl HeartbeatServer {
         let monitor = tokio::spawn(self.node.monitor().clone().run(
             self.node.identity().to_owned(),
             self.node.epoch(),
+            udp,
             shutdown_rx.clone(),
         ));
         let epochs = tokio::spawn(record_epochs(
@@ -492,6 +509,40 @@ impl Drop for HeartbeatServer {
 
 /// Writes the epochs the monitor learns, in batches, off the async threads,
 /// until shutdown; then writes what is still queued and ends.
+enum BindError {
+    Tcp(std::io::Error),
+    Udp(SocketAddr, std::io::Error),
+}
+
+/// Binds the gRPC listener and, with `udp`, a datagram socket on the same
+/// address and port number. With port 0 the kernel picks the TCP port, which
+/// may be taken for UDP: then another is tried, a few times.
+async fn bind(
+    addr: SocketAddr,
+    udp: bool,
+) -> Result<(tokio::net::TcpListener, Option<Arc<tokio::net::UdpSocket>>), BindError> {
+    const ATTEMPTS: usize = 16;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(BindError::Tcp)?;
+        if !udp {
+            return Ok((listener, None));
+        }
+        let bound = listener.local_addr().map_err(BindError::Tcp)?;
+        match tokio::net::UdpSocket::bind(bound).await {
+            Ok(socket) => return Ok((listener, Some(Arc::new(socket)))),
+            Err(e)
+                if addr.port() == 0
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                    && attempt < ATTEMPTS => {}
+            Err(e) => return Err(BindError::Udp(bound, e)),
+        }
+    }
+}
+
 async fn record_epochs(
     node: Arc<Node>,
     mut rx: mpsc::UnboundedReceiver<(Arc<str>, u64)>,
