@@ -21,7 +21,15 @@ use crate::report::Row;
 use crate::scenarios::Settings;
 
 /// Scenarios in the order they run.
-const SCENARIOS: &[&str] = &["rpc", "register", "restore", "fanout", "detect"];
+const SCENARIOS: &[&str] = &[
+    "rpc",
+    "peer-path",
+    "register",
+    "restore",
+    "fanout",
+    "detect",
+    "topic",
+];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,8 +45,8 @@ struct Cli {
     /// One JSON object per figure, one per line.
     #[arg(long)]
     json: bool,
-    /// Run only these scenarios (rpc, register, restore, fanout (also gives
-    /// memory), detect). Default: all.
+    /// Run only these scenarios (rpc, peer-path, register, restore, fanout
+    /// (also gives memory), detect, topic). Default: all.
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
 }
@@ -51,6 +59,9 @@ enum Role {
     Node {
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Heartbeat peers over gRPC only.
+        #[arg(long)]
+        no_udp: bool,
     },
     /// A plain tonic echo server.
     #[command(hide = true)]
@@ -61,14 +72,26 @@ enum Role {
         #[arg(long)]
         count: usize,
     },
+    /// Nodes subscribed to a topic, counting messages.
+    #[command(hide = true)]
+    Subscribers {
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        publisher: String,
+        #[arg(long)]
+        topic: String,
+    },
 }
 
 async fn scenario(name: &str, settings: &Settings) -> anyhow::Result<Vec<Row>> {
     match name {
         "rpc" => scenarios::rpc::run(settings).await,
+        "peer-path" => scenarios::peer_path::run(settings).await,
+        "topic" => scenarios::topic::run(settings).await,
         "register" => scenarios::register::run(settings).await,
         "restore" => tokio::task::spawn_blocking(scenarios::restore::run).await?,
-        "fanout" | "memory" => scenarios::fanout::run().await,
+        "fanout" | "memory" => scenarios::fanout::run(settings).await,
         "detect" => scenarios::detect::run().await,
         other => anyhow::bail!(
             "unknown scenario {other:?}; known: {}",
@@ -79,9 +102,14 @@ async fn scenario(name: &str, settings: &Settings) -> anyhow::Result<Vec<Row>> {
 
 async fn main_async(cli: Cli) -> anyhow::Result<()> {
     match cli.role {
-        Some(Role::Node { data_dir }) => return roles::node(data_dir).await,
+        Some(Role::Node { data_dir, no_udp }) => return roles::node(data_dir, !no_udp).await,
         Some(Role::Echo) => return roles::echo().await,
         Some(Role::Responders { count }) => return roles::responders(count).await,
+        Some(Role::Subscribers {
+            count,
+            publisher,
+            topic,
+        }) => return roles::subscribers(count, publisher, topic).await,
         None => {}
     }
     let settings = Settings { quick: cli.quick };

@@ -28,8 +28,10 @@ async fn commands(mut on: impl FnMut(&str) -> serde_json::Value) -> anyhow::Resu
 
 /// A Heartbeater node on 127.0.0.1:0 (in memory unless a data dir is given).
 /// Commands: `mark` (start a lateness window), `lateness` (the window's figures).
-pub async fn node(data_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    let builder = HeartbeatServer::builder().server_port(0);
+pub async fn node(data_dir: Option<PathBuf>, udp: bool) -> anyhow::Result<()> {
+    let builder = HeartbeatServer::builder()
+        .server_port(0)
+        .udp_heartbeats(udp);
     let builder = match data_dir {
         Some(dir) => builder.data_dir(dir),
         None => builder.in_memory(),
@@ -108,9 +110,19 @@ impl HeartbeatService for Echo {
     }
 }
 
+/// Serves `Heartbeat` as `identity` over gRPC, and heartbeat datagrams on
+/// the same port number, as a node does.
 async fn serve_on_free_port(identity: String) -> anyhow::Result<u16> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let (listener, udp) = loop {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        // The port may be taken for UDP; then take another.
+        if let Ok(udp) = tokio::net::UdpSocket::bind(("127.0.0.1", port)).await {
+            break (listener, udp);
+        }
+    };
     let port = listener.local_addr()?.port();
+    tokio::spawn(answer_datagrams(udp, identity.clone()));
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -120,19 +132,70 @@ async fn serve_on_free_port(identity: String) -> anyhow::Result<u16> {
     Ok(port)
 }
 
-/// A plain tonic echo server (the rpc baseline).
+async fn answer_datagrams(socket: tokio::net::UdpSocket, identity: String) {
+    let (mut buf, mut out) = (vec![0u8; 1024], Vec::new());
+    while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+        if heartbeater::udp::answer(&buf[..n], &identity, 1, &mut out) {
+            // A full buffer drops the answer, as a real node would.
+            let _ = socket.try_send_to(&out, from);
+        }
+    }
+}
+
+/// The baselines' servers: a plain tonic echo (the rpc baseline), and raw
+/// UDP and TCP echoes (the loopback limit of the peer path), each on its
+/// own OS thread or runtime task.
 pub async fn echo() -> anyhow::Result<()> {
     let identity = heartbeater::Uuid::new_v4().to_string();
-    let port = serve_on_free_port(identity.clone()).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(HeartbeatServiceServer::new(Echo {
+                identity: identity.clone(),
+            }))
+            .serve_with_incoming(incoming),
+    );
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let udp_addr = udp.local_addr()?;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(&buf[..n], from);
+        }
+    });
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let tcp_addr = tcp.local_addr()?;
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in tcp.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_nodelay(true);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
     println!(
         "{}",
-        json!({"addr": format!("127.0.0.1:{port}"), "identity": identity})
+        json!({
+            "addr": format!("127.0.0.1:{port}"),
+            "identity": identity,
+            "udp": udp_addr.to_string(),
+            "tcp": tcp_addr.to_string(),
+        })
     );
     commands(|_| json!({"ok": true})).await
 }
 
-/// `count` lightweight peers: each its own listening socket and identity,
-/// answering `Heartbeat` as a node would.
+/// `count` lightweight peers: each its own listening socket (TCP and UDP
+/// on one port number) and identity, answering heartbeats as a node would.
 pub async fn responders(count: usize) -> anyhow::Result<()> {
     let mut peers = Vec::with_capacity(count);
     for _ in 0..count {
@@ -142,4 +205,48 @@ pub async fn responders(count: usize) -> anyhow::Result<()> {
     }
     println!("{}", json!({ "peers": peers }));
     commands(|_| json!({"ok": true})).await
+}
+
+/// `count` nodes in this process, each subscribed once to `topic` on the
+/// publisher at `publisher`, counting the messages they receive.
+/// Command: `received` (the total so far).
+pub async fn subscribers(count: usize, publisher: String, topic: String) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let publisher: std::net::SocketAddr = publisher.parse()?;
+    let received = Arc::new(AtomicU64::new(0));
+    let mut nodes = Vec::new();
+    let mut subs = Vec::new();
+    for _ in 0..count {
+        let node = HeartbeatServer::builder()
+            .server_port(0)
+            .in_memory()
+            .build()?;
+        node.start().await?;
+        let counter = received.clone();
+        let sub = node.subscribe(&topic, publisher, move |_: &str, _: &[u8]| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        })?;
+        subs.push(sub);
+        nodes.push(node);
+    }
+    let start = std::time::Instant::now();
+    while !subs.iter().all(|s| s.is_connected()) {
+        anyhow::ensure!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "subscribers not connected within 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    println!("{}", json!({"subscribed": count}));
+    commands(|cmd| match cmd {
+        "received" => json!({"received": received.load(Ordering::Relaxed)}),
+        other => json!({"error": format!("unknown command {other:?}")}),
+    })
+    .await?;
+    drop(subs);
+    for node in nodes {
+        node.stop().await?;
+    }
+    Ok(())
 }

@@ -220,11 +220,16 @@ impl PeerTable {
 
     /// Re-creates a peer from the registry after a restart of this node,
     /// remembering the epoch it had. No event: nothing changed for the peer.
+    ///
+    /// Its first heartbeat is due within one period of `now`, at an offset
+    /// that depends on its id: a node restarting with 100,000 peers spreads
+    /// their heartbeats over the period instead of sending them all at once.
     pub fn restore(&mut self, spec: PeerSpec, known_epoch: Option<u64>, now: Instant) -> PeerKey {
         if let Some(&slot_no) = self.index.get(&spec.peer_id) {
             self.remove_slot(slot_no);
         }
-        self.insert(spec, known_epoch, now)
+        let first = now + phase(&spec.peer_id, spec.detector.heartbeat_freq);
+        self.insert(spec, known_epoch, first)
     }
 
     fn insert(&mut self, spec: PeerSpec, known_epoch: Option<u64>, now: Instant) -> PeerKey {
@@ -432,6 +437,23 @@ impl PeerTable {
     }
 }
 
+/// A stable offset in `[0, period)` derived from `id`: FNV-1a, then a
+/// finaliser, because ids that differ only in their last characters
+/// (`peer-1`, `peer-2`) would otherwise land close together.
+fn phase(id: &str, period: Duration) -> Duration {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    let nanos = period.as_nanos();
+    Duration::from_nanos(((u128::from(h) * nanos) >> 64) as u64)
+}
+
 fn status_of(slot: &Slot) -> PeerStatus {
     let l = &slot.liveness;
     PeerStatus {
@@ -607,14 +629,39 @@ mod tests {
         t.restore(spec("p", 100), Some(3), t0);
         assert!(kinds(&mut t).is_empty());
         let mut out = Vec::new();
-        t.poll_due(t0, &mut out);
-        ack(&mut t, &out[0], t0 + ms(1), "p", 4);
+        t.poll_due(t0 + ms(100), &mut out);
+        ack(&mut t, &out[0], t0 + ms(101), "p", 4);
         assert_eq!(
             kinds(&mut t),
             vec![
                 ("p".into(), EventKind::Restarted { previous: 3 }),
                 ("p".into(), EventKind::PeerUp)
             ]
+        );
+    }
+
+    #[test]
+    fn restored_peers_are_spread_over_one_period() {
+        let t0 = Instant::now();
+        let mut t = PeerTable::new();
+        for i in 0..1000 {
+            t.restore(spec(&format!("peer-{i}"), 1000), None, t0);
+        }
+        let mut buckets = [0usize; 10];
+        let mut out = Vec::new();
+        for b in 0..10u64 {
+            t.poll_due(t0 + ms((b + 1) * 100), &mut out);
+            buckets[b as usize] = out.len();
+            out.clear();
+        }
+        assert_eq!(
+            buckets.iter().sum::<usize>(),
+            1000,
+            "all due within one period"
+        );
+        assert!(
+            buckets.iter().all(|&n| (50..=150).contains(&n)),
+            "{buckets:?}"
         );
     }
 

@@ -12,7 +12,7 @@ use crate::report::Row;
 
 const PEERS: usize = 10_000;
 
-pub async fn run() -> anyhow::Result<Vec<Row>> {
+pub async fn run(_s: &super::Settings) -> anyhow::Result<Vec<Row>> {
     let (_responders, groups) = responders(PEERS, 2_500).await?;
     let peers: Vec<(u16, String)> = groups.into_iter().flatten().collect();
     let mut node = Helper::start(&["node"]).await?;

@@ -2,9 +2,11 @@
 
 pub mod detect;
 pub mod fanout;
+pub mod peer_path;
 pub mod register;
 pub mod restore;
 pub mod rpc;
+pub mod topic;
 
 use std::time::Duration;
 

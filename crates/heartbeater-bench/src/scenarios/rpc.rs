@@ -20,7 +20,7 @@ fn message() -> HeartbeatMessage {
     }
 }
 
-async fn throughput(addr: &str, in_flight: usize, window: Duration) -> anyhow::Result<f64> {
+pub async fn throughput(addr: &str, in_flight: usize, window: Duration) -> anyhow::Result<f64> {
     let client = raw_client(addr).await?;
     let calls = Arc::new(AtomicU64::new(0));
     let warmup = Instant::now() + Duration::from_millis(300);
