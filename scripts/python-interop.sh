@@ -10,7 +10,14 @@ if ! command -v python3 >/dev/null 2>&1; then
 fi
 venv="${HEARTBEATER_PY_VENV:-$HOME/.cache/heartbeater-pyenv}"
 if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
+    if ! python3 -m venv "$venv" 2>/dev/null; then
+        # Debian ships venv support separately.
+        rm -rf "$venv"
+        if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+        fi
+        python3 -m venv "$venv"
+    fi
 fi
 "$venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null \
     || "$venv/bin/pip" install --quiet --disable-pip-version-check grpcio grpcio-tools
@@ -31,18 +38,24 @@ touch "$work/heartbeater/__init__.py" "$work/heartbeater/v1/__init__.py"
 cargo test --quiet --workspace --no-run
 bin="${CARGO_TARGET_DIR:-target}/debug/heartbeater"
 
+# Started in this shell (not in a command substitution) so their pids are
+# recorded and the EXIT trap stops them; their output goes to files, so no
+# pipe of ours stays open in them.
 start_node() {
-    local out="$work/$1.out"
-    "$bin" serve --json --in-memory --listen 127.0.0.1:0 >"$out" &
+    "$bin" serve --json --in-memory --listen 127.0.0.1:0 >"$work/$1.out" 2>"$work/$1.err" </dev/null &
     pids+=($!)
+}
+first_line() {
     for _ in $(seq 100); do
-        [ -s "$out" ] && break
+        [ -s "$work/$1.out" ] && break
         sleep 0.1
     done
-    head -n1 "$out"
+    head -n1 "$work/$1.out"
 }
-monitor=$(start_node monitor)
-peer=$(start_node peer)
+start_node monitor
+start_node peer
+monitor=$(first_line monitor)
+peer=$(first_line peer)
 field() { "$venv/bin/python" -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
 PYTHONPATH="$work" "$venv/bin/python" examples/python/interop_check.py \

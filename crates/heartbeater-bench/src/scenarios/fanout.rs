@@ -12,10 +12,20 @@ use crate::report::Row;
 
 const PEERS: usize = 10_000;
 
-pub async fn run(_s: &super::Settings) -> anyhow::Result<Vec<Row>> {
-    let (_responders, groups) = responders(PEERS, 2_500).await?;
-    let peers: Vec<(u16, String)> = groups.into_iter().flatten().collect();
-    let mut node = Helper::start(&["node"]).await?;
+/// What one node costs monitoring `peers` at 1 Hz.
+struct Cost {
+    cores: f64,
+    jitter_p99_ms: f64,
+    bytes_per_peer: f64,
+}
+
+async fn measure(peers: &[(u16, String)], udp: bool) -> anyhow::Result<Cost> {
+    let args: &[&str] = if udp {
+        &["node"]
+    } else {
+        &["node", "--no-udp"]
+    };
+    let mut node = Helper::start(args).await?;
     let pid = node.pid()?;
     let client = node_client(node.ready["addr"].as_str().unwrap_or_default())?;
     // Warm the node's allocator and gRPC paths before the empty-node RSS.
@@ -23,8 +33,8 @@ pub async fn run(_s: &super::Settings) -> anyhow::Result<Vec<Row>> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_empty = procfs::rss_bytes(pid)?;
 
-    register_all(&client, &peers, 1000).await?;
-    wait_all_alive(&client, PEERS, Duration::from_secs(120)).await?;
+    register_all(&client, peers, 1000).await?;
+    wait_all_alive(&client, peers.len(), Duration::from_secs(120)).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_full = procfs::rss_bytes(pid)?;
 
@@ -35,17 +45,42 @@ pub async fn run(_s: &super::Settings) -> anyhow::Result<Vec<Row>> {
     let cpu = procfs::cpu_seconds(pid)? - cpu0;
     let wall = t0.elapsed().as_secs_f64();
     let lateness = node.ask("lateness").await?;
-    let p99_ms = lateness["p99_us"].as_f64().unwrap_or(f64::NAN) / 1000.0;
+    Ok(Cost {
+        cores: cpu / wall,
+        jitter_p99_ms: lateness["p99_us"].as_f64().unwrap_or(f64::NAN) / 1000.0,
+        bytes_per_peer: (rss_full as f64 - rss_empty as f64) / peers.len() as f64,
+    })
+}
 
-    Ok(vec![
-        Row::new("fanout", "cores_10k_1hz", cpu / wall, "cores", "<= 0.1"),
-        Row::new("fanout", "tick_jitter_p99_ms", p99_ms, "ms", "<= 5"),
+pub async fn run(s: &super::Settings) -> anyhow::Result<Vec<Row>> {
+    let (_responders, groups) = responders(PEERS, 2_500).await?;
+    let peers: Vec<(u16, String)> = groups.into_iter().flatten().collect();
+    let ours = measure(&peers, true).await?;
+    let mut rows = vec![
+        Row::new("fanout", "cores_10k_1hz", ours.cores, "cores", "<= 0.1"),
+        Row::new(
+            "fanout",
+            "tick_jitter_p99_ms",
+            ours.jitter_p99_ms,
+            "ms",
+            "<= 5",
+        ),
         Row::new(
             "memory",
             "bytes_per_peer",
-            (rss_full as f64 - rss_empty as f64) / PEERS as f64,
+            ours.bytes_per_peer,
             "bytes",
             "<= 1024",
         ),
-    ])
+    ];
+    // The full run also measures the gRPC path (what a peer behind a UDP
+    // filter costs, and the design before datagrams) against the same peers.
+    if !s.quick {
+        const GRPC: &str = "gRPC path (--no-udp)";
+        let grpc = measure(&peers, false).await?;
+        rows[0] = rows[0].clone().against(GRPC, grpc.cores);
+        rows[1] = rows[1].clone().against(GRPC, grpc.jitter_p99_ms);
+        rows[2] = rows[2].clone().against(GRPC, grpc.bytes_per_peer);
+    }
+    Ok(rows)
 }
