@@ -247,6 +247,26 @@ fn sigterm_stops_a_node_gracefully() {
 }
 
 #[test]
+fn a_port_taken_for_udp_is_named_and_no_udp_starts_anyway() {
+    let squatter = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = squatter.local_addr().unwrap().to_string();
+    let out = run(&["serve", "--in-memory", "--listen", &addr]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("UDP {addr}")) && err.lines().count() == 1,
+        "{err}"
+    );
+
+    let proc = JsonChild::spawn(
+        &["serve", "--json", "--in-memory", "--no-udp", "--listen", &addr],
+        Stdio::null(),
+    );
+    let started = proc.expect("started");
+    assert_eq!(started["listen"].as_str(), Some(addr.as_str()));
+}
+
+#[test]
 fn start_failures_are_one_clear_line_and_exit_code_1() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
