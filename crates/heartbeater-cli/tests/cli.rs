@@ -259,7 +259,14 @@ fn a_port_taken_for_udp_is_named_and_no_udp_starts_anyway() {
     );
 
     let proc = JsonChild::spawn(
-        &["serve", "--json", "--in-memory", "--no-udp", "--listen", &addr],
+        &[
+            "serve",
+            "--json",
+            "--in-memory",
+            "--no-udp",
+            "--listen",
+            &addr,
+        ],
         Stdio::null(),
     );
     let started = proc.expect("started");
