@@ -69,7 +69,7 @@ pub use proto::{
 pub use server::{
     HeartbeatServer, HeartbeatServerBuilder, DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT,
 };
-pub use store::{MemoryStore, RegistryStore, RocksDbStore, StoreError};
+pub use store::{MemoryStore, RegistryOp, RegistryStore, RocksDbStore, StoreError};
 pub use topic::{
     ClientConnectionListener, HeartbeatParameters, HeartbeatParametersBuilder, TopicError,
     TopicHandler, TopicPublisher, TopicResponse, TopicSubscriber,

@@ -2,15 +2,23 @@
 //! service, the server's own methods and tests all go through [`Node`].
 //!
 //! A registration changes two things, the durable registry and the live
-//! table. They change in that order, under one lock, so that what a caller
-//! was told has happened is on disk, and the table never holds a peer the
-//! disk does not.
+//! table. They change in that order, so that what a caller was told has
+//! happened is on disk, and the table never holds a peer the disk does not.
+//!
+//! Registry changes are group-committed: callers queue their change, and one
+//! committer task at a time takes everything queued, writes it as one synced
+//! store write, applies it to the table in queue order and answers every
+//! caller. One disk flush then serves as many registrations as arrived during
+//! the previous one, instead of each waiting for its own. The committer is a
+//! task of its own, not a caller's future, so a client that hangs up cannot
+//! leave a write on disk but missing from the table.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use heartbeater_core::{DetectorConfig, PeerSpec, PeerStatus, Upsert, ValidationError};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::event::PeerEvent;
 use crate::monitor::Monitor;
@@ -18,10 +26,35 @@ use crate::proto::{
     DeregisterPeerRequest, DeregisterPeerResponse, HeartbeatMessage, HeartbeatResponse,
     RegisterPeerRequest, RegisterPeerResponse,
 };
-use crate::store::{PeerRecord, RegistryStore, StoreError};
+use crate::store::{PeerRecord, RegistryOp, RegistryStore, StoreError};
 
-/// Why a node operation failed.
-#[derive(Debug, thiserror::Error)]
+/// The most changes one store write carries; a bound on how long the first
+/// of them waits, not a tuning knob (a group this size is far past where
+/// another flush would cost more than the bigger write).
+const MAX_GROUP: usize = 4096;
+
+/// A registry change waiting for the committer.
+enum Change {
+    Register { record: PeerRecord, spec: PeerSpec },
+    Deregister { peer_id: String },
+}
+
+struct Pending {
+    change: Change,
+    /// Whether the peer was registered before, once committed.
+    reply: oneshot::Sender<Result<bool, NodeError>>,
+}
+
+#[derive(Default)]
+struct CommitQueue {
+    pending: Vec<Pending>,
+    /// Whether a committer task is running; at most one is.
+    committing: bool,
+}
+
+/// Why a node operation failed. `Clone` because one failed group write is
+/// reported to every caller whose change was in it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum NodeError {
     /// A request field is invalid.
     #[error(transparent)]
@@ -43,7 +76,7 @@ pub(crate) struct Node {
     epoch: u64,
     store: std::sync::Mutex<Option<Arc<dyn RegistryStore>>>,
     monitor: Arc<Monitor>,
-    registry_lock: tokio::sync::Mutex<()>,
+    commits: std::sync::Mutex<CommitQueue>,
     topics: Arc<crate::topic::Topics>,
 }
 
@@ -72,7 +105,7 @@ impl Node {
             epoch,
             store: std::sync::Mutex::new(Some(store)),
             monitor,
-            registry_lock: tokio::sync::Mutex::new(()),
+            commits: std::sync::Mutex::default(),
             topics: Arc::default(),
         });
         (node, epochs)
@@ -132,7 +165,7 @@ impl Node {
 
     /// Registers or updates a peer; returns once the registration is durable.
     pub(crate) async fn register(
-        &self,
+        self: &Arc<Self>,
         req: RegisterPeerRequest,
     ) -> Result<RegisterPeerResponse, NodeError> {
         let detector = DetectorConfig::from_millis(
@@ -151,36 +184,127 @@ impl Node {
             registered_at_micros: unix_micros(SystemTime::now()),
             last_epoch: None,
         };
-        let _guard = self.registry_lock.lock().await;
-        let store = self.store()?;
-        blocking(move || store.put_peer(&record)).await?;
-        let now = tokio::time::Instant::now().into_std();
-        let upsert = self.monitor.update(|t| t.upsert(spec, now));
+        let updated = self.commit(Change::Register { record, spec }).await?;
         Ok(RegisterPeerResponse {
             server_id: self.identity.clone(),
             server_epoch: self.epoch,
-            updated: !matches!(upsert, Upsert::Inserted(_)),
+            updated,
         })
     }
 
     /// Deregisters a peer; returns once the deletion is durable.
     pub(crate) async fn deregister(
-        &self,
+        self: &Arc<Self>,
         req: DeregisterPeerRequest,
     ) -> Result<DeregisterPeerResponse, NodeError> {
         heartbeater_core::config::validate_peer_id(&req.peer_id)?;
-        let _guard = self.registry_lock.lock().await;
-        if self.monitor.read(|t| t.key_of(&req.peer_id)).is_none() {
-            return Err(NodeError::UnknownPeer(req.peer_id));
-        }
-        let store = self.store()?;
-        let id = req.peer_id.clone();
-        blocking(move || store.delete_peer(&id)).await?;
-        self.monitor.update(|t| t.remove(&req.peer_id));
+        self.commit(Change::Deregister {
+            peer_id: req.peer_id,
+        })
+        .await?;
         Ok(DeregisterPeerResponse {
             server_id: self.identity.clone(),
             server_epoch: self.epoch,
         })
+    }
+
+    /// Queues `change` and waits until it is durable and in the table.
+    /// Returns whether the peer was registered before.
+    async fn commit(self: &Arc<Self>, change: Change) -> Result<bool, NodeError> {
+        let (reply, outcome) = oneshot::channel();
+        let start_committer = {
+            let mut queue = self.commits.lock().unwrap_or_else(|e| e.into_inner());
+            queue.pending.push(Pending { change, reply });
+            !std::mem::replace(&mut queue.committing, true)
+        };
+        if start_committer {
+            tokio::spawn(Arc::clone(self).run_committer());
+        }
+        outcome.await.map_err(|_| NodeError::ShuttingDown)?
+    }
+
+    /// Commits groups until the queue is empty, then ends; the next change
+    /// queued starts a new committer.
+    async fn run_committer(self: Arc<Self>) {
+        loop {
+            let group = {
+                let mut queue = self.commits.lock().unwrap_or_else(|e| e.into_inner());
+                if queue.pending.is_empty() {
+                    queue.committing = false;
+                    return;
+                }
+                let take = queue.pending.len().min(MAX_GROUP);
+                queue.pending.drain(..take).collect::<Vec<_>>()
+            };
+            self.commit_group(group).await;
+        }
+    }
+
+    async fn commit_group(&self, group: Vec<Pending>) {
+        let Ok(store) = self.store() else {
+            for pending in group {
+                let _ = pending.reply.send(Err(NodeError::ShuttingDown));
+            }
+            return;
+        };
+        // `ops[i]` is the change `waiting[i]` waits for. Deregistering an
+        // unknown id fails alone, and whether an id is known takes the
+        // changes queued before it into account.
+        let mut ops = Vec::with_capacity(group.len());
+        let mut waiting = Vec::with_capacity(group.len());
+        self.monitor.read(|table| {
+            let mut known: HashMap<String, bool> = HashMap::new();
+            for Pending { change, reply } in group {
+                match change {
+                    Change::Register { record, spec } => {
+                        known.insert(record.peer_id.clone(), true);
+                        ops.push(RegistryOp::Put(record));
+                        waiting.push((Some(spec), reply));
+                    }
+                    Change::Deregister { peer_id } => {
+                        let registered = known
+                            .get(&peer_id)
+                            .copied()
+                            .unwrap_or_else(|| table.key_of(&peer_id).is_some());
+                        if registered {
+                            known.insert(peer_id.clone(), false);
+                            ops.push(RegistryOp::Delete(peer_id));
+                            waiting.push((None, reply));
+                        } else {
+                            let _ = reply.send(Err(NodeError::UnknownPeer(peer_id)));
+                        }
+                    }
+                }
+            }
+        });
+        if ops.is_empty() {
+            return;
+        }
+        let ops = match blocking(move || store.apply(&ops).map(|()| ops)).await {
+            Ok(ops) => ops,
+            Err(e) => {
+                for (_, reply) in waiting {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                return;
+            }
+        };
+        let now = tokio::time::Instant::now().into_std();
+        let outcomes: Vec<bool> = self.monitor.update(|table| {
+            ops.into_iter()
+                .zip(waiting.iter_mut())
+                .map(|(op, (spec, _))| match (op, spec.take()) {
+                    (RegistryOp::Put(_), Some(spec)) => {
+                        !matches!(table.upsert(spec, now), Upsert::Inserted(_))
+                    }
+                    (RegistryOp::Delete(id), _) => table.remove(&id),
+                    (RegistryOp::Put(_), None) => false,
+                })
+                .collect()
+        });
+        for ((_, reply), existed) in waiting.into_iter().zip(outcomes) {
+            let _ = reply.send(Ok(existed));
+        }
     }
 
     /// Every peer's status, ordered by id.

@@ -137,3 +137,68 @@ async fn stop_releases_the_data_directory() {
     assert_eq!(second.identity(), first.identity());
     assert!(matches!(first.start().await, Err(ServerError::Stopped)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_registrations_are_each_acknowledged_durable_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = std::sync::Arc::new(on_dir(dir.path()));
+    node.start().await.unwrap();
+    let request = |id: String| heartbeater::RegisterPeerRequest {
+        peer_id: id,
+        peer_host: "127.0.0.1".into(),
+        peer_port: 9,
+        heartbeat_freq_millis: 60_000,
+        timeout_millis: None,
+        max_missed: None,
+    };
+    // 64 clients at once, each registering, re-registering and (every
+    // fourth) deregistering its own peers in sequence; their changes share
+    // group writes with everyone else's.
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..64 {
+        let node = node.clone();
+        clients.spawn(async move {
+            for i in 0..8 {
+                let id = format!("c{c:02}-{i}");
+                let first = node.register_peer(request(id.clone())).await.unwrap();
+                assert!(!first.updated, "{id}: a first registration is new");
+                let again = node.register_peer(request(id.clone())).await.unwrap();
+                assert!(again.updated, "{id}: the second one updates it");
+                if i % 4 == 0 {
+                    node.deregister_peer(heartbeater::DeregisterPeerRequest {
+                        peer_id: id.clone(),
+                    })
+                    .await
+                    .unwrap();
+                    let unknown = node
+                        .deregister_peer(heartbeater::DeregisterPeerRequest {
+                            peer_id: id.clone(),
+                        })
+                        .await;
+                    assert!(
+                        matches!(unknown, Err(heartbeater::NodeError::UnknownPeer(_))),
+                        "{id}: a second deregistration finds nothing: {unknown:?}"
+                    );
+                }
+            }
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done.expect("client task");
+    }
+    assert_eq!(node.peers().len(), 64 * 6, "the live table");
+    node.stop().await.unwrap();
+    drop(node);
+
+    let reopened = on_dir(dir.path());
+    let ids: std::collections::BTreeSet<String> =
+        reopened.peers().into_iter().map(|p| p.peer_id).collect();
+    let expected: std::collections::BTreeSet<String> = (0..64)
+        .flat_map(|c| {
+            (0..8)
+                .filter(|i| i % 4 != 0)
+                .map(move |i| format!("c{c:02}-{i}"))
+        })
+        .collect();
+    assert_eq!(ids, expected, "every acknowledged change is on disk");
+}

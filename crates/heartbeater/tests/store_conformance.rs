@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use heartbeater::store::{MemoryStore, NodeMeta, PeerRecord, RegistryStore, RocksDbStore};
+use heartbeater::store::{
+    MemoryStore, NodeMeta, PeerRecord, RegistryOp, RegistryStore, RocksDbStore,
+};
 
 /// Opens the store under test; calling it again after dropping every earlier
 /// handle "restarts" it on the same data.
@@ -117,6 +119,47 @@ fn many_concurrent_writers_all_land(h: &dyn Harness) {
     assert_eq!(h.open().load_peers().unwrap().len(), 400);
 }
 
+fn a_group_write_applies_in_order_and_survives_a_reopen(h: &dyn Harness) {
+    let s = h.open();
+    s.put_peer(&record("kept", 1)).unwrap();
+    s.record_epoch("kept", 3).unwrap();
+    s.put_peer(&record("reborn", 1)).unwrap();
+    s.record_epoch("reborn", 4).unwrap();
+    s.apply(&[
+        RegistryOp::Put(record("new", 1)),
+        RegistryOp::Put(record("gone", 1)),
+        RegistryOp::Delete("gone".into()),
+        RegistryOp::Put(record("kept", 9)),
+        RegistryOp::Delete("reborn".into()),
+        RegistryOp::Put(record("reborn", 2)),
+        RegistryOp::Delete("never-there".into()),
+    ])
+    .unwrap();
+    drop(s);
+    let peers = h.open().load_peers().unwrap();
+    let summary: Vec<_> = peers
+        .iter()
+        .map(|p| (p.peer_id.as_str(), p.port, p.last_epoch))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("kept", 9, Some(3)),
+            ("new", 1, None),
+            // Deleted then registered again in one write: a new
+            // registration, so the old epoch is forgotten.
+            ("reborn", 2, None),
+        ]
+    );
+}
+
+fn an_empty_group_write_changes_nothing(h: &dyn Harness) {
+    let s = h.open();
+    s.put_peer(&record("p", 1)).unwrap();
+    s.apply(&[]).unwrap();
+    assert_eq!(s.load_peers().unwrap(), vec![record("p", 1)]);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -134,4 +177,6 @@ conformance!(
     put_replaces_and_delete_removes,
     epochs_are_remembered_for_registered_peers_only,
     many_concurrent_writers_all_land,
+    a_group_write_applies_in_order_and_survives_a_reopen,
+    an_empty_group_write_changes_nothing,
 );

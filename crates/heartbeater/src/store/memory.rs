@@ -4,13 +4,29 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{NodeMeta, PeerRecord, RegistryStore, StoreError};
+use super::{NodeMeta, PeerRecord, RegistryOp, RegistryStore, StoreError};
 
 #[derive(Debug, Default)]
 struct Inner {
     meta: Option<NodeMeta>,
     peers: BTreeMap<String, PeerRecord>,
     epochs: HashMap<String, u64>,
+}
+
+impl Inner {
+    fn put(&mut self, record: &PeerRecord) {
+        let mut record = record.clone();
+        record.last_epoch = None;
+        let id = record.peer_id.clone();
+        if self.peers.insert(id.clone(), record).is_none() {
+            self.epochs.remove(&id);
+        }
+    }
+
+    fn delete(&mut self, peer_id: &str) -> bool {
+        self.epochs.remove(peer_id);
+        self.peers.remove(peer_id).is_some()
+    }
 }
 
 /// A registry kept in memory, for tests and nodes that need no persistence.
@@ -27,7 +43,7 @@ impl MemoryStore {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding this lock cannot leave the maps half-updated
-        // (each operation is a single insert or remove), so poison is ignored.
+        // (a write is a few inserts and removes that each leave the maps valid), so poison is ignored.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -43,20 +59,25 @@ impl RegistryStore for MemoryStore {
     }
 
     fn put_peer(&self, record: &PeerRecord) -> Result<(), StoreError> {
-        let mut inner = self.lock();
-        let mut record = record.clone();
-        record.last_epoch = None;
-        let id = record.peer_id.clone();
-        if inner.peers.insert(id.clone(), record).is_none() {
-            inner.epochs.remove(&id);
-        }
+        self.lock().put(record);
         Ok(())
     }
 
     fn delete_peer(&self, peer_id: &str) -> Result<bool, StoreError> {
+        Ok(self.lock().delete(peer_id))
+    }
+
+    fn apply(&self, ops: &[RegistryOp]) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        inner.epochs.remove(peer_id);
-        Ok(inner.peers.remove(peer_id).is_some())
+        for op in ops {
+            match op {
+                RegistryOp::Put(record) => inner.put(record),
+                RegistryOp::Delete(peer_id) => {
+                    inner.delete(peer_id);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn get_peer(&self, peer_id: &str) -> Result<Option<PeerRecord>, StoreError> {

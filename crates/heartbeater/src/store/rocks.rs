@@ -7,8 +7,10 @@
 //! any caller waiting, never rewrites (or resurrects) a registration.
 //!
 //! Acknowledged writes go through a synced WAL; concurrent synced writes from
-//! several threads are grouped into one fsync by RocksDB's write leader.
+//! several threads are grouped into one fsync by RocksDB's write leader, and
+//! [`RegistryStore::apply`] makes a whole group of changes one synced write.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rocksdb::{
@@ -16,7 +18,7 @@ use rocksdb::{
 };
 
 use super::codec;
-use super::{NodeMeta, PeerRecord, RegistryStore, StoreError};
+use super::{NodeMeta, PeerRecord, RegistryOp, RegistryStore, StoreError};
 
 const CF_META: &str = "meta";
 const CF_PEERS: &str = "peers";
@@ -143,32 +145,53 @@ impl RegistryStore for RocksDbStore {
     }
 
     fn put_peer(&self, record: &PeerRecord) -> Result<(), StoreError> {
-        let peers = self.cf(CF_PEERS)?;
-        let existed = self
-            .db
-            .get_pinned_cf(peers, &record.peer_id)
-            .map_err(|e| self.io(e))?
-            .is_some();
-        let mut batch = WriteBatch::default();
-        batch.put_cf(peers, &record.peer_id, codec::encode_peer(record));
-        if !existed {
-            batch.delete_cf(self.cf(CF_EPOCHS)?, &record.peer_id);
-        }
-        self.write_synced(batch)
+        self.apply(&[RegistryOp::Put(record.clone())])
     }
 
     fn delete_peer(&self, peer_id: &str) -> Result<bool, StoreError> {
-        let peers = self.cf(CF_PEERS)?;
         let existed = self
             .db
-            .get_pinned_cf(peers, peer_id)
+            .get_pinned_cf(self.cf(CF_PEERS)?, peer_id)
             .map_err(|e| self.io(e))?
             .is_some();
-        let mut batch = WriteBatch::default();
-        batch.delete_cf(peers, peer_id);
-        batch.delete_cf(self.cf(CF_EPOCHS)?, peer_id);
-        self.write_synced(batch)?;
+        self.apply(&[RegistryOp::Delete(peer_id.to_owned())])?;
         Ok(existed)
+    }
+
+    fn apply(&self, ops: &[RegistryOp]) -> Result<(), StoreError> {
+        let peers = self.cf(CF_PEERS)?;
+        let epochs = self.cf(CF_EPOCHS)?;
+        // Whether each id is registered once the ops before it are applied:
+        // a put of a new id must forget an epoch left from an older
+        // registration, even when the delete is earlier in the same batch.
+        let mut registered: HashMap<&str, bool> = HashMap::new();
+        let mut batch = WriteBatch::default();
+        for op in ops {
+            match op {
+                RegistryOp::Put(record) => {
+                    let id = record.peer_id.as_str();
+                    let existed = match registered.get(id) {
+                        Some(known) => *known,
+                        None => self
+                            .db
+                            .get_pinned_cf(peers, id)
+                            .map_err(|e| self.io(e))?
+                            .is_some(),
+                    };
+                    batch.put_cf(peers, id, codec::encode_peer(record));
+                    if !existed {
+                        batch.delete_cf(epochs, id);
+                    }
+                    registered.insert(id, true);
+                }
+                RegistryOp::Delete(id) => {
+                    batch.delete_cf(peers, id);
+                    batch.delete_cf(epochs, id);
+                    registered.insert(id, false);
+                }
+            }
+        }
+        self.write_synced(batch)
     }
 
     fn get_peer(&self, peer_id: &str) -> Result<Option<PeerRecord>, StoreError> {
