@@ -259,10 +259,13 @@ impl Monitor {
                         identity: &paths.identity,
                     }
                     .encode(&mut d.out);
-                    // A full send buffer drops the answer; the pinger counts a
-                    // miss and tries again, over gRPC too.
-                    if paths.socket.try_send_to(&d.out, from).is_ok() {
-                        self.answered.fetch_add(1, Ordering::Relaxed);
+                    // Counted before the send, so whoever holds the pong
+                    // already sees it counted. A full send buffer drops the
+                    // answer (uncounted again); the pinger counts a miss and
+                    // tries again, over gRPC too.
+                    self.answered.fetch_add(1, Ordering::Relaxed);
+                    if paths.socket.try_send_to(&d.out, from).is_err() {
+                        self.answered.fetch_sub(1, Ordering::Relaxed);
                     }
                 }
                 Kind::Pong => {
