@@ -27,7 +27,8 @@ async fn commands(mut on: impl FnMut(&str) -> serde_json::Value) -> anyhow::Resu
 }
 
 /// A Heartbeater node on 127.0.0.1:0 (in memory unless a data dir is given).
-/// Commands: `mark` (start a lateness window), `lateness` (the window's figures).
+/// Commands: `counts` (peers per state), `mark` (start a lateness window),
+/// `lateness` (the window's figures).
 pub async fn node(data_dir: Option<PathBuf>, udp: bool) -> anyhow::Result<()> {
     let builder = HeartbeatServer::builder()
         .server_port(0)
@@ -47,6 +48,10 @@ pub async fn node(data_dir: Option<PathBuf>, udp: bool) -> anyhow::Result<()> {
         "mark" => {
             mark = server.scheduler_lateness();
             json!({"ok": true})
+        }
+        "counts" => {
+            let c = server.peer_counts();
+            json!({"unknown": c.unknown, "alive": c.alive, "unreachable": c.unreachable})
         }
         "lateness" => {
             let window = server.scheduler_lateness().since(&mark);

@@ -18,11 +18,15 @@
 pub mod config;
 pub mod detector;
 pub mod liveness;
+pub mod pages;
 pub mod table;
 pub mod tracker;
 
 pub use config::{DetectorConfig, PeerSpec, ValidationError};
 pub use detector::{FailureDetector, MissCountDetector};
 pub use liveness::{Change, PeerLiveness, PeerState, Reply};
-pub use table::{EventKind, LivenessEvent, PeerKey, PeerStatus, PeerTable, Probe, Upsert};
+pub use pages::Pages;
+pub use table::{
+    EventKind, LivenessEvent, PeerKey, PeerStatus, PeerTable, Probe, StateCounts, Upsert,
+};
 pub use tracker::{ClientConnectionTracker, ConnectionChange, Tick, TrackerConfig};

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use crate::config::{DetectorConfig, PeerSpec};
 use crate::detector::MissCountDetector;
 use crate::liveness::{Change, PeerLiveness, PeerState, Reply};
+use crate::pages::Pages;
 
 /// Names one registration of one peer. A re-registration or a removal makes
 /// older keys stale, so outcomes of heartbeats sent under an old registration
@@ -128,6 +129,25 @@ pub struct PeerStatus {
     pub detector: DetectorConfig,
 }
 
+/// How many peers are in each state: what a health check or a gauge needs,
+/// at the cost of a pass over the table instead of a copy of every status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    /// Registered, no valid reply yet.
+    pub unknown: usize,
+    /// Answering validly.
+    pub alive: usize,
+    /// Declared unreachable.
+    pub unreachable: usize,
+}
+
+impl StateCounts {
+    /// Every registered peer.
+    pub fn total(&self) -> usize {
+        self.unknown + self.alive + self.unreachable
+    }
+}
+
 /// What [`PeerTable::upsert`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Upsert {
@@ -159,7 +179,7 @@ struct Slot {
 /// All monitored peers and their schedule.
 #[derive(Debug, Default)]
 pub struct PeerTable {
-    slots: Vec<Option<Slot>>,
+    slots: Pages<Slot>,
     free: Vec<u32>,
     generations: Vec<u32>,
     index: HashMap<Arc<str>, u32>,
@@ -236,20 +256,22 @@ impl PeerTable {
         let slot_no = match self.free.pop() {
             Some(n) => n,
             None => {
-                self.slots.push(None);
                 self.generations.push(0);
-                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+                u32::try_from(self.generations.len() - 1).unwrap_or(u32::MAX)
             }
         };
         let generation = self.bump_generation(slot_no);
         self.index.insert(spec.peer_id.clone(), slot_no);
         let liveness = PeerLiveness::new(spec.detector, known_epoch);
-        self.slots[slot_no as usize] = Some(Slot {
-            spec,
-            liveness,
-            generation,
-            next_due: now,
-        });
+        self.slots.set(
+            slot_no as usize,
+            Slot {
+                spec,
+                liveness,
+                generation,
+                next_due: now,
+            },
+        );
         self.timers.push(Reverse((now, slot_no, generation)));
         PeerKey {
             slot: slot_no,
@@ -274,7 +296,7 @@ impl PeerTable {
     }
 
     fn remove_slot(&mut self, slot_no: u32) {
-        if let Some(slot) = self.slots[slot_no as usize].take() {
+        if let Some(slot) = self.slots.take(slot_no as usize) {
             self.index.remove(&slot.spec.peer_id);
             self.bump_generation(slot_no);
             self.free.push(slot_no);
@@ -294,7 +316,7 @@ impl PeerTable {
     }
 
     fn is_current(&self, due: Instant, slot_no: u32, generation: u32) -> bool {
-        matches!(self.slots.get(slot_no as usize), Some(Some(s)) if s.generation == generation && s.next_due == due)
+        matches!(self.slots.get(slot_no as usize), Some(s) if s.generation == generation && s.next_due == due)
     }
 
     /// Appends to `out` every heartbeat due at or before `now`, and schedules
@@ -381,7 +403,7 @@ impl PeerTable {
     }
 
     fn push_event(&mut self, slot_no: u32, kind: EventKind) {
-        if let Some(Some(slot)) = self.slots.get(slot_no as usize) {
+        if let Some(slot) = self.slots.get(slot_no as usize) {
             self.events.push(LivenessEvent {
                 peer_id: slot.spec.peer_id.clone(),
                 kind,
@@ -399,7 +421,7 @@ impl PeerTable {
     /// The registration behind `key`, if still current.
     pub fn spec(&self, key: PeerKey) -> Option<&PeerSpec> {
         match self.slots.get(key.slot as usize) {
-            Some(Some(s)) if s.generation == key.generation => Some(&s.spec),
+            Some(s) if s.generation == key.generation => Some(&s.spec),
             _ => None,
         }
     }
@@ -407,7 +429,7 @@ impl PeerTable {
     /// The key of `peer_id`'s current registration.
     pub fn key_of(&self, peer_id: &str) -> Option<PeerKey> {
         let slot_no = *self.index.get(peer_id)?;
-        let slot = self.slots.get(slot_no as usize)?.as_ref()?;
+        let slot = self.slots.get(slot_no as usize)?;
         Some(PeerKey {
             slot: slot_no,
             generation: slot.generation,
@@ -417,18 +439,31 @@ impl PeerTable {
     /// The status of one peer.
     pub fn status(&self, peer_id: &str) -> Option<PeerStatus> {
         let slot_no = *self.index.get(peer_id)?;
-        self.slots.get(slot_no as usize)?.as_ref().map(status_of)
+        self.slots.get(slot_no as usize).map(status_of)
     }
 
     /// The status of every peer, ordered by peer id.
     pub fn statuses(&self) -> Vec<PeerStatus> {
-        let mut all: Vec<PeerStatus> = self.slots.iter().flatten().map(status_of).collect();
+        let mut all: Vec<PeerStatus> = self.slots.iter().map(status_of).collect();
         all.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
         all
     }
 
+    /// How many peers are in each state.
+    pub fn state_counts(&self) -> StateCounts {
+        let mut counts = StateCounts::default();
+        for slot in self.slots.iter() {
+            match slot.liveness.state() {
+                PeerState::Unknown => counts.unknown += 1,
+                PeerState::Alive => counts.alive += 1,
+                PeerState::Unreachable => counts.unreachable += 1,
+            }
+        }
+        counts
+    }
+
     fn slot_mut(&mut self, slot_no: u32) -> Option<&mut Slot> {
-        self.slots.get_mut(slot_no as usize)?.as_mut()
+        self.slots.get_mut(slot_no as usize)
     }
 
     fn current_mut(&mut self, key: PeerKey) -> Option<&mut Slot> {
@@ -532,6 +567,39 @@ mod tests {
         };
         assert_eq!(at("fast"), (0..=10).map(|i| i * 10).collect::<Vec<_>>());
         assert_eq!(at("slow"), vec![0, 25, 50, 75, 100]);
+    }
+
+    #[test]
+    fn state_counts_follow_each_peers_state() {
+        let t0 = Instant::now();
+        let mut t = PeerTable::new();
+        assert_eq!(t.state_counts(), StateCounts::default());
+        let once = DetectorConfig::new(ms(100), None, Some(1)).unwrap();
+        t.upsert(spec("answers", 100), t0);
+        t.upsert(
+            PeerSpec::new("silent", "127.0.0.1", 9000, once).unwrap(),
+            t0,
+        );
+        t.upsert(spec("new", 100), t0);
+        let mut out = Vec::new();
+        t.poll_due(t0, &mut out);
+        for p in &out {
+            match &*t.spec(p.key).unwrap().peer_id {
+                "answers" => ack(&mut t, p, t0 + ms(1), "answers", 1),
+                "silent" => t.on_no_reply(p.key, p.seq, t0 + ms(100)),
+                _ => {}
+            }
+        }
+        let counts = t.state_counts();
+        assert_eq!(
+            counts,
+            StateCounts {
+                unknown: 1,
+                alive: 1,
+                unreachable: 1
+            }
+        );
+        assert_eq!(counts.total(), t.len());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use heartbeater_core::PeerStatus;
+use heartbeater_core::{PeerStatus, StateCounts};
 use tokio::runtime::Runtime;
 
 use crate::error::{ClientError, ServerError};
@@ -152,6 +152,12 @@ impl HeartbeatServer {
     /// Every registered peer's status.
     pub fn peers(&self) -> Vec<PeerStatus> {
         self.server().peers()
+    }
+
+    /// How many registered peers are unknown, alive and unreachable; see
+    /// [`HeartbeatServer::peer_counts`].
+    pub fn peer_counts(&self) -> StateCounts {
+        self.server().peer_counts()
     }
 
     /// Peer events from now on, on a channel: `recv_timeout` waits for one.

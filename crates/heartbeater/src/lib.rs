@@ -58,7 +58,7 @@ mod udp_path;
 pub use client::HeartbeatClient;
 pub use error::{ClientError, ServerError};
 pub use event::{EventStream, PeerEvent, PeerEventKind};
-pub use heartbeater_core::{DetectorConfig, PeerState, PeerStatus, ValidationError};
+pub use heartbeater_core::{DetectorConfig, PeerState, PeerStatus, StateCounts, ValidationError};
 pub use lateness::LatenessSnapshot;
 pub use node::NodeError;
 pub use proto::{

@@ -17,7 +17,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use heartbeater_core::{DetectorConfig, PeerSpec, PeerStatus, Upsert, ValidationError};
+use heartbeater_core::{
+    DetectorConfig, PeerSpec, PeerStatus, StateCounts, Upsert, ValidationError,
+};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::event::PeerEvent;
@@ -310,6 +312,10 @@ impl Node {
     /// Every peer's status, ordered by id.
     pub(crate) fn peers(&self) -> Vec<PeerStatus> {
         self.monitor.read(|t| t.statuses())
+    }
+
+    pub(crate) fn state_counts(&self) -> StateCounts {
+        self.monitor.read(|t| t.state_counts())
     }
 
     /// Events from now on.

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use heartbeater_core::config::validate_host;
-use heartbeater_core::PeerStatus;
+use heartbeater_core::{PeerStatus, StateCounts};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
@@ -436,6 +436,13 @@ impl HeartbeatServer {
     /// the peers restored from the data directory, all `Unknown`.
     pub fn peers(&self) -> Vec<PeerStatus> {
         self.node.peers()
+    }
+
+    /// How many registered peers are unknown, alive and unreachable. Cheap
+    /// next to [`HeartbeatServer::peers`] (no copy of each status), so fit
+    /// for health checks and gauges polled on nodes with many peers.
+    pub fn peer_counts(&self) -> StateCounts {
+        self.node.state_counts()
     }
 
     /// Heartbeats this node has answered (from monitors and clients) since it

@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use heartbeater_core::{PeerKey, PeerSpec, PeerTable, Probe, Reply};
+use heartbeater_core::{Pages, PeerKey, PeerSpec, PeerTable, Probe, Reply};
 use tokio::net::UdpSocket;
 
 use crate::udp::{Datagram, Kind};
@@ -75,7 +75,7 @@ pub(crate) struct PathTable {
     /// pings cannot forge answers to them.
     nonce: u64,
     base: Instant,
-    peers: Vec<Option<PeerPath>>,
+    peers: Pages<PeerPath>,
     /// (deadline, key, seq, whether a silence counts as a miss)
     timeouts: BinaryHeap<Reverse<(Instant, u64, u64, bool)>>,
     out: Vec<u8>,
@@ -91,7 +91,7 @@ impl PathTable {
             local_v6,
             nonce: uuid::Uuid::new_v4().as_u64_pair().0,
             base: Instant::now(),
-            peers: Vec::new(),
+            peers: Pages::new(),
             timeouts: BinaryHeap::new(),
             out: Vec::with_capacity(crate::udp::MAX_DATAGRAM),
         }
@@ -103,10 +103,6 @@ impl PathTable {
     }
 
     fn entry(&mut self, key: PeerKey, spec: &PeerSpec) -> &mut PeerPath {
-        let i = key.index();
-        if self.peers.len() <= i {
-            self.peers.resize_with(i + 1, || None);
-        }
         let fresh = || {
             let target = match spec.host.parse::<IpAddr>() {
                 Ok(ip) => family_fit(SocketAddr::new(ip, spec.port), self.local_v6)
@@ -120,7 +116,7 @@ impl PathTable {
                 last_pong_seq: 0,
             }
         };
-        let slot = &mut self.peers[i];
+        let slot = self.peers.place(key.index());
         if !matches!(slot, Some(p) if p.key == key) {
             *slot = Some(fresh());
         }
@@ -128,10 +124,7 @@ impl PathTable {
     }
 
     fn current(&mut self, key: PeerKey) -> Option<&mut PeerPath> {
-        self.peers
-            .get_mut(key.index())?
-            .as_mut()
-            .filter(|p| p.key == key)
+        self.peers.get_mut(key.index()).filter(|p| p.key == key)
     }
 
     /// Sends `probe` as a datagram where that is possible. Returns whether

@@ -99,6 +99,8 @@ fn two_servers_heartbeat_each_other_until_deregistered() {
     });
     let one_sees = &server_one.peers()[0];
     let two_sees = &server_two.peers()[0];
+    let counts = server_one.peer_counts();
+    assert_eq!((counts.alive, counts.total()), (1, 1), "{counts:?}");
     assert_eq!(one_sees.peer_id, server_two.identity());
     assert_eq!(
         one_sees.epoch,

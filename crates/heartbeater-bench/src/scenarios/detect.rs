@@ -19,10 +19,10 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
     let (mut helpers, groups) = responders(PEERS, PEERS / 4).await?;
     let all: Vec<(u16, String)> = groups.iter().flatten().cloned().collect();
     let victims: HashSet<String> = groups[0].iter().map(|(_, id)| id.clone()).collect();
-    let node = Helper::start(&["node"]).await?;
+    let mut node = Helper::start(&["node"]).await?;
     let client = node_client(node.ready["addr"].as_str().unwrap_or_default())?;
     register_all(&client, &all, 100).await?;
-    wait_all_alive(&client, PEERS, Duration::from_secs(60)).await?;
+    wait_all_alive(&mut node, PEERS, Duration::from_secs(60)).await?;
 
     let mut events = client.watch_peers(false).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

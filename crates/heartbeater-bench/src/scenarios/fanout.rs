@@ -34,7 +34,7 @@ async fn measure(peers: &[(u16, String)], udp: bool) -> anyhow::Result<Cost> {
     let rss_empty = procfs::rss_bytes(pid)?;
 
     register_all(&client, peers, 1000).await?;
-    wait_all_alive(&client, peers.len(), Duration::from_secs(120)).await?;
+    wait_all_alive(&mut node, peers.len(), Duration::from_secs(120)).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_full = procfs::rss_bytes(pid)?;
 

@@ -54,10 +54,10 @@ async fn node_acks(peers: &[(u16, String)], udp: bool, window: Duration) -> anyh
     } else {
         &["node", "--no-udp"]
     };
-    let node = Helper::start(args).await?;
+    let mut node = Helper::start(args).await?;
     let client = node_client(node.ready["addr"].as_str().unwrap_or_default())?;
     register_fast(&client, peers).await?;
-    wait_all_alive(&client, peers.len(), Duration::from_secs(60)).await?;
+    wait_all_alive(&mut node, peers.len(), Duration::from_secs(60)).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (a0, t0) = (acked(&client).await?, Instant::now());
     tokio::time::sleep(window).await;

@@ -1,30 +1,69 @@
 //! The in-memory registry store: everything is lost when the last handle is
 //! dropped. Clones share one registry, which lets tests "reopen" it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use super::{NodeMeta, PeerRecord, RegistryOp, RegistryStore, StoreError};
+
+/// One peer as kept here: the record without its id (the map's key holds
+/// it) and with the remembered epoch inline. A node monitoring 10,000 peers
+/// pays for this on every one of them, so it is about half the size of a
+/// [`PeerRecord`] plus a separate epoch map.
+#[derive(Debug)]
+struct Stored {
+    host: Box<str>,
+    heartbeat_freq: Duration,
+    timeout: Duration,
+    registered_at_micros: i64,
+    last_epoch: Option<u64>,
+    max_missed: u32,
+    port: u16,
+}
+
+impl Stored {
+    fn record(&self, peer_id: &str) -> PeerRecord {
+        PeerRecord {
+            peer_id: peer_id.to_owned(),
+            host: self.host.to_string(),
+            port: self.port,
+            heartbeat_freq: self.heartbeat_freq,
+            timeout: self.timeout,
+            max_missed: self.max_missed,
+            registered_at_micros: self.registered_at_micros,
+            last_epoch: self.last_epoch,
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 struct Inner {
     meta: Option<NodeMeta>,
-    peers: BTreeMap<String, PeerRecord>,
-    epochs: HashMap<String, u64>,
+    peers: BTreeMap<Box<str>, Stored>,
 }
 
 impl Inner {
+    /// A new registration forgets the epoch of an earlier one; an update of
+    /// a registered peer keeps it.
     fn put(&mut self, record: &PeerRecord) {
-        let mut record = record.clone();
-        record.last_epoch = None;
-        let id = record.peer_id.clone();
-        if self.peers.insert(id.clone(), record).is_none() {
-            self.epochs.remove(&id);
-        }
+        let last_epoch = self
+            .peers
+            .get(record.peer_id.as_str())
+            .and_then(|p| p.last_epoch);
+        let stored = Stored {
+            host: record.host.as_str().into(),
+            heartbeat_freq: record.heartbeat_freq,
+            timeout: record.timeout,
+            registered_at_micros: record.registered_at_micros,
+            last_epoch,
+            max_missed: record.max_missed,
+            port: record.port,
+        };
+        self.peers.insert(record.peer_id.as_str().into(), stored);
     }
 
     fn delete(&mut self, peer_id: &str) -> bool {
-        self.epochs.remove(peer_id);
         self.peers.remove(peer_id).is_some()
     }
 }
@@ -42,8 +81,8 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding this lock cannot leave the maps half-updated
-        // (a write is a few inserts and removes that each leave the maps valid), so poison is ignored.
+        // A panic while holding this lock cannot leave the map half-updated
+        // (a write is a few inserts and removes that each leave it valid), so poison is ignored.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -81,30 +120,18 @@ impl RegistryStore for MemoryStore {
     }
 
     fn get_peer(&self, peer_id: &str) -> Result<Option<PeerRecord>, StoreError> {
-        let inner = self.lock();
-        Ok(inner.peers.get(peer_id).map(|p| with_epoch(&inner, p)))
+        Ok(self.lock().peers.get(peer_id).map(|p| p.record(peer_id)))
     }
 
     fn load_peers(&self) -> Result<Vec<PeerRecord>, StoreError> {
         let inner = self.lock();
-        Ok(inner
-            .peers
-            .values()
-            .map(|p| with_epoch(&inner, p))
-            .collect())
+        Ok(inner.peers.iter().map(|(id, p)| p.record(id)).collect())
     }
 
     fn record_epoch(&self, peer_id: &str, epoch: u64) -> Result<(), StoreError> {
-        let mut inner = self.lock();
-        if inner.peers.contains_key(peer_id) {
-            inner.epochs.insert(peer_id.to_owned(), epoch);
+        if let Some(p) = self.lock().peers.get_mut(peer_id) {
+            p.last_epoch = Some(epoch);
         }
         Ok(())
     }
-}
-
-fn with_epoch(inner: &Inner, p: &PeerRecord) -> PeerRecord {
-    let mut p = p.clone();
-    p.last_epoch = inner.epochs.get(&p.peer_id).copied();
-    p
 }
