@@ -86,7 +86,9 @@ pub struct Reply<'a> {
 /// construction.
 #[derive(Debug, Clone)]
 pub struct PeerLiveness<D = MissCountDetector> {
-    config: DetectorConfig,
+    /// The one part of the configuration this needs; the rest lives with
+    /// the registration, and a copy here would cost every peer 24 bytes.
+    timeout: Duration,
     detector: D,
     state: PeerState,
     epoch: Option<u64>,
@@ -119,7 +121,7 @@ impl<D: FailureDetector> PeerLiveness<D> {
     /// A fresh peer judged by `detector`.
     pub fn with_detector(config: DetectorConfig, detector: D, known_epoch: Option<u64>) -> Self {
         Self {
-            config,
+            timeout: config.timeout,
             detector,
             state: PeerState::Unknown,
             epoch: known_epoch,
@@ -177,7 +179,7 @@ impl<D: FailureDetector> PeerLiveness<D> {
         reply: Reply<'_>,
     ) -> Vec<Change> {
         let rtt = now.saturating_duration_since(sent_at);
-        if rtt > self.config.timeout {
+        if rtt > self.timeout {
             return self.on_no_reply(seq, now);
         }
         if !self.settle(seq) {
@@ -244,7 +246,7 @@ impl<D: FailureDetector> PeerLiveness<D> {
     /// Applies a new configuration (a re-registration): the evidence gathered
     /// under the old one is dropped, the state and epoch are kept.
     pub fn reconfigure(&mut self, config: DetectorConfig, detector: D) {
-        self.config = config;
+        self.timeout = config.timeout;
         self.detector = detector;
         self.last_acked_seq = self.next_seq.saturating_sub(1);
         self.resolved = u64::MAX;
@@ -280,9 +282,9 @@ impl<D: FailureDetector> PeerLiveness<D> {
         self.detector.missed()
     }
 
-    /// The configuration in force.
-    pub fn config(&self) -> &DetectorConfig {
-        &self.config
+    /// How long after its sending a reply still counts.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 }
 
@@ -555,6 +557,6 @@ mod tests {
         assert_eq!(p.missed(), 0);
         assert_eq!(p.state(), PeerState::Alive);
         assert_eq!(p.epoch(), Some(3));
-        assert_eq!(p.config().heartbeat_freq, ms(50));
+        assert_eq!(p.timeout(), cfg.timeout);
     }
 }

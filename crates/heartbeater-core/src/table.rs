@@ -501,7 +501,7 @@ fn status_of(slot: &Slot) -> PeerStatus {
         heartbeats_acked: l.heartbeats_acked(),
         last_rtt: l.last_rtt(),
         missed: l.missed(),
-        detector: *l.config(),
+        detector: slot.spec.detector,
     }
 }
 
