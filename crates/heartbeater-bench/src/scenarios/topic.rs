@@ -66,8 +66,12 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Row>> {
     // Short alternating windows: a 1 % goal needs the two sides measured
     // under the same conditions more than it needs long windows.
     let window = s.window() / 2;
-    for _ in 0..(s.rounds() * 3) {
-        off.push(rate(&publisher, &mut subs, window).await?);
+    // The order alternates too: on a machine whose speed drifts within a
+    // run, "off" always first would favour one side.
+    for round in 0..(s.rounds() * 4) {
+        if round % 2 == 0 {
+            off.push(rate(&publisher, &mut subs, window).await?);
+        }
         publisher.activate_heartbeats(Quiet, params)?;
         on.push(rate(&publisher, &mut subs, window).await?);
         anyhow::ensure!(
@@ -75,6 +79,9 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Row>> {
             "heartbeats were not sent while active"
         );
         publisher.deactivate_heartbeats();
+        if round % 2 == 1 {
+            off.push(rate(&publisher, &mut subs, window).await?);
+        }
     }
     drop(subs);
     node.stop().await?;
