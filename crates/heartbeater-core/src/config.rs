@@ -27,6 +27,14 @@ pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 /// unreachable.
 pub const MAX_MISSED_LIMIT: u32 = 1000;
 
+/// Longest reply timeout, in heartbeat periods. At most
+/// [`crate::probe::PROBE_WINDOW`] heartbeats of a peer are then in flight at
+/// once (a period of scheduler lateness included), so each peer's window of
+/// probes is a fixed 72 bytes, and a black-holed peer holds at most that many
+/// timers. A reply later than seven periods is of no use to a detector that
+/// already sent seven more heartbeats.
+pub const MAX_TIMEOUT_PERIODS: u32 = 7;
+
 /// Consecutive misses that make a peer unreachable when none is given.
 pub const DEFAULT_MAX_MISSED: u32 = 3;
 
@@ -60,7 +68,8 @@ pub struct DetectorConfig {
     /// Time between two heartbeats. Shorter detects faster and costs more.
     pub heartbeat_freq: Duration,
     /// How long after sending a heartbeat its reply still counts. Defaults to
-    /// the frequency; raise it on links whose latency approaches the frequency.
+    /// the frequency; raise it on links whose latency approaches the
+    /// frequency. At most [`MAX_TIMEOUT_PERIODS`] times the frequency.
     pub timeout: Duration,
     /// Consecutive heartbeats without a valid reply that make the peer
     /// unreachable. Higher tolerates more packet loss, detects more slowly.
@@ -93,6 +102,18 @@ impl DetectorConfig {
         check_interval("heartbeat_freq_millis", heartbeat_freq)?;
         let timeout = timeout.unwrap_or(heartbeat_freq);
         check_interval("timeout_millis", timeout)?;
+        if timeout > heartbeat_freq * MAX_TIMEOUT_PERIODS {
+            return Err(ValidationError::new(
+                "timeout_millis",
+                format!(
+                    "{} ms; must be at most {MAX_TIMEOUT_PERIODS} x heartbeat_freq_millis ({} ms): \
+                     at most {} heartbeats of a peer are in flight",
+                    timeout.as_millis(),
+                    (heartbeat_freq * MAX_TIMEOUT_PERIODS).as_millis(),
+                    crate::probe::PROBE_WINDOW,
+                ),
+            ));
+        }
         let max_missed = check_count("max_missed", max_missed.unwrap_or(DEFAULT_MAX_MISSED))?;
         Ok(Self {
             heartbeat_freq,
@@ -287,6 +308,17 @@ mod tests {
             assert_eq!(err.field, "timeout_millis", "{ms}");
         }
         assert!(DetectorConfig::from_millis(3_600_000, Some(1), Some(1000)).is_ok());
+    }
+
+    #[test]
+    fn a_timeout_longer_than_seven_periods_is_rejected() {
+        assert!(DetectorConfig::from_millis(100, Some(700), None).is_ok());
+        let err = DetectorConfig::from_millis(100, Some(701), None).unwrap_err();
+        assert_eq!(err.field, "timeout_millis");
+        assert!(err.reason.contains("7 x heartbeat_freq_millis"), "{err}");
+        // The case that once held millions of heartbeats in flight.
+        let err = DetectorConfig::from_millis(1, Some(3_600_000), None).unwrap_err();
+        assert_eq!(err.field, "timeout_millis");
     }
 
     #[test]

@@ -9,6 +9,8 @@
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
+use crate::config::DetectorConfig;
+
 /// Judges one peer from the outcome of each of its heartbeats.
 pub trait FailureDetector: Send + 'static {
     /// A heartbeat was answered validly at `now`, after `rtt`.
@@ -25,6 +27,38 @@ pub trait FailureDetector: Send + 'static {
 
     /// Forgets all evidence, as after the peer's registration changed.
     fn reset(&mut self);
+}
+
+/// Makes the detector of each peer a [`crate::PeerTable`] monitors, from the
+/// peer's registered settings. The table is generic over it, so a detector
+/// costs exactly its own size per peer, with no boxing.
+pub trait DetectorFactory: Send + 'static {
+    /// The detector made.
+    type Detector: FailureDetector;
+
+    /// A fresh detector for a peer registered with `config`.
+    fn build(&self, config: &DetectorConfig) -> Self::Detector;
+}
+
+/// Builds a [`MissCountDetector`] per peer: the seeds' rule, the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MissCounting;
+
+impl DetectorFactory for MissCounting {
+    type Detector = MissCountDetector;
+
+    fn build(&self, config: &DetectorConfig) -> MissCountDetector {
+        MissCountDetector::new(config.max_missed)
+    }
+}
+
+/// Any closure from settings to a detector is a factory.
+impl<D: FailureDetector, F: Fn(&DetectorConfig) -> D + Send + 'static> DetectorFactory for F {
+    type Detector = D;
+
+    fn build(&self, config: &DetectorConfig) -> D {
+        self(config)
+    }
 }
 
 /// The seeds' rule: `max_missed` consecutive heartbeats without a valid reply

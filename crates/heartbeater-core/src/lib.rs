@@ -5,9 +5,14 @@
 //! caller must do. That makes every timing rule testable to the microsecond
 //! and lets one driver task run any number of peers.
 //!
+//! - [`auth`]: the cluster keyring that authenticates datagrams, and the
+//!   sealing of probe ids into unforgeable tokens.
+//! - [`datagram`]: the heartbeat datagram's codec and the ping responder.
 //! - [`config`]: validated peer registrations and detector settings.
 //! - [`detector`]: the [`FailureDetector`] trait and the seeds' miss counter.
 //! - [`liveness`]: one peer's state machine (`Unknown`, `Alive`, `Unreachable`).
+//! - [`probe`]: the names of peers and heartbeats, and each peer's window of
+//!   heartbeats in flight, against which every reply is checked.
 //! - [`table`]: all peers and the single schedule of their heartbeats.
 //! - [`tracker`]: which clients of a topic are connected (seed 001).
 #![forbid(unsafe_code)]
@@ -15,18 +20,23 @@
 // an error value; tests may unwrap.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod auth;
 pub mod config;
+pub mod datagram;
 pub mod detector;
 pub mod liveness;
 pub mod pages;
+pub mod probe;
 pub mod table;
 pub mod tracker;
 
+pub use auth::{AuthError, KeyError, KeyId, Keyring, ProbeSealer};
 pub use config::{DetectorConfig, PeerSpec, ValidationError};
-pub use detector::{FailureDetector, MissCountDetector};
-pub use liveness::{Change, PeerLiveness, PeerState, Reply};
+pub use detector::{DetectorFactory, FailureDetector, MissCountDetector, MissCounting};
+pub use liveness::{Change, PeerLiveness, PeerState, Reply, ReplyVerdict};
+pub use probe::{Path, Paths, PeerKey, ProbeId, PROBE_WINDOW};
 pub use pages::Pages;
 pub use table::{
-    EventKind, LivenessEvent, PeerKey, PeerStatus, PeerTable, Probe, StateCounts, Upsert,
+    EventKind, Expired, LivenessEvent, PeerStatus, PeerTable, Probe, StateCounts, Upsert,
 };
 pub use tracker::{ClientConnectionTracker, ConnectionChange, Tick, TrackerConfig};

@@ -2,8 +2,13 @@
 //! heartbeat, in injected time.
 //!
 //! Rules (DESIGN.md section 4, made exact):
-//! - every heartbeat gets exactly one outcome from the driver: a reply, or no
-//!   reply (its timeout expired or it could not be sent);
+//! - every heartbeat gets exactly one outcome: a reply, or no reply (its
+//!   timeout expired, every path it was sent on failed, or it was displaced
+//!   from the window of [`crate::probe::PROBE_WINDOW`] heartbeats in flight);
+//! - a reply counts only if it names a heartbeat still in flight, on a path
+//!   that heartbeat was sent on; its round-trip time is measured with this
+//!   state machine's own record of the send, never with anything the reply
+//!   says;
 //! - a reply is *valid* when it comes within `timeout` of the send, from the
 //!   registered identity, with an epoch no lower than the last one seen;
 //! - a valid reply resets the miss count and makes the peer `Alive`;
@@ -22,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::DetectorConfig;
 use crate::detector::{FailureDetector, MissCountDetector};
+use crate::probe::{Path, Paths, ProbeWindow, Settled};
 
 /// Liveness of a peer as its monitor sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -82,8 +88,34 @@ pub struct Reply<'a> {
     pub responder_epoch: u64,
 }
 
-/// Per-peer liveness state. About a hundred bytes; no allocation after
-/// construction.
+/// What became of a reply handed to [`PeerLiveness::on_reply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReplyVerdict {
+    /// A valid acknowledgement.
+    Accepted,
+    /// Not a heartbeat in flight: never sent, already settled, or out of the
+    /// window. Ignored; changes nothing.
+    NotInFlight,
+    /// The heartbeat was not sent on the path the reply came by. Ignored.
+    WrongPath,
+    /// Later than the timeout: the heartbeat is settled as a miss.
+    Late,
+    /// From another identity than the registered one: a miss.
+    WrongIdentity,
+    /// From an older incarnation than the last one seen: a miss.
+    StaleEpoch,
+}
+
+impl ReplyVerdict {
+    /// Whether the reply matched a heartbeat in flight (and so settled it,
+    /// as an acknowledgement or as a miss).
+    pub fn matched(self) -> bool {
+        !matches!(self, ReplyVerdict::NotInFlight | ReplyVerdict::WrongPath)
+    }
+}
+
+/// Per-peer liveness state: about 160 bytes with the default detector, no
+/// allocation after construction.
 #[derive(Debug, Clone)]
 pub struct PeerLiveness<D = MissCountDetector> {
     /// The one part of the configuration this needs; the rest lives with
@@ -92,13 +124,9 @@ pub struct PeerLiveness<D = MissCountDetector> {
     detector: D,
     state: PeerState,
     epoch: Option<u64>,
-    next_seq: u64,
+    window: ProbeWindow,
     /// Highest sequence number validly acknowledged; 0 before the first.
     last_acked_seq: u64,
-    /// Which of the last 64 heartbeats already have their outcome: bit `i`
-    /// is heartbeat `next_seq - 1 - i`. A heartbeat may travel two paths and
-    /// a datagram may arrive twice; only its first outcome counts.
-    resolved: u64,
     sent: u64,
     acked: u64,
     last_rtt: Option<Duration>,
@@ -125,9 +153,8 @@ impl<D: FailureDetector> PeerLiveness<D> {
             detector,
             state: PeerState::Unknown,
             epoch: known_epoch,
-            next_seq: 1,
+            window: ProbeWindow::default(),
             last_acked_seq: 0,
-            resolved: u64::MAX,
             sent: 0,
             acked: 0,
             last_rtt: None,
@@ -136,79 +163,74 @@ impl<D: FailureDetector> PeerLiveness<D> {
     }
 
     /// Records a heartbeat sent at `now`; returns its sequence number, which
-    /// the driver hands back with the heartbeat's outcome.
-    pub fn on_send(&mut self, _now: Instant) -> u64 {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.sent += 1;
-        self.resolved <<= 1;
+    /// names it in every later call. A heartbeat displaced from a full
+    /// window gets its outcome (no reply) here, into `out`.
+    pub fn on_send(&mut self, now: Instant, out: &mut Vec<Change>) -> u64 {
+        let (seq, displaced) = self.window.push(now);
+        self.sent = self.sent.saturating_add(1);
+        if let Some((old, settled)) = displaced {
+            self.no_reply(old, settled, now, out);
+        }
+        // A time-based detector may convict on the clock alone.
+        self.judge(now, out);
         seq
     }
 
-    /// Marks heartbeat `seq` as settled; returns false if it already was.
-    /// Heartbeats older than the last 64 are not tracked and always pass:
-    /// their timeout is then more than 64 periods, and they can have only
-    /// the one outcome their timeout gives them.
-    fn settle(&mut self, seq: u64) -> bool {
-        let Some(age) = self.next_seq.checked_sub(seq + 1) else {
-            return false;
-        };
-        if age >= 64 {
-            return true;
-        }
-        let bit = 1u64 << age;
-        let fresh = self.resolved & bit == 0;
-        self.resolved |= bit;
-        fresh
+    /// Records that heartbeat `seq` went out over `path`. With `trial`, its
+    /// silence is not held against the peer (a first datagram to a peer that
+    /// may not speak UDP). Returns false if `seq` is not in flight.
+    pub fn mark_sent(&mut self, seq: u64, path: Path, trial: bool) -> bool {
+        self.window.mark(seq, path, trial)
     }
 
-    /// Drops heartbeat `seq` without counting it either way: the driver
-    /// learned the path it took cannot carry it, and will use another.
-    pub fn forget(&mut self, seq: u64) {
-        self.settle(seq);
-    }
-
-    /// A reply arrived at `now` for heartbeat `seq`, sent at `sent_at`, to a
-    /// peer registered as `expected_id`.
+    /// A reply to heartbeat `seq` arrived over `path` at `now`, for a peer
+    /// registered as `expected_id`.
     pub fn on_reply(
         &mut self,
         seq: u64,
-        sent_at: Instant,
+        path: Path,
         now: Instant,
         expected_id: &str,
         reply: Reply<'_>,
-    ) -> Vec<Change> {
-        let rtt = now.saturating_duration_since(sent_at);
-        if rtt > self.timeout {
-            return self.on_no_reply(seq, now);
+        out: &mut Vec<Change>,
+    ) -> ReplyVerdict {
+        match self.window.paths(seq) {
+            None => return ReplyVerdict::NotInFlight,
+            Some(paths) if !paths.contains(path) => return ReplyVerdict::WrongPath,
+            Some(_) => {}
         }
-        if !self.settle(seq) {
-            return Vec::new();
+        let Some(rtt) = self.window.age(seq, now) else {
+            return ReplyVerdict::NotInFlight;
+        };
+        let Some(settled) = self.window.settle(seq) else {
+            return ReplyVerdict::NotInFlight;
+        };
+        if rtt > self.timeout {
+            self.no_reply(seq, settled, now, out);
+            return ReplyVerdict::Late;
         }
         if reply.responder_id != expected_id {
-            let mut changes = Vec::new();
             if !self.mismatch_reported {
                 self.mismatch_reported = true;
-                changes.push(Change::IdentityMismatch {
+                out.push(Change::IdentityMismatch {
                     observed: reply.responder_id.to_owned(),
                 });
             }
-            changes.extend(self.count_miss(seq, now));
-            return changes;
+            self.count_miss(seq, now, out);
+            return ReplyVerdict::WrongIdentity;
         }
         self.mismatch_reported = false;
         if matches!(self.epoch, Some(known) if reply.responder_epoch < known) {
-            return self.count_miss(seq, now);
+            self.count_miss(seq, now, out);
+            return ReplyVerdict::StaleEpoch;
         }
-
-        let mut changes = Vec::new();
         self.detector.on_ack(now, rtt);
         self.last_acked_seq = self.last_acked_seq.max(seq);
-        self.acked += 1;
+        self.acked = self.acked.saturating_add(1);
         self.last_rtt = Some(rtt);
         if let Some(previous) = self.epoch {
             if reply.responder_epoch > previous {
-                changes.push(Change::Restarted {
+                out.push(Change::Restarted {
                     previous,
                     current: reply.responder_epoch,
                 });
@@ -217,39 +239,76 @@ impl<D: FailureDetector> PeerLiveness<D> {
         self.epoch = Some(reply.responder_epoch);
         if self.state != PeerState::Alive {
             self.state = PeerState::Alive;
-            changes.push(Change::Up);
+            out.push(Change::Up);
         }
-        changes
+        ReplyVerdict::Accepted
     }
 
-    /// Heartbeat `seq` got no valid reply: its timeout expired at `now`, or it
-    /// could not be sent.
-    pub fn on_no_reply(&mut self, seq: u64, now: Instant) -> Vec<Change> {
-        if !self.settle(seq) {
-            return Vec::new();
+    /// Sending heartbeat `seq` over `path` failed (an error came back, or it
+    /// could not leave). When no other path still carries it, it is settled
+    /// as a miss at once, rather than at its timeout.
+    pub fn on_path_failed(&mut self, seq: u64, path: Path, now: Instant, out: &mut Vec<Change>) {
+        match self.window.unmark(seq, path) {
+            Some(left) if left.is_empty() => {
+                if let Some(settled) = self.window.settle(seq) {
+                    self.no_reply(seq, settled, now, out);
+                }
+            }
+            _ => {}
         }
-        self.count_miss(seq, now)
     }
 
-    fn count_miss(&mut self, seq: u64, now: Instant) -> Vec<Change> {
+    /// Heartbeat `seq` reached its timeout at `now`. Returns the paths it was
+    /// sent on and whether its silence counted, or `None` if it already had
+    /// its outcome.
+    pub fn on_expired(&mut self, seq: u64, now: Instant, out: &mut Vec<Change>) -> Option<(Paths, bool)> {
+        let settled = self.window.settle(seq)?;
+        let counted = self.no_reply(seq, settled, now, out);
+        Some((settled.paths, counted))
+    }
+
+    /// Whether heartbeat `seq` still waits for its outcome.
+    pub fn is_in_flight(&self, seq: u64) -> bool {
+        self.window.in_flight(seq)
+    }
+
+    /// Heartbeats waiting for their outcome.
+    pub fn in_flight(&self) -> usize {
+        self.window.len()
+    }
+
+    /// Returns whether the silence counted as a miss.
+    fn no_reply(&mut self, seq: u64, settled: Settled, now: Instant, out: &mut Vec<Change>) -> bool {
+        if !settled.counts {
+            return false;
+        }
+        self.count_miss(seq, now, out)
+    }
+
+    fn count_miss(&mut self, seq: u64, now: Instant, out: &mut Vec<Change>) -> bool {
         if seq <= self.last_acked_seq {
-            return Vec::new();
+            return false;
         }
         self.detector.on_miss(now);
-        if self.detector.is_suspect(now) && self.state != PeerState::Unreachable {
+        self.judge(now, out);
+        true
+    }
+
+    fn judge(&mut self, now: Instant, out: &mut Vec<Change>) {
+        if self.state != PeerState::Unreachable && self.detector.is_suspect(now) {
             self.state = PeerState::Unreachable;
-            return vec![Change::Down];
+            out.push(Change::Down);
         }
-        Vec::new()
     }
 
     /// Applies a new configuration (a re-registration): the evidence gathered
-    /// under the old one is dropped, the state and epoch are kept.
+    /// under the old one is dropped, including heartbeats in flight, whose
+    /// outcomes no longer count; the state and epoch are kept.
     pub fn reconfigure(&mut self, config: DetectorConfig, detector: D) {
         self.timeout = config.timeout;
         self.detector = detector;
-        self.last_acked_seq = self.next_seq.saturating_sub(1);
-        self.resolved = u64::MAX;
+        self.last_acked_seq = self.window.next_seq().saturating_sub(1);
+        self.window.clear();
     }
 
     /// Current state.
@@ -305,112 +364,165 @@ mod tests {
         }
     }
 
-    /// Rate 100 ms, timeout 100 ms, three misses.
-    fn peer() -> PeerLiveness {
-        PeerLiveness::new(DetectorConfig::new(ms(100), None, None).unwrap(), None)
+    /// A peer and the calls a driver makes, each returning the changes.
+    struct Peer(PeerLiveness);
+
+    impl Peer {
+        /// Rate 100 ms, timeout `timeout_ms`, `max_missed` misses.
+        fn new(timeout_ms: u64, max_missed: u32, epoch: Option<u64>) -> Self {
+            let cfg = DetectorConfig::new(ms(100), Some(ms(timeout_ms)), Some(max_missed)).unwrap();
+            Self(PeerLiveness::new(cfg, epoch))
+        }
+
+        fn send(&mut self, at: Instant) -> u64 {
+            let seq = self.0.on_send(at, &mut Vec::new());
+            assert!(self.0.mark_sent(seq, Path::Datagram, false));
+            seq
+        }
+
+        fn reply_as(&mut self, seq: u64, at: Instant, r: Reply<'_>) -> (ReplyVerdict, Vec<Change>) {
+            let mut out = Vec::new();
+            let v = self.0.on_reply(seq, Path::Datagram, at, ID, r, &mut out);
+            (v, out)
+        }
+
+        fn reply(&mut self, seq: u64, at: Instant, epoch: u64) -> Vec<Change> {
+            self.reply_as(seq, at, reply(epoch)).1
+        }
+
+        fn expire(&mut self, seq: u64, at: Instant) -> Vec<Change> {
+            let mut out = Vec::new();
+            self.0.on_expired(seq, at, &mut out);
+            out
+        }
+    }
+
+    fn peer() -> Peer {
+        Peer::new(100, 3, None)
     }
 
     #[test]
     fn first_valid_reply_makes_the_peer_alive_and_learns_its_epoch() {
         let t0 = Instant::now();
         let mut p = peer();
-        assert_eq!(p.state(), PeerState::Unknown);
-        let seq = p.on_send(t0);
-        let changes = p.on_reply(seq, t0, t0 + ms(3), ID, reply(7));
-        assert_eq!(changes, vec![Change::Up]);
-        assert_eq!(p.state(), PeerState::Alive);
-        assert_eq!(p.epoch(), Some(7));
-        assert_eq!(p.last_rtt(), Some(ms(3)));
-        assert_eq!((p.heartbeats_sent(), p.heartbeats_acked()), (1, 1));
+        assert_eq!(p.0.state(), PeerState::Unknown);
+        let seq = p.send(t0);
+        assert_eq!(p.reply(seq, t0 + ms(3), 7), vec![Change::Up]);
+        assert_eq!(p.0.state(), PeerState::Alive);
+        assert_eq!(p.0.epoch(), Some(7));
+        assert_eq!(p.0.last_rtt(), Some(ms(3)));
+        assert_eq!((p.0.heartbeats_sent(), p.0.heartbeats_acked()), (1, 1));
     }
 
     #[test]
     fn max_missed_consecutive_misses_make_the_peer_unreachable_exactly_once() {
         let t0 = Instant::now();
         let mut p = peer();
-        let s = p.on_send(t0);
-        p.on_reply(s, t0, t0 + ms(1), ID, reply(1));
+        let s = p.send(t0);
+        p.reply(s, t0 + ms(1), 1);
         // Three heartbeats at 100, 200, 300 ms; each expires 100 ms later.
-        let s1 = p.on_send(t0 + ms(100));
-        let s2 = p.on_send(t0 + ms(200));
-        assert!(p.on_no_reply(s1, t0 + ms(200)).is_empty());
-        let s3 = p.on_send(t0 + ms(300));
-        assert!(p.on_no_reply(s2, t0 + ms(300)).is_empty());
-        assert_eq!(p.state(), PeerState::Alive);
-        assert_eq!(p.missed(), 2);
+        let s1 = p.send(t0 + ms(100));
+        let s2 = p.send(t0 + ms(200));
+        assert!(p.expire(s1, t0 + ms(200)).is_empty());
+        let s3 = p.send(t0 + ms(300));
+        assert!(p.expire(s2, t0 + ms(300)).is_empty());
+        assert_eq!(p.0.state(), PeerState::Alive);
+        assert_eq!(p.0.missed(), 2);
         // The third miss lands at 400 ms = 3 x 100 + 100 after the last reply.
-        assert_eq!(p.on_no_reply(s3, t0 + ms(400)), vec![Change::Down]);
-        assert_eq!(p.state(), PeerState::Unreachable);
-        let s4 = p.on_send(t0 + ms(400));
-        assert!(p.on_no_reply(s4, t0 + ms(500)).is_empty(), "reported once");
-        assert_eq!(p.missed(), 4);
+        assert_eq!(p.expire(s3, t0 + ms(400)), vec![Change::Down]);
+        assert_eq!(p.0.state(), PeerState::Unreachable);
+        let s4 = p.send(t0 + ms(400));
+        assert!(p.expire(s4, t0 + ms(500)).is_empty(), "reported once");
+        assert_eq!(p.0.missed(), 4);
     }
 
     #[test]
     fn a_heartbeat_counts_once_whichever_path_answers_first() {
         let t0 = Instant::now();
         let mut p = peer();
-        let s1 = p.on_send(t0);
-        assert_eq!(
-            p.on_reply(s1, t0, t0 + ms(2), ID, reply(1)),
-            vec![Change::Up]
-        );
-        // The same heartbeat answered again (a second path, a duplicated
-        // datagram) and then timing out on a third: no effect.
-        assert!(p.on_reply(s1, t0, t0 + ms(3), ID, reply(1)).is_empty());
-        assert!(p.on_no_reply(s1, t0 + ms(100)).is_empty());
-        assert_eq!((p.heartbeats_acked(), p.missed()), (1, 0));
-        // A timeout first, then a (timely) answer on the other path: one miss.
-        let s2 = p.on_send(t0 + ms(100));
-        assert!(p.on_no_reply(s2, t0 + ms(150)).is_empty());
-        assert!(p
-            .on_reply(s2, t0 + ms(100), t0 + ms(160), ID, reply(1))
-            .is_empty());
-        assert_eq!((p.heartbeats_acked(), p.missed()), (1, 1));
+        let s1 = p.send(t0);
+        assert!(p.0.mark_sent(s1, Path::Grpc, false));
+        assert_eq!(p.reply(s1, t0 + ms(2), 1), vec![Change::Up]);
+        // The same heartbeat answered again (the other path, a duplicated
+        // datagram) and then timing out: no effect.
+        let (v, changes) = p.reply_as(s1, t0 + ms(3), reply(1));
+        assert_eq!((v, changes), (ReplyVerdict::NotInFlight, vec![]));
+        let mut out = Vec::new();
+        assert_eq!(p.0.on_reply(s1, Path::Grpc, t0 + ms(4), ID, reply(1), &mut out), ReplyVerdict::NotInFlight);
+        assert!(p.expire(s1, t0 + ms(100)).is_empty());
+        assert_eq!((p.0.heartbeats_acked(), p.0.missed()), (1, 0));
+        // A timeout first, then a (timely) answer: one miss.
+        let s2 = p.send(t0 + ms(100));
+        assert!(p.expire(s2, t0 + ms(150)).is_empty());
+        assert_eq!(p.reply_as(s2, t0 + ms(160), reply(1)).0, ReplyVerdict::NotInFlight);
+        assert_eq!((p.0.heartbeats_acked(), p.0.missed()), (1, 1));
     }
 
     #[test]
-    fn a_forgotten_heartbeat_is_neither_a_reply_nor_a_miss() {
+    fn a_reply_on_a_path_the_heartbeat_did_not_take_is_ignored() {
         let t0 = Instant::now();
-        let mut p = PeerLiveness::new(DetectorConfig::new(ms(100), None, Some(1)).unwrap(), None);
-        let s1 = p.on_send(t0);
-        p.forget(s1);
-        assert!(p.on_no_reply(s1, t0 + ms(100)).is_empty());
-        assert!(p.on_reply(s1, t0, t0 + ms(5), ID, reply(1)).is_empty());
-        assert_eq!(
-            (p.state(), p.missed(), p.heartbeats_acked()),
-            (PeerState::Unknown, 0, 0)
-        );
-        let s2 = p.on_send(t0 + ms(100));
-        assert_eq!(p.on_no_reply(s2, t0 + ms(200)), vec![Change::Down]);
+        let mut p = peer();
+        let s = p.send(t0);
+        let mut out = Vec::new();
+        let v = p.0.on_reply(s, Path::Grpc, t0 + ms(1), ID, reply(1), &mut out);
+        assert_eq!((v, out.is_empty()), (ReplyVerdict::WrongPath, true));
+        assert!(p.0.is_in_flight(s), "still waiting for its real answer");
+        assert_eq!(p.reply(s, t0 + ms(2), 1), vec![Change::Up]);
+    }
+
+    #[test]
+    fn a_trial_heartbeat_is_neither_a_reply_nor_a_miss_when_silent() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(100, 1, None);
+        let s1 = p.0.on_send(t0, &mut Vec::new());
+        p.0.mark_sent(s1, Path::Datagram, true);
+        let mut out = Vec::new();
+        assert_eq!(p.0.on_expired(s1, t0 + ms(100), &mut out), Some((Paths::only(Path::Datagram), false)));
+        assert!(out.is_empty());
+        assert_eq!((p.0.state(), p.0.missed()), (PeerState::Unknown, 0));
+        let s2 = p.send(t0 + ms(100));
+        assert_eq!(p.expire(s2, t0 + ms(200)), vec![Change::Down]);
+    }
+
+    #[test]
+    fn a_heartbeat_whose_every_path_failed_is_a_miss_at_once() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(100, 1, None);
+        let s = p.send(t0);
+        p.0.mark_sent(s, Path::Grpc, false);
+        let mut out = Vec::new();
+        p.0.on_path_failed(s, Path::Grpc, t0 + ms(1), &mut out);
+        assert!(out.is_empty(), "the datagram may still be answered");
+        p.0.on_path_failed(s, Path::Datagram, t0 + ms(2), &mut out);
+        assert_eq!(out, vec![Change::Down]);
+        assert!(p.expire(s, t0 + ms(100)).is_empty(), "settled once");
     }
 
     #[test]
     fn outcomes_of_heartbeats_never_sent_are_ignored() {
         let t0 = Instant::now();
-        let mut p = PeerLiveness::new(DetectorConfig::new(ms(100), None, Some(1)).unwrap(), None);
-        assert!(p.on_no_reply(0, t0).is_empty());
-        assert!(p.on_no_reply(1, t0).is_empty());
-        assert!(p.on_reply(5, t0, t0, ID, reply(1)).is_empty());
-        assert_eq!(p.state(), PeerState::Unknown);
+        let mut p = Peer::new(100, 1, None);
+        assert!(p.expire(0, t0).is_empty());
+        assert!(p.expire(1, t0).is_empty());
+        for seq in [0, 1, 5, u64::MAX] {
+            assert_eq!(p.reply_as(seq, t0, reply(1)).0, ReplyVerdict::NotInFlight);
+        }
+        assert_eq!(p.0.state(), PeerState::Unknown);
     }
 
     #[test]
     fn a_reply_after_the_timeout_does_not_count() {
         let t0 = Instant::now();
         let mut p = peer();
-        let s = p.on_send(t0);
-        let changes = p.on_reply(s, t0, t0 + ms(101), ID, reply(1));
-        assert!(changes.is_empty());
-        assert_eq!(p.state(), PeerState::Unknown);
-        assert_eq!(p.missed(), 1);
-        assert_eq!(p.heartbeats_acked(), 0);
+        let s = p.send(t0);
+        let (v, changes) = p.reply_as(s, t0 + ms(101), reply(1));
+        assert_eq!((v, changes), (ReplyVerdict::Late, vec![]));
+        assert_eq!(p.0.state(), PeerState::Unknown);
+        assert_eq!(p.0.missed(), 1);
+        assert_eq!(p.0.heartbeats_acked(), 0);
         // Exactly at the timeout still counts.
-        let s = p.on_send(t0 + ms(100));
-        assert_eq!(
-            p.on_reply(s, t0 + ms(100), t0 + ms(200), ID, reply(1)),
-            vec![Change::Up]
-        );
+        let s = p.send(t0 + ms(100));
+        assert_eq!(p.reply(s, t0 + ms(200), 1), vec![Change::Up]);
     }
 
     #[test]
@@ -418,18 +530,18 @@ mod tests {
         let t0 = Instant::now();
         let mut p = peer();
         for i in 0..2 {
-            let s = p.on_send(t0 + ms(100 * i));
-            p.on_no_reply(s, t0 + ms(100 * i + 100));
+            let s = p.send(t0 + ms(100 * i));
+            p.expire(s, t0 + ms(100 * i + 100));
         }
-        assert_eq!(p.missed(), 2);
-        let s = p.on_send(t0 + ms(200));
-        p.on_reply(s, t0 + ms(200), t0 + ms(250), ID, reply(1));
-        assert_eq!(p.missed(), 0);
+        assert_eq!(p.0.missed(), 2);
+        let s = p.send(t0 + ms(200));
+        p.reply(s, t0 + ms(250), 1);
+        assert_eq!(p.0.missed(), 0);
         for i in 3..5 {
-            let s = p.on_send(t0 + ms(100 * i));
-            p.on_no_reply(s, t0 + ms(100 * i + 100));
+            let s = p.send(t0 + ms(100 * i));
+            p.expire(s, t0 + ms(100 * i + 100));
         }
-        assert_eq!(p.state(), PeerState::Alive, "two misses after a reset");
+        assert_eq!(p.0.state(), PeerState::Alive, "two misses after a reset");
     }
 
     #[test]
@@ -437,45 +549,40 @@ mod tests {
         let t0 = Instant::now();
         let mut p = peer();
         for i in 0..3 {
-            let s = p.on_send(t0 + ms(100 * i));
-            p.on_no_reply(s, t0 + ms(100 * i + 100));
+            let s = p.send(t0 + ms(100 * i));
+            p.expire(s, t0 + ms(100 * i + 100));
         }
-        assert_eq!(p.state(), PeerState::Unreachable, "never answered");
-        let s = p.on_send(t0 + ms(300));
-        assert_eq!(
-            p.on_reply(s, t0 + ms(300), t0 + ms(301), ID, reply(4)),
-            vec![Change::Up]
-        );
+        assert_eq!(p.0.state(), PeerState::Unreachable, "never answered");
+        let s = p.send(t0 + ms(300));
+        assert_eq!(p.reply(s, t0 + ms(301), 4), vec![Change::Up]);
     }
 
     #[test]
     fn a_higher_epoch_is_a_restart() {
         let t0 = Instant::now();
         let mut p = peer();
-        let s = p.on_send(t0);
-        p.on_reply(s, t0, t0, ID, reply(2));
-        let s = p.on_send(t0 + ms(100));
-        let changes = p.on_reply(s, t0 + ms(100), t0 + ms(101), ID, reply(3));
+        let s = p.send(t0);
+        p.reply(s, t0, 2);
+        let s = p.send(t0 + ms(100));
         assert_eq!(
-            changes,
+            p.reply(s, t0 + ms(101), 3),
             vec![Change::Restarted {
                 previous: 2,
                 current: 3
             }]
         );
-        assert_eq!(p.epoch(), Some(3));
+        assert_eq!(p.0.epoch(), Some(3));
     }
 
     #[test]
     fn a_restart_seen_after_an_outage_reports_restart_then_up() {
         let t0 = Instant::now();
-        let cfg = DetectorConfig::new(ms(100), None, Some(1)).unwrap();
-        let mut p = PeerLiveness::new(cfg, Some(5));
-        let s = p.on_send(t0);
-        assert_eq!(p.on_no_reply(s, t0 + ms(100)), vec![Change::Down]);
-        let s = p.on_send(t0 + ms(100));
+        let mut p = Peer::new(100, 1, Some(5));
+        let s = p.send(t0);
+        assert_eq!(p.expire(s, t0 + ms(100)), vec![Change::Down]);
+        let s = p.send(t0 + ms(100));
         assert_eq!(
-            p.on_reply(s, t0 + ms(100), t0 + ms(110), ID, reply(6)),
+            p.reply(s, t0 + ms(110), 6),
             vec![
                 Change::Restarted {
                     previous: 5,
@@ -490,15 +597,13 @@ mod tests {
     fn a_lower_epoch_is_a_stale_incarnation_and_ignored() {
         let t0 = Instant::now();
         let mut p = peer();
-        let s = p.on_send(t0);
-        p.on_reply(s, t0, t0, ID, reply(9));
-        let s = p.on_send(t0 + ms(100));
-        assert!(p
-            .on_reply(s, t0 + ms(100), t0 + ms(101), ID, reply(8))
-            .is_empty());
-        assert_eq!(p.epoch(), Some(9));
-        assert_eq!(p.heartbeats_acked(), 1);
-        assert_eq!(p.missed(), 1, "a stale reply is not an acknowledgement");
+        let s = p.send(t0);
+        p.reply(s, t0, 9);
+        let s = p.send(t0 + ms(100));
+        assert_eq!(p.reply_as(s, t0 + ms(101), reply(8)), (ReplyVerdict::StaleEpoch, vec![]));
+        assert_eq!(p.0.epoch(), Some(9));
+        assert_eq!(p.0.heartbeats_acked(), 1);
+        assert_eq!(p.0.missed(), 1, "a stale reply is not an acknowledgement");
     }
 
     #[test]
@@ -509,24 +614,23 @@ mod tests {
             responder_id: "intruder",
             responder_epoch: 1,
         };
-        let s = p.on_send(t0);
+        let s = p.send(t0);
         assert_eq!(
-            p.on_reply(s, t0, t0 + ms(1), ID, other),
-            vec![Change::IdentityMismatch {
-                observed: "intruder".into()
-            }]
+            p.reply_as(s, t0 + ms(1), other),
+            (
+                ReplyVerdict::WrongIdentity,
+                vec![Change::IdentityMismatch {
+                    observed: "intruder".into()
+                }]
+            )
         );
-        assert_eq!(p.state(), PeerState::Unknown);
-        assert_eq!(p.heartbeats_acked(), 0);
-        let s = p.on_send(t0 + ms(100));
-        assert!(
-            p.on_reply(s, t0 + ms(100), t0 + ms(101), ID, other)
-                .is_empty(),
-            "reported once per run"
-        );
-        let s = p.on_send(t0 + ms(200));
+        assert_eq!(p.0.state(), PeerState::Unknown);
+        assert_eq!(p.0.heartbeats_acked(), 0);
+        let s = p.send(t0 + ms(100));
+        assert!(p.reply_as(s, t0 + ms(101), other).1.is_empty(), "reported once per run");
+        let s = p.send(t0 + ms(200));
         assert_eq!(
-            p.on_reply(s, t0 + ms(200), t0 + ms(201), ID, other),
+            p.reply_as(s, t0 + ms(201), other).1,
             vec![Change::Down],
             "three mismatches are three misses"
         );
@@ -535,28 +639,54 @@ mod tests {
     #[test]
     fn a_miss_older_than_the_last_ack_is_not_consecutive() {
         let t0 = Instant::now();
-        let cfg = DetectorConfig::new(ms(100), Some(ms(250)), None).unwrap();
-        let mut p = PeerLiveness::new(cfg, None);
-        let s1 = p.on_send(t0);
-        let s2 = p.on_send(t0 + ms(100));
-        p.on_reply(s2, t0 + ms(100), t0 + ms(120), ID, reply(1));
-        assert!(p.on_no_reply(s1, t0 + ms(250)).is_empty());
-        assert_eq!(p.missed(), 0);
+        let mut p = Peer::new(250, 3, None);
+        let s1 = p.send(t0);
+        let s2 = p.send(t0 + ms(100));
+        p.reply(s2, t0 + ms(120), 1);
+        assert!(p.expire(s1, t0 + ms(250)).is_empty());
+        assert_eq!(p.0.missed(), 0);
     }
 
     #[test]
-    fn reconfiguring_drops_evidence_but_keeps_state_and_epoch() {
+    fn the_rtt_is_the_cores_own_measure_whatever_the_reply_says() {
         let t0 = Instant::now();
         let mut p = peer();
-        let s = p.on_send(t0);
-        p.on_reply(s, t0, t0, ID, reply(3));
-        let s = p.on_send(t0 + ms(100));
-        p.on_no_reply(s, t0 + ms(200));
+        p.send(t0);
+        let s = p.send(t0 + ms(40));
+        p.reply(s, t0 + ms(47), 1);
+        assert_eq!(p.0.last_rtt(), Some(ms(7)));
+    }
+
+    #[test]
+    fn a_displaced_heartbeat_is_a_miss_once() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(700, 1000, None);
+        let first = p.send(t0);
+        for i in 1..=crate::probe::PROBE_WINDOW as u64 {
+            p.send(t0 + ms(i));
+        }
+        assert!(!p.0.is_in_flight(first));
+        assert_eq!(p.0.missed(), 1);
+        assert!(p.expire(first, t0 + ms(700)).is_empty());
+        assert_eq!(p.0.missed(), 1);
+        assert_eq!(p.0.in_flight(), crate::probe::PROBE_WINDOW);
+    }
+
+    #[test]
+    fn reconfiguring_drops_evidence_and_flights_but_keeps_state_and_epoch() {
+        let t0 = Instant::now();
+        let mut p = peer();
+        let s = p.send(t0);
+        p.reply(s, t0, 3);
+        let s = p.send(t0 + ms(100));
+        p.expire(s, t0 + ms(200));
+        let in_flight = p.send(t0 + ms(200));
         let cfg = DetectorConfig::new(ms(50), None, Some(5)).unwrap();
-        p.reconfigure(cfg, MissCountDetector::new(cfg.max_missed));
-        assert_eq!(p.missed(), 0);
-        assert_eq!(p.state(), PeerState::Alive);
-        assert_eq!(p.epoch(), Some(3));
-        assert_eq!(p.timeout(), cfg.timeout);
+        p.0.reconfigure(cfg, MissCountDetector::new(cfg.max_missed));
+        assert_eq!(p.0.missed(), 0);
+        assert_eq!(p.0.state(), PeerState::Alive);
+        assert_eq!(p.0.epoch(), Some(3));
+        assert_eq!(p.0.timeout(), cfg.timeout);
+        assert_eq!(p.reply_as(in_flight, t0 + ms(201), reply(3)).0, ReplyVerdict::NotInFlight);
     }
 }

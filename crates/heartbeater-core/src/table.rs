@@ -1,12 +1,16 @@
-//! Every monitored peer, and the one schedule that says whose heartbeat is due.
+//! Every monitored peer, and the one schedule that says whose heartbeat is due
+//! and whose heartbeat has waited long enough.
 //!
 //! The table is the node's sans-IO heart. A driver asks it when to wake up
-//! ([`PeerTable::next_deadline`]), collects the heartbeats due at that moment
-//! ([`PeerTable::poll_due`]), sends them however it likes, and reports each
-//! outcome back ([`PeerTable::on_reply`], [`PeerTable::on_no_reply`]). Events
-//! pile up in the table until the driver drains them. One binary heap holds
-//! all the timers, so 100,000 peers cost 100,000 heap entries, not 100,000
-//! tasks.
+//! ([`PeerTable::next_deadline`]), gives up the heartbeats whose timeout
+//! passed ([`PeerTable::poll_expired`]), collects the heartbeats due
+//! ([`PeerTable::poll_due`]), sends them however it likes, says on which
+//! path each went ([`PeerTable::mark_sent`]), and hands back what comes in
+//! ([`PeerTable::on_reply`], [`PeerTable::on_path_failed`]). The table keeps
+//! every heartbeat in flight itself, so a reply is believed only if it names
+//! one of them, and times are measured with the table's clock. Events pile
+//! up until the driver drains them. Two binary heaps hold all the timers, so
+//! 100,000 peers cost heap entries, not tasks.
 //!
 //! Ticks never catch up: a driver that wakes late (a stalled process, a busy
 //! machine) sends one heartbeat per due peer and resumes the normal cadence
@@ -18,54 +22,31 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{DetectorConfig, PeerSpec};
-use crate::detector::MissCountDetector;
-use crate::liveness::{Change, PeerLiveness, PeerState, Reply};
+use crate::detector::{DetectorFactory, MissCounting};
+use crate::liveness::{Change, PeerLiveness, PeerState, Reply, ReplyVerdict};
 use crate::pages::Pages;
-
-/// Names one registration of one peer. A re-registration or a removal makes
-/// older keys stale, so outcomes of heartbeats sent under an old registration
-/// are ignored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PeerKey {
-    slot: u32,
-    generation: u32,
-}
-
-impl PeerKey {
-    /// The key as one number, for drivers that carry it through a network
-    /// round trip (a datagram's token) and get it back with [`Self::from_bits`].
-    pub fn to_bits(self) -> u64 {
-        (u64::from(self.slot) << 32) | u64::from(self.generation)
-    }
-
-    /// The key [`Self::to_bits`] made. Any number is a key; one the table
-    /// never issued is simply not current, and outcomes for it are ignored.
-    pub fn from_bits(bits: u64) -> Self {
-        Self {
-            slot: (bits >> 32) as u32,
-            generation: bits as u32,
-        }
-    }
-
-    /// A small dense index (the slot) for drivers that keep per-peer state
-    /// in a vector. Reused after a removal; compare whole keys to tell
-    /// registrations apart.
-    pub fn index(self) -> usize {
-        self.slot as usize
-    }
-}
+pub use crate::probe::{Path, Paths, PeerKey, ProbeId};
 
 /// A heartbeat to send now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {
-    /// The peer, to hand back with the outcome.
-    pub key: PeerKey,
-    /// Sequence number, to hand back with the outcome.
-    pub seq: u64,
+    /// Names the heartbeat; hand it back with everything about it.
+    pub id: ProbeId,
     /// When the heartbeat was due; `sent_at - due` is the scheduler's lateness.
     pub due: Instant,
     /// When it is sent (the `now` of the poll).
     pub sent_at: Instant,
+}
+
+/// A heartbeat whose timeout passed without an outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expired {
+    /// The heartbeat.
+    pub id: ProbeId,
+    /// The paths it was sent on, none of which answered in time.
+    pub paths: Paths,
+    /// Whether its silence counted as a miss (a trial does not).
+    pub counted: bool,
 }
 
 /// Kinds of liveness event.
@@ -168,29 +149,78 @@ impl Upsert {
     }
 }
 
-#[derive(Debug)]
-struct Slot {
+struct Slot<D> {
     spec: PeerSpec,
-    liveness: PeerLiveness<MissCountDetector>,
+    liveness: PeerLiveness<D>,
     generation: u32,
     next_due: Instant,
 }
 
-/// All monitored peers and their schedule.
-#[derive(Debug, Default)]
-pub struct PeerTable {
-    slots: Pages<Slot>,
+/// When a heartbeat in flight times out, packed into 24 bytes (an `Instant`
+/// and a probe id take 40): a node holds one or two per peer, for 10,000
+/// peers or more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Expiry {
+    /// Microseconds after the table's base, rounded up so that a heartbeat
+    /// is never given up before its timeout; first, so the heap orders by it.
+    at_micros: u64,
+    key: u64,
+    seq: u64,
+}
+
+/// All monitored peers and their schedule, each judged by a detector from
+/// `F` (the seeds' miss counter by default).
+pub struct PeerTable<F: DetectorFactory = MissCounting> {
+    detectors: F,
+    slots: Pages<Slot<F::Detector>>,
     free: Vec<u32>,
     generations: Vec<u32>,
     index: HashMap<Arc<str>, u32>,
     timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    /// Set at the first send; expiries are kept relative to it.
+    base: Option<Instant>,
+    expiries: BinaryHeap<Reverse<Expiry>>,
     events: Vec<LivenessEvent>,
+    changes: Vec<Change>,
 }
 
-impl PeerTable {
-    /// An empty table.
+impl<F: DetectorFactory> std::fmt::Debug for PeerTable<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTable")
+            .field("peers", &self.len())
+            .field("expiries", &self.expiries.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for PeerTable<MissCounting> {
+    fn default() -> Self {
+        Self::with_detectors(MissCounting)
+    }
+}
+
+impl PeerTable<MissCounting> {
+    /// An empty table judging peers by the seeds' miss counter.
     pub fn new() -> Self {
         Self::default()
+    }
+}
+
+impl<F: DetectorFactory> PeerTable<F> {
+    /// An empty table whose peers are judged by detectors from `detectors`.
+    pub fn with_detectors(detectors: F) -> Self {
+        Self {
+            detectors,
+            slots: Pages::new(),
+            free: Vec::new(),
+            generations: Vec::new(),
+            index: HashMap::new(),
+            timers: BinaryHeap::new(),
+            base: None,
+            expiries: BinaryHeap::new(),
+            events: Vec::new(),
+            changes: Vec::new(),
+        }
     }
 
     /// Number of peers.
@@ -219,8 +249,8 @@ impl PeerTable {
                 });
             }
             let generation = self.bump_generation(slot_no);
+            let detector = self.detectors.build(&spec.detector);
             if let Some(slot) = self.slot_mut(slot_no) {
-                let detector = MissCountDetector::new(spec.detector.max_missed);
                 slot.liveness.reconfigure(spec.detector, detector);
                 slot.spec = spec;
                 slot.generation = generation;
@@ -262,7 +292,8 @@ impl PeerTable {
         };
         let generation = self.bump_generation(slot_no);
         self.index.insert(spec.peer_id.clone(), slot_no);
-        let liveness = PeerLiveness::new(spec.detector, known_epoch);
+        let detector = self.detectors.build(&spec.detector);
+        let liveness = PeerLiveness::with_detector(spec.detector, detector, known_epoch);
         self.slots.set(
             slot_no as usize,
             Slot {
@@ -280,9 +311,13 @@ impl PeerTable {
     }
 
     fn bump_generation(&mut self, slot_no: u32) -> u32 {
-        let g = &mut self.generations[slot_no as usize];
-        *g = g.wrapping_add(1);
-        *g
+        match self.generations.get_mut(slot_no as usize) {
+            Some(g) => {
+                *g = g.wrapping_add(1);
+                *g
+            }
+            None => 0,
+        }
     }
 
     /// Deregisters a peer. Returns whether it was registered.
@@ -303,25 +338,65 @@ impl PeerTable {
         }
     }
 
-    /// When the driver must next call [`PeerTable::poll_due`]; `None` with no
-    /// peers.
+    /// When the driver must next call [`PeerTable::poll_expired`] and
+    /// [`PeerTable::poll_due`]; `None` with nothing to do.
     pub fn next_deadline(&mut self) -> Option<Instant> {
-        while let Some(Reverse((due, slot_no, generation))) = self.timers.peek().copied() {
-            if self.is_current(due, slot_no, generation) {
-                return Some(due);
+        let mut due = None;
+        while let Some(Reverse((at, slot_no, generation))) = self.timers.peek().copied() {
+            if self.is_current(at, slot_no, generation) {
+                due = Some(at);
+                break;
             }
             self.timers.pop();
         }
-        None
+        let expiry = match (self.base, self.expiries.peek()) {
+            (Some(base), Some(Reverse(e))) => Some(at_of(base, e.at_micros)),
+            _ => None,
+        };
+        match (due, expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn is_current(&self, due: Instant, slot_no: u32, generation: u32) -> bool {
         matches!(self.slots.get(slot_no as usize), Some(s) if s.generation == generation && s.next_due == due)
     }
 
-    /// Appends to `out` every heartbeat due at or before `now`, and schedules
-    /// each peer's next one.
+    /// Settles every heartbeat whose timeout passed by `now` as unanswered,
+    /// and appends them to `out` (the driver may learn from which paths went
+    /// silent). Call before [`PeerTable::poll_due`] at each wake-up.
+    pub fn poll_expired(&mut self, now: Instant, out: &mut Vec<Expired>) {
+        let Some(base) = self.base else {
+            return;
+        };
+        while let Some(&Reverse(e)) = self.expiries.peek() {
+            if at_of(base, e.at_micros) > now {
+                break;
+            }
+            self.expiries.pop();
+            let id = ProbeId {
+                key: PeerKey::from_bits(e.key),
+                seq: e.seq,
+            };
+            let mut changes = std::mem::take(&mut self.changes);
+            let expired = self
+                .current_mut(id.key)
+                .and_then(|slot| slot.liveness.on_expired(id.seq, now, &mut changes));
+            self.record_changes(id.key.slot, &mut changes);
+            self.changes = changes;
+            if let Some((paths, counted)) = expired {
+                out.push(Expired { id, paths, counted });
+            }
+        }
+    }
+
+    /// Appends to `out` every heartbeat due at or before `now`, records each
+    /// as in flight, and schedules each peer's next one. The driver then says
+    /// on which path each went ([`PeerTable::mark_sent`]); one it sends on no
+    /// path is a miss when its timeout passes.
     pub fn poll_due(&mut self, now: Instant, out: &mut Vec<Probe>) {
+        let base = *self.base.get_or_insert(now);
         while let Some(Reverse((due, slot_no, generation))) = self.timers.peek().copied() {
             if due > now {
                 break;
@@ -330,68 +405,86 @@ impl PeerTable {
             if !self.is_current(due, slot_no, generation) {
                 continue;
             }
+            let mut changes = std::mem::take(&mut self.changes);
             let Some(slot) = self.slot_mut(slot_no) else {
+                self.changes = changes;
                 continue;
             };
             let freq = slot.spec.detector.heartbeat_freq;
+            let timeout = slot.liveness.timeout();
             let mut next = due + freq;
             if next <= now {
                 // Late by a whole period or more: no catch-up burst.
                 next = now + freq;
             }
             slot.next_due = next;
-            let seq = slot.liveness.on_send(now);
+            let seq = slot.liveness.on_send(now, &mut changes);
+            self.record_changes(slot_no, &mut changes);
+            self.changes = changes;
             self.timers.push(Reverse((next, slot_no, generation)));
-            out.push(Probe {
-                key: PeerKey {
-                    slot: slot_no,
-                    generation,
-                },
+            let key = PeerKey {
+                slot: slot_no,
+                generation,
+            };
+            self.expiries.push(Reverse(Expiry {
+                at_micros: micros_after(base, now + timeout),
+                key: key.to_bits(),
                 seq,
+            }));
+            out.push(Probe {
+                id: ProbeId { key, seq },
                 due,
                 sent_at: now,
             });
         }
     }
 
-    /// A reply to heartbeat `seq` of `key` arrived at `now`.
-    pub fn on_reply(
-        &mut self,
-        key: PeerKey,
-        seq: u64,
-        sent_at: Instant,
-        now: Instant,
-        reply: Reply<'_>,
-    ) {
-        let Some(slot) = self.current_mut(key) else {
-            return;
-        };
-        let changes = slot
-            .liveness
-            .on_reply(seq, sent_at, now, &slot.spec.peer_id, reply);
-        self.record_changes(key.slot, changes);
-    }
-
-    /// Heartbeat `seq` of `key` got no reply: it timed out at `now` or could
-    /// not be sent.
-    pub fn on_no_reply(&mut self, key: PeerKey, seq: u64, now: Instant) {
-        let Some(slot) = self.current_mut(key) else {
-            return;
-        };
-        let changes = slot.liveness.on_no_reply(seq, now);
-        self.record_changes(key.slot, changes);
-    }
-
-    /// Drops heartbeat `seq` of `key` without counting it as a reply or a
-    /// miss (see [`PeerLiveness::forget`]).
-    pub fn forget(&mut self, key: PeerKey, seq: u64) {
-        if let Some(slot) = self.current_mut(key) {
-            slot.liveness.forget(seq);
+    /// Records that heartbeat `id` went out over `path`; with `trial`, its
+    /// silence is not held against the peer. Returns false if the table does
+    /// not wait for `id` (any more).
+    pub fn mark_sent(&mut self, id: ProbeId, path: Path, trial: bool) -> bool {
+        match self.current_mut(id.key) {
+            Some(slot) => slot.liveness.mark_sent(id.seq, path, trial),
+            None => false,
         }
     }
 
-    fn record_changes(&mut self, slot_no: u32, changes: Vec<Change>) {
-        for change in changes {
+    /// A reply that names heartbeat `id` arrived over `path` at `now`. It
+    /// counts only if the table still waits for `id` on that path; the
+    /// verdict says what it was taken for.
+    pub fn on_reply(&mut self, id: ProbeId, path: Path, now: Instant, reply: Reply<'_>) -> ReplyVerdict {
+        let mut changes = std::mem::take(&mut self.changes);
+        let verdict = match self.current_mut(id.key) {
+            Some(slot) => {
+                slot.liveness
+                    .on_reply(id.seq, path, now, &slot.spec.peer_id, reply, &mut changes)
+            }
+            None => ReplyVerdict::NotInFlight,
+        };
+        self.record_changes(id.key.slot, &mut changes);
+        self.changes = changes;
+        verdict
+    }
+
+    /// Sending heartbeat `id` over `path` failed at `now`; if no other path
+    /// carries it, it is a miss now.
+    pub fn on_path_failed(&mut self, id: ProbeId, path: Path, now: Instant) {
+        let mut changes = std::mem::take(&mut self.changes);
+        if let Some(slot) = self.current_mut(id.key) {
+            slot.liveness.on_path_failed(id.seq, path, now, &mut changes);
+        }
+        self.record_changes(id.key.slot, &mut changes);
+        self.changes = changes;
+    }
+
+    /// The paths heartbeat `id` is in flight on, if the table waits for it.
+    pub fn in_flight(&self, id: ProbeId) -> bool {
+        self.current(id.key)
+            .is_some_and(|slot| slot.liveness.is_in_flight(id.seq))
+    }
+
+    fn record_changes(&mut self, slot_no: u32, changes: &mut Vec<Change>) {
+        for change in changes.drain(..) {
             let kind = match change {
                 Change::Up => EventKind::PeerUp,
                 Change::Down => EventKind::PeerDown,
@@ -420,10 +513,7 @@ impl PeerTable {
 
     /// The registration behind `key`, if still current.
     pub fn spec(&self, key: PeerKey) -> Option<&PeerSpec> {
-        match self.slots.get(key.slot as usize) {
-            Some(s) if s.generation == key.generation => Some(&s.spec),
-            _ => None,
-        }
+        self.current(key).map(|s| &s.spec)
     }
 
     /// The key of `peer_id`'s current registration.
@@ -449,6 +539,11 @@ impl PeerTable {
         all
     }
 
+    /// Every registered peer's address, for drivers that pool connections.
+    pub fn addresses(&self) -> impl Iterator<Item = (&str, u16)> + '_ {
+        self.slots.iter().map(|s| (s.spec.host.as_str(), s.spec.port))
+    }
+
     /// How many peers are in each state.
     pub fn state_counts(&self) -> StateCounts {
         let mut counts = StateCounts::default();
@@ -462,14 +557,32 @@ impl PeerTable {
         counts
     }
 
-    fn slot_mut(&mut self, slot_no: u32) -> Option<&mut Slot> {
+    fn slot_mut(&mut self, slot_no: u32) -> Option<&mut Slot<F::Detector>> {
         self.slots.get_mut(slot_no as usize)
     }
 
-    fn current_mut(&mut self, key: PeerKey) -> Option<&mut Slot> {
+    fn current(&self, key: PeerKey) -> Option<&Slot<F::Detector>> {
+        self.slots
+            .get(key.slot as usize)
+            .filter(|s| s.generation == key.generation)
+    }
+
+    fn current_mut(&mut self, key: PeerKey) -> Option<&mut Slot<F::Detector>> {
         self.slot_mut(key.slot)
             .filter(|s| s.generation == key.generation)
     }
+}
+
+fn micros_after(base: Instant, at: Instant) -> u64 {
+    let micros = at.saturating_duration_since(base).as_nanos().div_ceil(1000);
+    u64::try_from(micros).unwrap_or(u64::MAX)
+}
+
+fn at_of(base: Instant, micros: u64) -> Instant {
+    // `micros` was made from an `Instant` that exists, rounded up by less
+    // than a microsecond, so the sum exists too.
+    base.checked_add(Duration::from_micros(micros))
+        .unwrap_or(base)
 }
 
 /// A stable offset in `[0, period)` derived from `id`: FNV-1a, then a
@@ -489,7 +602,7 @@ fn phase(id: &str, period: Duration) -> Duration {
     Duration::from_nanos(((u128::from(h) * nanos) >> 64) as u64)
 }
 
-fn status_of(slot: &Slot) -> PeerStatus {
+fn status_of<D: crate::detector::FailureDetector>(slot: &Slot<D>) -> PeerStatus {
     let l = &slot.liveness;
     PeerStatus {
         peer_id: slot.spec.peer_id.to_string(),
@@ -523,17 +636,28 @@ mod tests {
         .unwrap()
     }
 
-    fn ack(table: &mut PeerTable, p: &Probe, at: Instant, id: &str, epoch: u64) {
+    fn ack(table: &mut PeerTable, p: &Probe, at: Instant, id: &str, epoch: u64) -> ReplyVerdict {
+        table.mark_sent(p.id, Path::Datagram, false);
         table.on_reply(
-            p.key,
-            p.seq,
-            p.sent_at,
+            p.id,
+            Path::Datagram,
             at,
             Reply {
                 responder_id: id,
                 responder_epoch: epoch,
             },
-        );
+        )
+    }
+
+    /// Sends what is due at `at` (as datagrams), after expiring what timed out.
+    fn tick(table: &mut PeerTable, at: Instant) -> Vec<Probe> {
+        table.poll_expired(at, &mut Vec::new());
+        let mut out = Vec::new();
+        table.poll_due(at, &mut out);
+        for p in &out {
+            table.mark_sent(p.id, Path::Datagram, false);
+        }
+        out
     }
 
     fn kinds(table: &mut PeerTable) -> Vec<(String, EventKind)> {
@@ -553,9 +677,10 @@ mod tests {
         let mut now = t0;
         while now <= t0 + ms(100) {
             let mut due = Vec::new();
+            t.poll_expired(now, &mut Vec::new());
             t.poll_due(now, &mut due);
             for p in due {
-                sent.push((t.spec(p.key).unwrap().peer_id.to_string(), now - t0));
+                sent.push((t.spec(p.id.peer()).unwrap().peer_id.to_string(), now - t0));
             }
             now = t.next_deadline().unwrap();
         }
@@ -584,9 +709,14 @@ mod tests {
         let mut out = Vec::new();
         t.poll_due(t0, &mut out);
         for p in &out {
-            match &*t.spec(p.key).unwrap().peer_id {
-                "answers" => ack(&mut t, p, t0 + ms(1), "answers", 1),
-                "silent" => t.on_no_reply(p.key, p.seq, t0 + ms(100)),
+            match &*t.spec(p.id.peer()).unwrap().peer_id {
+                "answers" => {
+                    ack(&mut t, p, t0 + ms(1), "answers", 1);
+                }
+                "silent" => {
+                    t.mark_sent(p.id, Path::Grpc, false);
+                    t.on_path_failed(p.id, Path::Grpc, t0 + ms(100));
+                }
                 _ => {}
             }
         }
@@ -614,6 +744,8 @@ mod tests {
         t.poll_due(t0 + ms(95), &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].due, t0 + ms(10));
+        // The heartbeat of 0 ms times out at 10 ms, the one of 95 at 105.
+        t.poll_expired(t0 + ms(95), &mut Vec::new());
         assert_eq!(t.next_deadline(), Some(t0 + ms(105)));
     }
 
@@ -628,15 +760,14 @@ mod tests {
         ack(&mut t, &out[0], t0 + ms(2), "p", 4);
         assert_eq!(kinds(&mut t), vec![("p".into(), EventKind::PeerUp)]);
         assert_eq!(t.status("p").unwrap().epoch, Some(4));
-        for i in 1..=3 {
-            out.clear();
-            t.poll_due(t0 + ms(100 * i), &mut out);
-            t.on_no_reply(out[0].key, out[0].seq, t0 + ms(100 * i + 100));
+        for i in 1..=4 {
+            tick(&mut t, t0 + ms(100 * i));
         }
+        // The heartbeats of 100, 200 and 300 ms expired at 200, 300, 400.
         assert_eq!(kinds(&mut t), vec![("p".into(), EventKind::PeerDown)]);
         let st = t.status("p").unwrap();
         assert_eq!(st.state, PeerState::Unreachable);
-        assert_eq!((st.heartbeats_sent, st.heartbeats_acked), (4, 1));
+        assert_eq!((st.heartbeats_sent, st.heartbeats_acked), (5, 1));
     }
 
     #[test]
@@ -648,10 +779,10 @@ mod tests {
         t.poll_due(t0, &mut out);
         let old = out[0].clone();
         assert!(matches!(t.upsert(spec("p", 50), t0), Upsert::Updated(_)));
-        ack(&mut t, &old, t0 + ms(1), "p", 1);
+        assert_eq!(ack(&mut t, &old, t0 + ms(1), "p", 1), ReplyVerdict::NotInFlight);
         assert_eq!(t.status("p").unwrap().state, PeerState::Unknown);
         assert!(t.remove("p"));
-        ack(&mut t, &old, t0 + ms(2), "p", 1);
+        assert_eq!(ack(&mut t, &old, t0 + ms(2), "p", 1), ReplyVerdict::NotInFlight);
         assert!(t.status("p").is_none());
         assert!(!t.remove("p"));
     }
@@ -681,7 +812,7 @@ mod tests {
         t.poll_due(t0 + ms(500), &mut out);
         let ids: Vec<_> = out
             .iter()
-            .map(|p| t.spec(p.key).unwrap().peer_id.to_string())
+            .map(|p| t.spec(p.id.peer()).unwrap().peer_id.to_string())
             .collect();
         assert_eq!(ids, vec!["b"]);
         assert_eq!(
@@ -743,5 +874,76 @@ mod tests {
         assert_ne!(a, b);
         assert!(t.spec(a).is_none());
         assert_eq!(&*t.spec(b).unwrap().peer_id, "b");
+    }
+}
+
+#[cfg(test)]
+mod probe_ownership {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn table_with(t0: Instant, id: &str, freq_ms: u64, timeout_ms: u64, max_missed: u32) -> PeerTable {
+        let mut t = PeerTable::new();
+        let d = DetectorConfig::new(ms(freq_ms), Some(ms(timeout_ms)), Some(max_missed)).unwrap();
+        t.upsert(PeerSpec::new(id, "127.0.0.1", 9000, d).unwrap(), t0);
+        t
+    }
+
+    fn reply(id: &str, epoch: u64) -> Reply<'_> {
+        Reply {
+            responder_id: id,
+            responder_epoch: epoch,
+        }
+    }
+
+    #[test]
+    fn a_reply_naming_a_heartbeat_never_sent_changes_nothing() {
+        let t0 = Instant::now();
+        let mut t = table_with(t0, "p", 100, 100, 1);
+        let mut out = Vec::new();
+        t.poll_due(t0, &mut out);
+        let real = out[0].id;
+        t.mark_sent(real, Path::Datagram, false);
+        let forged = [
+            ProbeId { key: real.key, seq: u64::MAX },
+            ProbeId { key: real.key, seq: real.seq + 1 },
+            ProbeId { key: real.key, seq: 0 },
+            ProbeId { key: PeerKey::from_bits(u64::MAX), seq: real.seq },
+            ProbeId { key: PeerKey { slot: real.key.slot, generation: real.key.generation + 1 }, seq: real.seq },
+        ];
+        for id in forged {
+            assert_eq!(t.on_reply(id, Path::Datagram, t0, reply("p", u64::MAX)), ReplyVerdict::NotInFlight, "{id:?}");
+        }
+        assert_eq!(t.status("p").unwrap().epoch, None, "no epoch believed");
+        assert_eq!(t.drain_events().count(), 1, "only the registration");
+        // The real heartbeat still times out as a miss.
+        t.poll_expired(t0 + ms(100), &mut out_expired());
+        assert_eq!(t.status("p").unwrap().state, PeerState::Unreachable);
+    }
+
+    fn out_expired() -> Vec<Expired> {
+        Vec::new()
+    }
+
+    #[test]
+    fn a_heartbeat_is_expired_once_at_its_timeout_with_its_paths() {
+        let t0 = Instant::now();
+        let mut t = table_with(t0, "p", 100, 40, 3);
+        let mut out = Vec::new();
+        t.poll_due(t0, &mut out);
+        let id = out[0].id;
+        t.mark_sent(id, Path::Datagram, true);
+        assert_eq!(t.next_deadline(), Some(t0 + ms(40)));
+        let mut expired = Vec::new();
+        t.poll_expired(t0 + ms(39), &mut expired);
+        assert!(expired.is_empty());
+        t.poll_expired(t0 + ms(40), &mut expired);
+        assert_eq!(expired, vec![Expired { id, paths: Paths::only(Path::Datagram), counted: false }]);
+        t.poll_expired(t0 + ms(41), &mut expired);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(t.status("p").unwrap().missed, 0, "a trial does not count");
     }
 }

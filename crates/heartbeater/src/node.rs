@@ -17,13 +17,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use heartbeater_core::{
-    DetectorConfig, PeerSpec, PeerStatus, StateCounts, Upsert, ValidationError,
-};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use heartbeater_core::{DetectorConfig, PeerSpec, PeerStatus, StateCounts, ValidationError};
+use tokio::sync::{broadcast, oneshot};
 
+use crate::counters::Counters;
+use crate::driver::{DriverHandle, TableOp};
 use crate::event::PeerEvent;
-use crate::monitor::Monitor;
 use crate::proto::{
     DeregisterPeerRequest, DeregisterPeerResponse, HeartbeatMessage, HeartbeatResponse,
     RegisterPeerRequest, RegisterPeerResponse,
@@ -72,45 +71,47 @@ pub enum NodeError {
     ShuttingDown,
 }
 
-/// One running node's shared state.
+/// One node's shared state. The peer table is not here: the driver task
+/// owns it, and this reaches it through `driver`.
 pub(crate) struct Node {
     identity: String,
     epoch: u64,
     store: std::sync::Mutex<Option<Arc<dyn RegistryStore>>>,
-    monitor: Arc<Monitor>,
+    driver: DriverHandle,
+    events: broadcast::Sender<PeerEvent>,
+    counters: Arc<Counters>,
     commits: std::sync::Mutex<CommitQueue>,
     topics: Arc<crate::topic::Topics>,
 }
 
 impl Node {
-    /// A node over `store`; peers already in it are scheduled at once.
+    /// A node over `store`, whose table the driver behind `driver` owns.
     pub(crate) fn new(
         identity: String,
         epoch: u64,
         store: Arc<dyn RegistryStore>,
-        records: Vec<PeerRecord>,
-    ) -> (Arc<Self>, mpsc::UnboundedReceiver<(Arc<str>, u64)>) {
-        let (monitor, epochs) = Monitor::new();
-        let now = tokio::time::Instant::now().into_std();
-        monitor.update(|table| {
-            for record in records {
-                match spec_of_record(&record) {
-                    Ok(spec) => {
-                        table.restore(spec, record.last_epoch, now);
-                    }
-                    Err(e) => tracing::warn!(peer = %record.peer_id, error = %e, "stored peer is invalid; not monitored"),
-                }
-            }
-        });
-        let node = Arc::new(Self {
+        driver: DriverHandle,
+        events: broadcast::Sender<PeerEvent>,
+        counters: Arc<Counters>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
             identity,
             epoch,
             store: std::sync::Mutex::new(Some(store)),
-            monitor,
+            driver,
+            events,
+            counters,
             commits: std::sync::Mutex::default(),
             topics: Arc::default(),
-        });
-        (node, epochs)
+        })
+    }
+
+    pub(crate) fn driver(&self) -> &DriverHandle {
+        &self.driver
+    }
+
+    pub(crate) fn counters(&self) -> &Arc<Counters> {
+        &self.counters
     }
 
     pub(crate) fn identity(&self) -> &str {
@@ -123,10 +124,6 @@ impl Node {
 
     pub(crate) fn topics(&self) -> &Arc<crate::topic::Topics> {
         &self.topics
-    }
-
-    pub(crate) fn monitor(&self) -> &Arc<Monitor> {
-        &self.monitor
     }
 
     /// The store, until the node is closed.
@@ -149,9 +146,7 @@ impl Node {
         if msg.client_id.len() > heartbeater_core::config::MAX_PEER_ID_BYTES {
             return Err(ValidationError::new("client_id", "must be at most 256 bytes").into());
         }
-        self.monitor
-            .answered
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Counters::add(&self.counters.answered);
         Ok(HeartbeatResponse {
             server_id: self.identity.clone(),
             server_epoch: self.epoch,
@@ -160,7 +155,7 @@ impl Node {
 
     /// Heartbeats answered since the node was built.
     pub(crate) fn heartbeats_answered(&self) -> u64 {
-        self.monitor
+        self.counters
             .answered
             .load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -251,34 +246,51 @@ impl Node {
         };
         // `ops[i]` is the change `waiting[i]` waits for. Deregistering an
         // unknown id fails alone, and whether an id is known takes the
-        // changes queued before it into account.
+        // changes queued before it into account. Only the committer changes
+        // which peers are registered, so what the driver says here still
+        // holds when the group is applied.
+        let deregistered: Vec<String> = group
+            .iter()
+            .filter_map(|p| match &p.change {
+                Change::Deregister { peer_id } => Some(peer_id.clone()),
+                Change::Register { .. } => None,
+            })
+            .collect();
+        let known_before = if deregistered.is_empty() {
+            Vec::new()
+        } else {
+            match self.driver.known(deregistered.clone()).await {
+                Ok(known) => known,
+                Err(_) => {
+                    for pending in group {
+                        let _ = pending.reply.send(Err(NodeError::ShuttingDown));
+                    }
+                    return;
+                }
+            }
+        };
+        let mut registered: HashMap<String, bool> =
+            deregistered.into_iter().zip(known_before).collect();
         let mut ops = Vec::with_capacity(group.len());
         let mut waiting = Vec::with_capacity(group.len());
-        self.monitor.read(|table| {
-            let mut known: HashMap<String, bool> = HashMap::new();
-            for Pending { change, reply } in group {
-                match change {
-                    Change::Register { record, spec } => {
-                        known.insert(record.peer_id.clone(), true);
-                        ops.push(RegistryOp::Put(record));
-                        waiting.push((Some(spec), reply));
-                    }
-                    Change::Deregister { peer_id } => {
-                        let registered = known
-                            .get(&peer_id)
-                            .copied()
-                            .unwrap_or_else(|| table.key_of(&peer_id).is_some());
-                        if registered {
-                            known.insert(peer_id.clone(), false);
-                            ops.push(RegistryOp::Delete(peer_id));
-                            waiting.push((None, reply));
-                        } else {
-                            let _ = reply.send(Err(NodeError::UnknownPeer(peer_id)));
-                        }
+        for Pending { change, reply } in group {
+            match change {
+                Change::Register { record, spec } => {
+                    registered.insert(record.peer_id.clone(), true);
+                    ops.push(RegistryOp::Put(record));
+                    waiting.push((Some(spec), reply));
+                }
+                Change::Deregister { peer_id } => {
+                    if registered.get(&peer_id).copied().unwrap_or(false) {
+                        registered.insert(peer_id.clone(), false);
+                        ops.push(RegistryOp::Delete(peer_id));
+                        waiting.push((None, reply));
+                    } else {
+                        let _ = reply.send(Err(NodeError::UnknownPeer(peer_id)));
                     }
                 }
             }
-        });
+        }
         if ops.is_empty() {
             return;
         }
@@ -291,36 +303,51 @@ impl Node {
                 return;
             }
         };
-        let now = tokio::time::Instant::now().into_std();
-        let outcomes: Vec<bool> = self.monitor.update(|table| {
-            ops.into_iter()
-                .zip(waiting.iter_mut())
-                .map(|(op, (spec, _))| match (op, spec.take()) {
-                    (RegistryOp::Put(_), Some(spec)) => {
-                        !matches!(table.upsert(spec, now), Upsert::Inserted(_))
-                    }
-                    (RegistryOp::Delete(id), _) => table.remove(&id),
-                    (RegistryOp::Put(_), None) => false,
-                })
-                .collect()
-        });
-        for ((_, reply), existed) in waiting.into_iter().zip(outcomes) {
-            let _ = reply.send(Ok(existed));
+        let table_ops: Vec<TableOp> = ops
+            .into_iter()
+            .zip(waiting.iter_mut())
+            .filter_map(|(op, (spec, _))| match (op, spec.take()) {
+                (RegistryOp::Put(_), Some(spec)) => Some(TableOp::Upsert(spec)),
+                (RegistryOp::Delete(id), _) => Some(TableOp::Remove(id)),
+                (RegistryOp::Put(_), None) => None,
+            })
+            .collect();
+        // The driver takes the group whole. Should it be gone (the node is
+        // stopping), the changes are on disk and will be monitored at the
+        // next start; the callers learn the node is shutting down.
+        match self.driver.apply(table_ops).await {
+            Ok(outcomes) => {
+                for ((_, reply), existed) in waiting.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(existed));
+                }
+            }
+            Err(_) => {
+                for (_, reply) in waiting {
+                    let _ = reply.send(Err(NodeError::ShuttingDown));
+                }
+            }
         }
     }
 
-    /// Every peer's status, ordered by id.
-    pub(crate) fn peers(&self) -> Vec<PeerStatus> {
-        self.monitor.read(|t| t.statuses())
+    /// Every peer's status, ordered by id, from the running driver.
+    pub(crate) async fn peers(&self) -> Result<Vec<PeerStatus>, NodeError> {
+        self.driver
+            .statuses()
+            .await
+            .map_err(|_| NodeError::ShuttingDown)
     }
 
-    pub(crate) fn state_counts(&self) -> StateCounts {
-        self.monitor.read(|t| t.state_counts())
+    /// How many peers are in each state, from the running driver.
+    pub(crate) async fn state_counts(&self) -> Result<StateCounts, NodeError> {
+        self.driver
+            .counts()
+            .await
+            .map_err(|_| NodeError::ShuttingDown)
     }
 
     /// Events from now on.
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<PeerEvent> {
-        self.monitor.subscribe()
+        self.events.subscribe()
     }
 }
 

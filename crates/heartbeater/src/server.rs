@@ -12,15 +12,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use heartbeater_core::config::validate_host;
-use heartbeater_core::{PeerStatus, StateCounts};
+use heartbeater_core::{Keyring, PeerStatus, PeerTable, StateCounts};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 
+use crate::counters::{Counters, DatagramStats};
+use crate::driver::{Driver, DriverConfig};
 use crate::error::ServerError;
 use crate::event::EventStream;
-use crate::node::{Node, NodeError};
+use crate::lateness::LatenessHistogram;
+use crate::node::{spec_of_record, Node, NodeError};
 use crate::proto::heartbeat_service_server::HeartbeatServiceServer;
 use crate::proto::topic_service_server::TopicServiceServer;
 use crate::proto::{
@@ -58,6 +61,7 @@ pub struct HeartbeatServerBuilder {
     epoch: Option<u64>,
     storage: Storage,
     udp: bool,
+    keyring: Option<Keyring>,
 }
 
 impl Default for HeartbeatServerBuilder {
@@ -69,6 +73,7 @@ impl Default for HeartbeatServerBuilder {
             epoch: None,
             storage: Storage::DataDir(PathBuf::from(DEFAULT_DATA_DIR)),
             udp: true,
+            keyring: None,
         }
     }
 }
@@ -122,6 +127,19 @@ impl HeartbeatServerBuilder {
     /// or policies that require every byte to go over the TLS-capable path).
     pub fn udp_heartbeats(mut self, enabled: bool) -> Self {
         self.udp = enabled;
+        self
+    }
+
+    /// Authenticate every heartbeat datagram with the cluster keys of
+    /// `keyring` (see [`Keyring`]): datagrams sent are signed with its
+    /// primary key, datagrams received are dropped unless signed with one of
+    /// its keys. Peers whose datagrams do not verify are reported
+    /// unreachable, and [`HeartbeatServer::datagram_stats`] counts them. On a
+    /// node with a cluster key, heartbeats to peers travel as datagrams only:
+    /// the gRPC path is not covered by the key. Rotate keys on a running
+    /// node with [`HeartbeatServer::set_keyring`].
+    pub fn cluster_keys(mut self, keyring: Keyring) -> Self {
+        self.keyring = Some(keyring);
         self
     }
 
@@ -183,33 +201,56 @@ impl HeartbeatServerBuilder {
             epoch,
         })?;
         let records = store.load_peers()?;
-        let (node, learned_epochs) = Node::new(identity, epoch, store, records);
+        let mut table = PeerTable::new();
+        let now = tokio::time::Instant::now().into_std();
+        for record in records {
+            match spec_of_record(&record) {
+                Ok(spec) => {
+                    table.restore(spec, record.last_epoch, now);
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %record.peer_id, error = %e, "stored peer is invalid; not monitored")
+                }
+            }
+        }
+        let counters = Arc::new(Counters::default());
+        let lateness = Arc::new(LatenessHistogram::default());
+        let (driver, handle, events, learned_epochs) =
+            Driver::new(table, counters.clone(), lateness.clone());
+        let node = Node::new(identity, epoch, store, handle, events, counters);
         Ok(HeartbeatServer {
             instance,
             host,
             port: self.port,
             worker_count: self.worker_count,
             udp: self.udp,
+            keyring: Mutex::new(self.keyring),
+            lateness,
             node,
-            lifecycle: Mutex::new(Lifecycle::Built { learned_epochs }),
+            lifecycle: Mutex::new(Lifecycle::Built {
+                driver: Box::new(driver),
+                learned_epochs,
+            }),
         })
     }
 }
 
 enum Lifecycle {
     Built {
-        learned_epochs: mpsc::UnboundedReceiver<(Arc<str>, u64)>,
+        driver: Box<Driver>,
+        learned_epochs: mpsc::Receiver<(Arc<str>, u64)>,
     },
     Running(Running),
     Stopping,
-    Stopped,
+    /// The table the driver gave back, for `peers()` after a stop.
+    Stopped(Option<Box<PeerTable>>),
 }
 
 struct Running {
     addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     serve: JoinHandle<Result<(), tonic::transport::Error>>,
-    monitor: JoinHandle<()>,
+    driver: JoinHandle<PeerTable>,
     epochs: JoinHandle<()>,
     health: HealthReporter,
 }
@@ -226,6 +267,9 @@ pub struct HeartbeatServer {
     port: u16,
     worker_count: usize,
     udp: bool,
+    /// The keyring the driver starts with; the driver owns it once running.
+    keyring: Mutex<Option<Keyring>>,
+    lateness: Arc<LatenessHistogram>,
     node: Arc<Node>,
     lifecycle: Mutex<Lifecycle>,
 }
@@ -253,22 +297,25 @@ impl HeartbeatServer {
     /// Binds, starts serving and starts heartbeating the stored peers.
     /// Returns the bound address (useful with port 0).
     pub async fn start(&self) -> Result<SocketAddr, ServerError> {
-        let learned_epochs = {
+        let (driver, learned_epochs) = {
             let mut lifecycle = self.lifecycle();
             match std::mem::replace(&mut *lifecycle, Lifecycle::Stopping) {
-                Lifecycle::Built { learned_epochs } => learned_epochs,
+                Lifecycle::Built {
+                    driver,
+                    learned_epochs,
+                } => (driver, learned_epochs),
                 Lifecycle::Running(r) => {
                     let addr = r.addr;
                     *lifecycle = Lifecycle::Running(r);
                     return Err(ServerError::AlreadyRunning(addr));
                 }
-                other @ (Lifecycle::Stopping | Lifecycle::Stopped) => {
+                other @ (Lifecycle::Stopping | Lifecycle::Stopped(_)) => {
                     *lifecycle = other;
                     return Err(ServerError::Stopped);
                 }
             }
         };
-        match self.spawn(learned_epochs).await {
+        match self.spawn(*driver, learned_epochs).await {
             Ok(running) => {
                 let addr = running.addr;
                 *self.lifecycle() = Lifecycle::Running(running);
@@ -276,7 +323,7 @@ impl HeartbeatServer {
                 Ok(addr)
             }
             Err(e) => {
-                *self.lifecycle() = Lifecycle::Stopped;
+                *self.lifecycle() = Lifecycle::Stopped(None);
                 self.node.close_store();
                 Err(e)
             }
@@ -285,8 +332,12 @@ impl HeartbeatServer {
 
     async fn spawn(
         &self,
-        learned_epochs: mpsc::UnboundedReceiver<(Arc<str>, u64)>,
+        driver: Driver,
+        learned_epochs: mpsc::Receiver<(Arc<str>, u64)>,
     ) -> Result<Running, ServerError> {
+        let mut token_secret = [0u8; 32];
+        getrandom::fill(&mut token_secret)
+            .map_err(|e| ServerError::Internal(format!("no randomness for probe tokens: {e}")))?;
         let display = if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
@@ -338,10 +389,22 @@ impl HeartbeatServer {
                     let _ = signal.wait_for(|stop| *stop).await;
                 }),
         );
-        let monitor = tokio::spawn(self.node.monitor().clone().run(
-            self.node.identity().to_owned(),
-            self.node.epoch(),
-            udp,
+        let keyring = self
+            .keyring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if keyring.is_some() && udp.is_none() {
+            tracing::warn!("a cluster key is set but UDP is off: the key is not used");
+        }
+        let driver = tokio::spawn(driver.run(
+            DriverConfig {
+                identity: self.node.identity().to_owned(),
+                epoch: self.node.epoch(),
+                udp,
+                token_secret,
+                keyring,
+            },
             shutdown_rx.clone(),
         ));
         let epochs = tokio::spawn(record_epochs(
@@ -353,7 +416,7 @@ impl HeartbeatServer {
             addr,
             shutdown,
             serve,
-            monitor,
+            driver,
             epochs,
             health,
         })
@@ -366,8 +429,13 @@ impl HeartbeatServer {
             let mut lifecycle = self.lifecycle();
             match std::mem::replace(&mut *lifecycle, Lifecycle::Stopping) {
                 Lifecycle::Running(r) => r,
-                Lifecycle::Built { .. } | Lifecycle::Stopped => {
-                    *lifecycle = Lifecycle::Stopped;
+                Lifecycle::Built { driver, .. } => {
+                    *lifecycle = Lifecycle::Stopped(Some(Box::new(driver.into_table())));
+                    self.node.close_store();
+                    return Ok(());
+                }
+                stopped @ Lifecycle::Stopped(_) => {
+                    *lifecycle = stopped;
                     self.node.close_store();
                     return Ok(());
                 }
@@ -391,10 +459,10 @@ impl HeartbeatServer {
                 serve.await
             }
         };
-        let _ = running.monitor.await;
+        let table = running.driver.await.ok().map(Box::new);
         let _ = running.epochs.await;
         self.node.close_store();
-        *self.lifecycle() = Lifecycle::Stopped;
+        *self.lifecycle() = Lifecycle::Stopped(table);
         tracing::info!(identity = %self.identity(), "node stopped");
         match served {
             Ok(Ok(())) => Ok(()),
@@ -433,16 +501,58 @@ impl HeartbeatServer {
     }
 
     /// Every registered peer's status, ordered by peer id. Before `start`,
-    /// the peers restored from the data directory, all `Unknown`.
-    pub fn peers(&self) -> Vec<PeerStatus> {
-        self.node.peers()
+    /// the peers restored from the data directory, all `Unknown`; after
+    /// `stop`, the statuses as they were when the node stopped.
+    pub async fn peers(&self) -> Vec<PeerStatus> {
+        match self.from_table(PeerTable::statuses) {
+            Ok(statuses) => statuses,
+            Err(()) => self.node.peers().await.unwrap_or_default(),
+        }
     }
 
     /// How many registered peers are unknown, alive and unreachable. Cheap
     /// next to [`HeartbeatServer::peers`] (no copy of each status), so fit
     /// for health checks and gauges polled on nodes with many peers.
-    pub fn peer_counts(&self) -> StateCounts {
-        self.node.state_counts()
+    pub async fn peer_counts(&self) -> StateCounts {
+        match self.from_table(PeerTable::state_counts) {
+            Ok(counts) => counts,
+            Err(()) => self.node.state_counts().await.unwrap_or_default(),
+        }
+    }
+
+    /// Reads the table where this handle holds it (before start, after
+    /// stop); `Err` while the driver owns it.
+    fn from_table<R>(&self, read: impl FnOnce(&PeerTable) -> R) -> Result<R, ()> {
+        match &*self.lifecycle() {
+            Lifecycle::Built { driver, .. } => Ok(read(driver.table())),
+            Lifecycle::Stopped(Some(table)) => Ok(read(table)),
+            Lifecycle::Stopped(None) => Ok(read(&PeerTable::new())),
+            Lifecycle::Running(_) | Lifecycle::Stopping => Err(()),
+        }
+    }
+
+    /// What the datagram path has seen: pings answered, datagrams rejected
+    /// (malformed, failing authentication), forged and unmatched pongs.
+    pub fn datagram_stats(&self) -> DatagramStats {
+        self.node.counters().snapshot()
+    }
+
+    /// Replaces the cluster keyring, on a running node or before `start`:
+    /// the step of a key rotation (add the new key as accepted everywhere,
+    /// then make it primary everywhere, then drop the old one), or turning
+    /// authentication on (`Some`) or off (`None`). Returns once the driver
+    /// uses the new ring.
+    pub async fn set_keyring(&self, keyring: Option<Keyring>) -> Result<(), ServerError> {
+        let running = matches!(&*self.lifecycle(), Lifecycle::Running(_));
+        *self.keyring.lock().unwrap_or_else(|e| e.into_inner()) = keyring.clone();
+        if running {
+            self.node
+                .driver()
+                .set_keyring(keyring)
+                .await
+                .map_err(|_| ServerError::Stopped)?;
+        }
+        Ok(())
     }
 
     /// Heartbeats this node has answered (from monitors and clients) since it
@@ -454,7 +564,7 @@ impl HeartbeatServer {
     /// How late the scheduler has sent heartbeats against their schedule
     /// since the node started; `since` of two snapshots gives a window.
     pub fn scheduler_lateness(&self) -> crate::LatenessSnapshot {
-        self.node.monitor().lateness()
+        self.lateness.snapshot()
     }
 
     /// Every peer event from now on.

@@ -1,0 +1,368 @@
+//! Which path each peer's heartbeats take: the datagram first, gRPC where
+//! datagrams go unanswered.
+//!
+//! Per peer, one of three states:
+//!
+//! - **Probing**: the peer has not answered a datagram yet. Heartbeats go
+//!   as datagrams only, as trials: one that goes unanswered is not held
+//!   against the peer (it may just not speak UDP, or UDP may be filtered),
+//!   and the peer moves to *Both*.
+//! - **Udp**: the last datagram was answered. Heartbeats go as datagrams
+//!   only; a timeout is a miss, and moves the peer to *Both*.
+//! - **Both**: datagrams go unanswered. Each heartbeat goes both ways
+//!   (whichever valid answer comes first wins), and the first valid pong
+//!   moves the peer back to *Udp* and closes its gRPC channel. On a node
+//!   with a cluster key, the gRPC path is not used: it is not authenticated
+//!   by the key, so *Both* is datagrams that count.
+//!
+//! A pong is believed only through its token: the probe id the table
+//! issued, sealed with a MAC under a secret of this run
+//! ([`heartbeater_core::ProbeSealer`]). Nothing else in a pong (no send
+//! time, no sequence number) is read back; the table knows when and on which
+//! path it sent each heartbeat.
+//!
+//! So a peer that answers datagrams costs its monitor a few dozen bytes and
+//! two syscalls per heartbeat, a peer behind a UDP filter costs what the
+//! gRPC path costs, and one lost datagram never makes a peer unreachable
+//! by itself: the next heartbeat is also carried by gRPC.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use heartbeater_core::datagram::{Datagram, Kind};
+use heartbeater_core::{
+    Expired, Keyring, Pages, Path as Route, PeerKey, PeerSpec, Probe, ProbeSealer,
+};
+use tokio::net::UdpSocket;
+
+/// A name being resolved for the datagram path.
+pub(crate) type Resolving = Pin<Box<dyn Future<Output = (PeerKey, Option<SocketAddr>)> + Send>>;
+
+/// How long a name may take to resolve before the peer is left to gRPC
+/// until its next silence.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Probing,
+    Udp,
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// A name not resolved yet.
+    Unresolved,
+    Resolving,
+    Addr(SocketAddr),
+    /// No address of this socket's family: gRPC only.
+    Unusable,
+}
+
+#[derive(Debug)]
+struct PeerPath {
+    key: PeerKey,
+    path: Path,
+    target: Target,
+    /// Highest heartbeat answered by a valid pong.
+    last_pong_seq: u64,
+}
+
+/// How one heartbeat is to travel, as [`DatagramPath::send`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sent {
+    /// It left as a datagram; `Some(trial)` says whether its silence counts.
+    pub(crate) datagram: Option<bool>,
+    /// It must (also) go over gRPC.
+    pub(crate) grpc: bool,
+}
+
+/// What a pong turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PongOutcome {
+    /// Its token was not made by this node: forged, corrupted or from an
+    /// earlier run.
+    Forged,
+    /// A token of ours, judged by the table.
+    Judged(heartbeater_core::ReplyVerdict),
+}
+
+/// The datagram side of the node's driver: the socket, each peer's path,
+/// the key that seals probe tokens and the optional cluster keyring.
+pub(crate) struct DatagramPath {
+    pub(crate) socket: Arc<UdpSocket>,
+    local_v6: bool,
+    sealer: ProbeSealer,
+    keyring: Option<Keyring>,
+    identity: String,
+    epoch: u64,
+    peers: Pages<PeerPath>,
+    /// Which peer each datagram target is, to name it when its datagrams
+    /// fail authentication. One entry per peer with an address.
+    by_addr: HashMap<SocketAddr, PeerKey>,
+    out: Vec<u8>,
+}
+
+impl DatagramPath {
+    pub(crate) fn new(
+        socket: Arc<UdpSocket>,
+        identity: String,
+        epoch: u64,
+        sealer: ProbeSealer,
+        keyring: Option<Keyring>,
+    ) -> Self {
+        let local_v6 = socket.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
+        Self {
+            socket,
+            local_v6,
+            sealer,
+            keyring,
+            identity,
+            epoch,
+            peers: Pages::new(),
+            by_addr: HashMap::new(),
+            out: Vec::with_capacity(heartbeater_core::datagram::MAX_DATAGRAM),
+        }
+    }
+
+    pub(crate) fn keyring(&self) -> Option<&Keyring> {
+        self.keyring.as_ref()
+    }
+
+    /// Replaces the cluster keyring (a rotation step, or turning
+    /// authentication on or off).
+    pub(crate) fn set_keyring(&mut self, keyring: Option<Keyring>) {
+        self.keyring = keyring;
+    }
+
+    fn entry(&mut self, key: PeerKey, spec: &PeerSpec) -> &mut PeerPath {
+        let fresh = || {
+            let target = match spec.host.parse::<IpAddr>() {
+                Ok(ip) => family_fit(SocketAddr::new(ip, spec.port), self.local_v6)
+                    .map_or(Target::Unusable, Target::Addr),
+                Err(_) => Target::Unresolved,
+            };
+            PeerPath {
+                key,
+                path: Path::Probing,
+                target,
+                last_pong_seq: 0,
+            }
+        };
+        let slot = self.peers.place(key.index());
+        if !matches!(slot, Some(p) if p.key == key) {
+            let new = fresh();
+            if let Some(Target::Addr(old)) = slot.as_ref().map(|p| p.target) {
+                self.by_addr.remove(&old);
+            }
+            if let Target::Addr(addr) = new.target {
+                self.by_addr.insert(addr, key);
+            }
+            *slot = Some(new);
+        }
+        slot.get_or_insert_with(fresh)
+    }
+
+    /// The peer whose datagrams go to `addr`, if any.
+    pub(crate) fn peer_at(&self, addr: SocketAddr) -> Option<PeerKey> {
+        self.by_addr.get(&addr).copied()
+    }
+
+    fn current(&mut self, key: PeerKey) -> Option<&mut PeerPath> {
+        self.peers.get_mut(key.index()).filter(|p| p.key == key)
+    }
+
+    /// Sends `probe` as a datagram where that is possible, and says how it
+    /// went and whether gRPC must carry it (too). `grpc_allowed` is false on
+    /// a node with a cluster key.
+    pub(crate) fn send(
+        &mut self,
+        probe: &Probe,
+        spec: &PeerSpec,
+        grpc_allowed: bool,
+        resolving: &mut futures_util::stream::FuturesUnordered<Resolving>,
+    ) -> Sent {
+        let local_v6 = self.local_v6;
+        let key = probe.id.peer();
+        let entry = self.entry(key, spec);
+        let addr = match entry.target {
+            Target::Addr(addr) => addr,
+            Target::Unresolved => {
+                entry.target = Target::Resolving;
+                resolving.push(resolve(key, spec.host.clone(), spec.port, local_v6));
+                return Sent {
+                    datagram: None,
+                    grpc: true,
+                };
+            }
+            Target::Resolving | Target::Unusable => {
+                return Sent {
+                    datagram: None,
+                    grpc: true,
+                }
+            }
+        };
+        let path = entry.path;
+        let authenticated = self.keyring.is_some();
+        Datagram {
+            kind: Kind::Ping,
+            token: self.sealer.seal(probe.id),
+            epoch: self.epoch,
+            identity: &self.identity,
+        }
+        .seal(
+            Datagram::pong_len(spec.peer_id.len(), authenticated),
+            self.keyring.as_ref(),
+            &mut self.out,
+        );
+        if let Err(e) = self.socket.try_send_to(&self.out, addr) {
+            // A full buffer, no route: gRPC carries this one.
+            tracing::trace!(error = %e, %addr, "heartbeat datagram not sent");
+            return Sent {
+                datagram: None,
+                grpc: true,
+            };
+        }
+        match path {
+            Path::Probing => Sent {
+                datagram: Some(true),
+                grpc: false,
+            },
+            Path::Udp => Sent {
+                datagram: Some(false),
+                grpc: false,
+            },
+            Path::Both => Sent {
+                datagram: Some(false),
+                grpc: grpc_allowed,
+            },
+        }
+    }
+
+    /// A heartbeat timed out: a datagram that went unanswered moves its peer
+    /// to *Both*. `is_name` says whether the peer's host is a DNS name, to
+    /// be looked up again (it may now point elsewhere).
+    pub(crate) fn on_expired(&mut self, expired: &Expired, is_name: bool) {
+        if !expired.paths.contains(Route::Datagram) {
+            return;
+        }
+        let seq = expired.id.seq();
+        if let Some(entry) = self.current(expired.id.peer()) {
+            if entry.last_pong_seq < seq && entry.path != Path::Both {
+                entry.path = Path::Both;
+                if entry.target != Target::Resolving && is_name {
+                    entry.target = Target::Unresolved;
+                }
+            }
+        }
+    }
+
+    /// Applies a pong that arrived at `now`: its token must open with this
+    /// node's sealer, and the table judges the rest. Returns the outcome and,
+    /// when a peer just came back to datagrams, which (it left *Both*, so its
+    /// gRPC channel can close).
+    pub(crate) fn on_pong(
+        &mut self,
+        pong: &Datagram<'_>,
+        now: std::time::Instant,
+        table: &mut heartbeater_core::PeerTable,
+    ) -> (PongOutcome, Option<PeerKey>) {
+        let Some(id) = self.sealer.open(&pong.token) else {
+            return (PongOutcome::Forged, None);
+        };
+        let verdict = table.on_reply(
+            id,
+            Route::Datagram,
+            now,
+            heartbeater_core::Reply {
+                responder_id: pong.identity,
+                responder_epoch: pong.epoch,
+            },
+        );
+        let mut left_both = None;
+        if verdict == heartbeater_core::ReplyVerdict::Accepted {
+            if let Some(entry) = self.current(id.peer()) {
+                entry.last_pong_seq = entry.last_pong_seq.max(id.seq());
+                if std::mem::replace(&mut entry.path, Path::Udp) == Path::Both {
+                    left_both = Some(id.peer());
+                }
+            }
+        }
+        (PongOutcome::Judged(verdict), left_both)
+    }
+
+    /// A name lookup finished.
+    pub(crate) fn resolved(&mut self, key: PeerKey, addr: Option<SocketAddr>) {
+        let Some(entry) = self.current(key) else {
+            return;
+        };
+        let old = std::mem::replace(&mut entry.target, addr.map_or(Target::Unusable, Target::Addr));
+        if let Target::Addr(old) = old {
+            self.by_addr.remove(&old);
+        }
+        if let Some(addr) = addr {
+            self.by_addr.insert(addr, key);
+        }
+    }
+}
+
+/// `addr` as this socket can send to it: an IPv4 address through an IPv6
+/// socket becomes v4-mapped; an IPv6 address cannot go through an IPv4 one.
+fn family_fit(addr: SocketAddr, local_v6: bool) -> Option<SocketAddr> {
+    match (addr.ip(), local_v6) {
+        (IpAddr::V4(_), false) | (IpAddr::V6(_), true) => Some(addr),
+        (IpAddr::V4(v4), true) => Some(SocketAddr::new(
+            IpAddr::V6(v4.to_ipv6_mapped()),
+            addr.port(),
+        )),
+        (IpAddr::V6(_), false) => None,
+    }
+}
+
+fn resolve(key: PeerKey, host: String, port: u16, local_v6: bool) -> Resolving {
+    Box::pin(async move {
+        let lookup = tokio::time::timeout(
+            RESOLVE_TIMEOUT,
+            tokio::net::lookup_host((host.as_str(), port)),
+        )
+        .await;
+        let addr = match lookup {
+            Ok(Ok(addrs)) => {
+                let addrs: Vec<SocketAddr> = addrs.collect();
+                addrs
+                    .iter()
+                    .find(|a| a.is_ipv6() == local_v6)
+                    .or(addrs.first())
+                    .and_then(|a| family_fit(*a, local_v6))
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%host, error = %e, "cannot resolve peer host for datagrams");
+                None
+            }
+            Err(_) => None,
+        };
+        (key, addr)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_fitted_to_the_sockets_family() {
+        let v4: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let v6: SocketAddr = "[::1]:80".parse().unwrap();
+        assert_eq!(family_fit(v4, false), Some(v4));
+        assert_eq!(family_fit(v6, true), Some(v6));
+        assert_eq!(family_fit(v6, false), None);
+        assert_eq!(
+            family_fit(v4, true),
+            Some("[::ffff:127.0.0.1]:80".parse().unwrap())
+        );
+    }
+}

@@ -1,0 +1,466 @@
+//! The driver: the one task that heartbeats a node's peers.
+//!
+//! Who owns what: this task alone owns the [`PeerTable`], the datagram path
+//! (socket reads, each peer's path, the probe-token secret, the keyring)
+//! and the gRPC channel pool; registrations, listings, counts and keyring
+//! changes reach it only as [`Command`]s over a bounded channel, answered on
+//! a oneshot, and events leave it through the [`EventFanout`]. Its loop
+//! checks its timers before anything else and reads at most
+//! [`RECEIVE_BATCH`] datagrams per wake-up, so no inbound load, however
+//! heavy, can hold back a heartbeat or a timeout by more than one batch.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use heartbeater_core::datagram::{Datagram, DecodeError, Kind, MAX_DATAGRAM};
+use heartbeater_core::{
+    Expired, Keyring, Path, PeerSpec, PeerStatus, PeerTable, Probe, ProbeSealer, Reply,
+    StateCounts, Upsert,
+};
+use tokio::net::UdpSocket;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::counters::Counters;
+use crate::datagram_path::{DatagramPath, PongOutcome, Resolving};
+use crate::event::PeerEvent;
+use crate::fanout::EventFanout;
+use crate::grpc_pool::{GrpcCall, GrpcPool};
+use crate::lateness::LatenessHistogram;
+use crate::responder::Responder;
+
+/// Datagrams read per wake-up before the timers are looked at again.
+pub(crate) const RECEIVE_BATCH: usize = 64;
+/// Commands taken per wake-up.
+const COMMAND_BATCH: usize = 64;
+/// Commands waiting for the driver before senders wait too.
+const COMMAND_QUEUE: usize = 256;
+/// At most one line per this interval about rejected datagrams.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A change to the table.
+pub(crate) enum TableOp {
+    Upsert(PeerSpec),
+    Remove(String),
+}
+
+/// What the rest of the node asks of the driver.
+pub(crate) enum Command {
+    /// Applies the ops in order; answers, per op, whether the peer was
+    /// registered before.
+    Apply {
+        ops: Vec<TableOp>,
+        reply: oneshot::Sender<Vec<bool>>,
+    },
+    /// Whether each id is registered.
+    Known {
+        ids: Vec<String>,
+        reply: oneshot::Sender<Vec<bool>>,
+    },
+    Statuses(oneshot::Sender<Vec<PeerStatus>>),
+    Counts(oneshot::Sender<StateCounts>),
+    SetKeyring {
+        keyring: Option<Keyring>,
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// The driver is gone: the node stopped.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stopped;
+
+/// Talks to the driver.
+#[derive(Clone)]
+pub(crate) struct DriverHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl DriverHandle {
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, Stopped> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| Stopped)?;
+        answer.await.map_err(|_| Stopped)
+    }
+
+    pub(crate) async fn apply(&self, ops: Vec<TableOp>) -> Result<Vec<bool>, Stopped> {
+        self.request(|reply| Command::Apply { ops, reply }).await
+    }
+
+    pub(crate) async fn known(&self, ids: Vec<String>) -> Result<Vec<bool>, Stopped> {
+        self.request(|reply| Command::Known { ids, reply }).await
+    }
+
+    pub(crate) async fn statuses(&self) -> Result<Vec<PeerStatus>, Stopped> {
+        self.request(Command::Statuses).await
+    }
+
+    pub(crate) async fn counts(&self) -> Result<StateCounts, Stopped> {
+        self.request(Command::Counts).await
+    }
+
+    pub(crate) async fn set_keyring(&self, keyring: Option<Keyring>) -> Result<(), Stopped> {
+        self.request(|reply| Command::SetKeyring { keyring, reply })
+            .await
+    }
+}
+
+/// How the driver runs: who this node is, and what it heartbeats with.
+pub(crate) struct DriverConfig {
+    pub(crate) identity: String,
+    pub(crate) epoch: u64,
+    /// The node's datagram socket, when UDP is on.
+    pub(crate) udp: Option<Arc<UdpSocket>>,
+    /// Seals probe ids into tokens; random per run.
+    pub(crate) token_secret: [u8; 32],
+    pub(crate) keyring: Option<Keyring>,
+}
+
+/// A driver not yet running: the table restored from the registry, and the
+/// receiving end of the commands.
+pub(crate) struct Driver {
+    table: PeerTable,
+    commands: mpsc::Receiver<Command>,
+    fanout: EventFanout,
+    counters: Arc<Counters>,
+    lateness: Arc<LatenessHistogram>,
+}
+
+impl Driver {
+    /// A driver over `table`, its handle, the sender to subscribe to its
+    /// events, and the receiver of the epochs it learns.
+    pub(crate) fn new(
+        table: PeerTable,
+        counters: Arc<Counters>,
+        lateness: Arc<LatenessHistogram>,
+    ) -> (
+        Self,
+        DriverHandle,
+        broadcast::Sender<PeerEvent>,
+        mpsc::Receiver<(Arc<str>, u64)>,
+    ) {
+        let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
+        let (fanout, epochs) = EventFanout::new();
+        let events = fanout.events();
+        let driver = Self {
+            table,
+            commands,
+            fanout,
+            counters,
+            lateness,
+        };
+        (driver, DriverHandle { tx }, events, epochs)
+    }
+
+    /// The table, for a node not started yet.
+    pub(crate) fn table(&self) -> &PeerTable {
+        &self.table
+    }
+
+    /// Heartbeats until `shutdown` turns true or every handle is dropped;
+    /// returns the table, for the stopped node to report from.
+    pub(crate) async fn run(self, config: DriverConfig, mut shutdown: watch::Receiver<bool>) -> PeerTable {
+        let grpc_allowed = config.keyring.is_none() || config.udp.is_none();
+        let sealer = ProbeSealer::new(config.token_secret);
+        let path = config.udp.map(|socket| {
+            DatagramPath::new(
+                socket,
+                config.identity.clone(),
+                config.epoch,
+                sealer,
+                config.keyring,
+            )
+        });
+        let Driver {
+            table,
+            mut commands,
+            fanout,
+            counters,
+            lateness,
+        } = self;
+        let mut state = Loop {
+            table,
+            fanout,
+            counters,
+            lateness,
+            grpc: GrpcPool::new(config.identity.clone(), config.epoch),
+            responder: Responder::new(config.identity, config.epoch),
+            path,
+            grpc_allowed,
+            calls: FuturesUnordered::new(),
+            resolving: FuturesUnordered::new(),
+            due: Vec::new(),
+            expired: Vec::new(),
+            buf: vec![0; MAX_DATAGRAM + 1],
+            rejected_log: LogLimiter::default(),
+        };
+        // One timer, re-armed only when the earliest deadline moves: a pong
+        // must not cost a timer registration.
+        let sleep = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(sleep);
+        let mut armed: Option<Instant> = None;
+        loop {
+            let next = state.table.next_deadline();
+            if next != armed {
+                let at = next.unwrap_or_else(|| now() + Duration::from_secs(3600));
+                sleep.as_mut().reset(at.into());
+                armed = next;
+            }
+            let socket = state.path.as_ref().map(|p| p.socket.clone());
+            let readable = async {
+                match &socket {
+                    Some(s) => s.readable().await,
+                    None => std::future::pending().await,
+                }
+            };
+            // Biased, in this order: stopping, then the timers, then what
+            // the node asks, then answers; datagrams, which anyone on the
+            // network can send at any rate, come last.
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                () = &mut sleep => {
+                    armed = None;
+                    state.on_timers(now());
+                }
+                command = commands.recv() => {
+                    let Some(command) = command else { break };
+                    state.on_command(command);
+                    for _ in 1..COMMAND_BATCH {
+                        match commands.try_recv() {
+                            Ok(command) => state.on_command(command),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(outcome) = state.calls.next(), if !state.calls.is_empty() => {
+                    let t = now();
+                    match outcome.reply {
+                        Some((id, epoch)) => {
+                            state.table.on_reply(outcome.id, Path::Grpc, t, Reply {
+                                responder_id: &id,
+                                responder_epoch: epoch,
+                            });
+                        }
+                        None => state.table.on_path_failed(outcome.id, Path::Grpc, t),
+                    }
+                }
+                Some((key, addr)) = state.resolving.next(), if !state.resolving.is_empty() => {
+                    if let Some(p) = state.path.as_mut() {
+                        p.resolved(key, addr);
+                    }
+                }
+                Ok(()) = readable => state.receive(now()),
+            }
+            state.fanout.publish(&mut state.table);
+        }
+        state.fanout.publish(&mut state.table);
+        state.table
+    }
+}
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// The driver's running state; one owner, no locks.
+struct Loop {
+    table: PeerTable,
+    fanout: EventFanout,
+    counters: Arc<Counters>,
+    lateness: Arc<LatenessHistogram>,
+    grpc: GrpcPool,
+    responder: Responder,
+    path: Option<DatagramPath>,
+    grpc_allowed: bool,
+    calls: FuturesUnordered<GrpcCall>,
+    resolving: FuturesUnordered<Resolving>,
+    due: Vec<Probe>,
+    expired: Vec<Expired>,
+    buf: Vec<u8>,
+    rejected_log: LogLimiter,
+}
+
+impl Loop {
+    fn on_command(&mut self, command: Command) {
+        // A dropped reply receiver is a caller that gave up: nothing to do.
+        match command {
+            Command::Apply { ops, reply } => {
+                let t = now();
+                let results = ops
+                    .into_iter()
+                    .map(|op| match op {
+                        TableOp::Upsert(spec) => {
+                            !matches!(self.table.upsert(spec, t), Upsert::Inserted(_))
+                        }
+                        TableOp::Remove(id) => self.table.remove(&id),
+                    })
+                    .collect();
+                self.grpc
+                    .retain_used(self.table.len(), self.table.addresses());
+                let _ = reply.send(results);
+            }
+            Command::Known { ids, reply } => {
+                let known = ids
+                    .iter()
+                    .map(|id| self.table.key_of(id).is_some())
+                    .collect();
+                let _ = reply.send(known);
+            }
+            Command::Statuses(reply) => {
+                let _ = reply.send(self.table.statuses());
+            }
+            Command::Counts(reply) => {
+                let _ = reply.send(self.table.state_counts());
+            }
+            Command::SetKeyring { keyring, reply } => {
+                match self.path.as_mut() {
+                    Some(p) => {
+                        self.grpc_allowed = keyring.is_none();
+                        p.set_keyring(keyring);
+                    }
+                    None => tracing::debug!("no datagram path: the keyring is not used"),
+                }
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Expires what timed out, then sends what is due.
+    fn on_timers(&mut self, t: Instant) {
+        self.table.poll_expired(t, &mut self.expired);
+        for e in self.expired.drain(..) {
+            if let Some(p) = self.path.as_mut() {
+                let is_name = self
+                    .table
+                    .spec(e.id.peer())
+                    .is_some_and(|s| s.host.parse::<std::net::IpAddr>().is_err());
+                p.on_expired(&e, is_name);
+            }
+        }
+        self.table.poll_due(t, &mut self.due);
+        for probe in std::mem::take(&mut self.due) {
+            self.lateness
+                .record(probe.sent_at.saturating_duration_since(probe.due));
+            self.send(&probe);
+        }
+    }
+
+    fn send(&mut self, probe: &Probe) {
+        let Some(spec) = self.table.spec(probe.id.peer()) else {
+            return;
+        };
+        let sent = match self.path.as_mut() {
+            Some(p) => p.send(probe, spec, self.grpc_allowed, &mut self.resolving),
+            None => crate::datagram_path::Sent {
+                datagram: None,
+                grpc: true,
+            },
+        };
+        let call = if sent.grpc && self.grpc_allowed {
+            self.grpc
+                .call(&spec.host, spec.port, probe.id, spec.detector.timeout)
+        } else {
+            None
+        };
+        if let Some(trial) = sent.datagram {
+            self.table.mark_sent(probe.id, Path::Datagram, trial);
+        }
+        if let Some(call) = call {
+            self.table.mark_sent(probe.id, Path::Grpc, false);
+            self.calls.push(call);
+        }
+        // A heartbeat that left on no path at all stays in flight and is a
+        // miss at its timeout, like one that got no answer.
+    }
+
+    /// Reads up to a batch of datagrams: pings are answered, pongs judged.
+    fn receive(&mut self, t: Instant) {
+        let Some(path) = self.path.as_mut() else {
+            return;
+        };
+        let socket = path.socket.clone();
+        for _ in 0..RECEIVE_BATCH {
+            let (n, from) = match socket.try_recv_from(&mut self.buf) {
+                Ok(x) => x,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // ICMP errors of earlier sends surface here on some
+                    // systems; they say nothing about this socket.
+                    tracing::trace!(error = %e, "udp receive");
+                    continue;
+                }
+            };
+            let datagram = match Datagram::open(&self.buf[..n], path.keyring()) {
+                Ok(d) => d,
+                Err(DecodeError::Auth(e)) => {
+                    Counters::add(&self.counters.auth_failed);
+                    let peer = path.peer_at(from).and_then(|k| self.table.spec(k));
+                    self.rejected_log.warn(from, peer.map(|s| &*s.peer_id), &e);
+                    continue;
+                }
+                Err(_) => {
+                    Counters::add(&self.counters.malformed);
+                    continue;
+                }
+            };
+            match datagram.kind {
+                Kind::Ping => self.responder.answer(
+                    &datagram,
+                    n,
+                    from,
+                    path.keyring(),
+                    &socket,
+                    &self.counters,
+                ),
+                Kind::Pong => {
+                    let (outcome, left_both) = path.on_pong(&datagram, t, &mut self.table);
+                    match outcome {
+                        PongOutcome::Forged => Counters::add(&self.counters.forged_tokens),
+                        PongOutcome::Judged(v) if !v.matched() => {
+                            Counters::add(&self.counters.unmatched_pongs)
+                        }
+                        PongOutcome::Judged(_) => {}
+                    }
+                    if let Some(key) = left_both {
+                        if let Some(spec) = self.table.spec(key) {
+                            self.grpc.close(&spec.host, spec.port);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One warning per [`LOG_INTERVAL`] about rejected datagrams, with how many
+/// went unlogged: a flood of forged datagrams must not become a flood of
+/// log lines.
+#[derive(Default)]
+struct LogLimiter {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    fn warn(&mut self, from: SocketAddr, peer: Option<&str>, reason: &dyn std::fmt::Display) {
+        let t = Instant::now();
+        if matches!(self.last, Some(last) if t.duration_since(last) < LOG_INTERVAL) {
+            self.suppressed = self.suppressed.saturating_add(1);
+            return;
+        }
+        let suppressed = std::mem::take(&mut self.suppressed);
+        self.last = Some(t);
+        match peer {
+            Some(peer) => tracing::warn!(
+                %from, peer, suppressed,
+                "datagram rejected: {reason}; this peer's heartbeats cannot be verified, so it will be reported unreachable (check both nodes' cluster keys)"
+            ),
+            None => tracing::warn!(%from, suppressed, "datagram rejected: {reason}"),
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Event fan-out: the driver's events to every subscriber, and the epochs it
+//! learns to the task that records them on disk.
+//!
+//! Subscribers get a bounded broadcast: one that falls behind skips the
+//! oldest events and is told how many (see [`crate::EventStream`]). Learned
+//! epochs go through a bounded channel; when it is full they wait in a map
+//! with at most one entry per peer (only the newest epoch of a peer
+//! matters), so nothing here grows with the rate of events.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use heartbeater_core::{DetectorFactory, EventKind, PeerTable};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::event::PeerEvent;
+
+/// Events buffered per subscriber before the slowest starts skipping.
+const EVENT_BUFFER: usize = 4096;
+/// Epochs queued for the store before they wait in the per-peer map.
+const EPOCH_QUEUE: usize = 1024;
+
+/// The driver's outlet for events.
+pub(crate) struct EventFanout {
+    events: broadcast::Sender<PeerEvent>,
+    learned_epochs: mpsc::Sender<(Arc<str>, u64)>,
+    waiting_epochs: HashMap<Arc<str>, u64>,
+}
+
+impl EventFanout {
+    /// A fan-out, and the receiving end of the epochs it learns.
+    pub(crate) fn new() -> (Self, mpsc::Receiver<(Arc<str>, u64)>) {
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (learned_epochs, rx) = mpsc::channel(EPOCH_QUEUE);
+        (
+            Self {
+                events,
+                learned_epochs,
+                waiting_epochs: HashMap::new(),
+            },
+            rx,
+        )
+    }
+
+    /// A sender to subscribe new receivers from.
+    pub(crate) fn events(&self) -> broadcast::Sender<PeerEvent> {
+        self.events.clone()
+    }
+
+    /// Publishes the events `table` recorded since the last call, in order.
+    pub(crate) fn publish<F: DetectorFactory>(&mut self, table: &mut PeerTable<F>) {
+        let mut timestamp = None;
+        for e in table.drain_events() {
+            let at = *timestamp.get_or_insert_with(SystemTime::now);
+            if let (EventKind::PeerUp | EventKind::Restarted { .. }, Some(epoch)) =
+                (&e.kind, e.epoch)
+            {
+                self.waiting_epochs.insert(e.peer_id.clone(), epoch);
+            }
+            tracing::debug!(peer = %e.peer_id, kind = ?e.kind, state = %e.state, "peer event");
+            // No subscriber is not an error: events are also in `peers()`.
+            let _ = self.events.send(PeerEvent {
+                peer_id: e.peer_id.to_string(),
+                kind: e.kind,
+                state: e.state,
+                epoch: e.epoch,
+                timestamp: at,
+            });
+        }
+        self.flush_epochs();
+    }
+
+    fn flush_epochs(&mut self) {
+        if self.waiting_epochs.is_empty() {
+            return;
+        }
+        let mut full = false;
+        self.waiting_epochs.retain(|peer, epoch| {
+            if full {
+                return true;
+            }
+            match self.learned_epochs.try_send((peer.clone(), *epoch)) {
+                Ok(()) => false,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    full = true;
+                    true
+                }
+                // The recorder is gone: the node is stopping.
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+    }
+}
