@@ -49,6 +49,10 @@ struct Cli {
     /// (also gives memory), detect, topic). Default: all.
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
+    /// Nodes and responders authenticate every datagram with a cluster key
+    /// (one fixed key for the run), to measure what authentication costs.
+    #[arg(long)]
+    cluster_key: bool,
 }
 
 /// Helper processes the bench starts itself.
@@ -137,6 +141,10 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.cluster_key {
+        // Before any thread exists; the helper processes inherit it.
+        std::env::set_var(roles::KEYED_ENV, "1");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

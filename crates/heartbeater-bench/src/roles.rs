@@ -17,6 +17,18 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
+/// Set (by `--cluster-key`) for every process of a run whose nodes and
+/// responders authenticate their datagrams with one fixed key.
+pub const KEYED_ENV: &str = "HEARTBEATER_BENCH_KEYED";
+
+/// The run's cluster keyring, when `--cluster-key` was given.
+pub fn bench_keyring() -> anyhow::Result<Option<heartbeater::Keyring>> {
+    if std::env::var_os(KEYED_ENV).is_none() {
+        return Ok(None);
+    }
+    Ok(Some(heartbeater::Keyring::new(&[[0x5a_u8; 32]])?))
+}
+
 /// Reads command lines until stdin closes.
 async fn commands(mut on: impl FnMut(&str) -> serde_json::Value) -> anyhow::Result<()> {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -37,6 +49,10 @@ pub async fn node(data_dir: Option<PathBuf>, udp: bool) -> anyhow::Result<()> {
         Some(dir) => builder.data_dir(dir),
         None => builder.in_memory(),
     };
+    let builder = match bench_keyring()? {
+        Some(keyring) => builder.cluster_keys(keyring),
+        None => builder,
+    };
     let server = builder.build()?;
     let addr = server.start().await?;
     println!(
@@ -44,26 +60,29 @@ pub async fn node(data_dir: Option<PathBuf>, udp: bool) -> anyhow::Result<()> {
         json!({"addr": addr.to_string(), "identity": server.identity()})
     );
     let mut mark: LatenessSnapshot = server.scheduler_lateness();
-    commands(|cmd| match cmd {
-        "mark" => {
-            mark = server.scheduler_lateness();
-            json!({"ok": true})
-        }
-        "counts" => {
-            let c = server.peer_counts();
-            json!({"unknown": c.unknown, "alive": c.alive, "unreachable": c.unreachable})
-        }
-        "lateness" => {
-            let window = server.scheduler_lateness().since(&mark);
-            json!({
-                "count": window.count(),
-                "p50_us": window.quantile(0.5).as_micros() as u64,
-                "p99_us": window.quantile(0.99).as_micros() as u64,
-            })
-        }
-        other => json!({"error": format!("unknown command {other:?}")}),
-    })
-    .await?;
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        let answer = match line.trim() {
+            "mark" => {
+                mark = server.scheduler_lateness();
+                json!({"ok": true})
+            }
+            "counts" => {
+                let c = server.peer_counts().await;
+                json!({"unknown": c.unknown, "alive": c.alive, "unreachable": c.unreachable})
+            }
+            "lateness" => {
+                let window = server.scheduler_lateness().since(&mark);
+                json!({
+                    "count": window.count(),
+                    "p50_us": window.quantile(0.5).as_micros() as u64,
+                    "p99_us": window.quantile(0.99).as_micros() as u64,
+                })
+            }
+            other => json!({"error": format!("unknown command {other:?}")}),
+        };
+        println!("{answer}");
+    }
     server.stop().await?;
     Ok(())
 }
@@ -117,7 +136,10 @@ impl HeartbeatService for Echo {
 
 /// Serves `Heartbeat` as `identity` over gRPC, and heartbeat datagrams on
 /// the same port number, as a node does.
-async fn serve_on_free_port(identity: String) -> anyhow::Result<u16> {
+async fn serve_on_free_port(
+    identity: String,
+    keyring: Option<heartbeater::Keyring>,
+) -> anyhow::Result<u16> {
     let (listener, udp) = loop {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
@@ -127,7 +149,7 @@ async fn serve_on_free_port(identity: String) -> anyhow::Result<u16> {
         }
     };
     let port = listener.local_addr()?.port();
-    tokio::spawn(answer_datagrams(udp, identity.clone()));
+    tokio::spawn(answer_datagrams(udp, identity.clone(), keyring));
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -137,10 +159,14 @@ async fn serve_on_free_port(identity: String) -> anyhow::Result<u16> {
     Ok(port)
 }
 
-async fn answer_datagrams(socket: tokio::net::UdpSocket, identity: String) {
+async fn answer_datagrams(
+    socket: tokio::net::UdpSocket,
+    identity: String,
+    keyring: Option<heartbeater::Keyring>,
+) {
     let (mut buf, mut out) = (vec![0u8; 1024], Vec::new());
     while let Ok((n, from)) = socket.recv_from(&mut buf).await {
-        if heartbeater::udp::answer(&buf[..n], &identity, 1, &mut out) {
+        if heartbeater::udp::answer(&buf[..n], &identity, 1, keyring.as_ref(), &mut out).is_ok() {
             // A full buffer drops the answer, as a real node would.
             let _ = socket.try_send_to(&out, from);
         }
@@ -203,9 +229,10 @@ pub async fn echo() -> anyhow::Result<()> {
 /// on one port number) and identity, answering heartbeats as a node would.
 pub async fn responders(count: usize) -> anyhow::Result<()> {
     let mut peers = Vec::with_capacity(count);
+    let keyring = bench_keyring()?;
     for _ in 0..count {
         let identity = heartbeater::Uuid::new_v4().to_string();
-        let port = serve_on_free_port(identity.clone()).await?;
+        let port = serve_on_free_port(identity.clone(), keyring.clone()).await?;
         peers.push(json!([port, identity]));
     }
     println!("{}", json!({ "peers": peers }));

@@ -12,10 +12,12 @@ use crate::address::HostPort;
 use crate::output;
 
 /// Options of `serve`. A `--config` file may set the same keys (`listen`,
-/// `data_dir`, `epoch`, `in_memory`, `udp`); flags given on the command line win.
+/// `data_dir`, `epoch`, `in_memory`, `udp`, `cluster_key_file`); flags given
+/// on the command line win.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// A TOML file with `listen`, `data_dir`, `epoch`, `in_memory` and `udp` keys.
+    /// A TOML file with `listen`, `data_dir`, `epoch`, `in_memory`, `udp` and
+    /// `cluster_key_file` keys.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address to listen on (port 0 picks a free one) [default: 127.0.0.1:8181].
@@ -35,6 +37,21 @@ pub struct ServeArgs {
     /// not send heartbeat datagrams (for networks that drop UDP).
     #[arg(long)]
     no_udp: bool,
+    /// Authenticate heartbeat datagrams with the cluster keys in FILE: one
+    /// hex-encoded secret (16 to 64 bytes, e.g. `openssl rand -hex 32`) per
+    /// line, the first one signs, all are accepted; `#` starts a comment.
+    /// SIGHUP reloads the file (the way to rotate keys without a restart).
+    #[arg(long, value_name = "FILE", conflicts_with = "cluster_keys")]
+    cluster_key_file: Option<PathBuf>,
+    /// The cluster keys themselves, in the file's format (commas or spaces
+    /// between keys); prefer the file, which `ps` and `/proc` do not show.
+    #[arg(
+        long,
+        env = "HEARTBEATER_CLUSTER_KEYS",
+        hide_env_values = true,
+        value_name = "KEYS"
+    )]
+    cluster_keys: Option<String>,
     /// Print the start line and peer events as JSON lines.
     #[arg(long)]
     json: bool,
@@ -48,6 +65,24 @@ struct ConfigFile {
     epoch: Option<u64>,
     in_memory: Option<bool>,
     udp: Option<bool>,
+    cluster_key_file: Option<PathBuf>,
+}
+
+/// Reads a cluster key file, and warns when others may read it too.
+fn read_keys(path: &std::path::Path) -> anyhow::Result<heartbeater::Keyring> {
+    use std::os::unix::fs::PermissionsExt;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read cluster key file {}", path.display()))?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                file = %path.display(),
+                "the cluster key file is readable by group or others; chmod 600 it"
+            );
+        }
+    }
+    heartbeater::Keyring::parse(&text)
+        .with_context(|| format!("cluster key file {}", path.display()))
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -88,6 +123,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(epoch) = args.epoch.or(file.epoch) {
         builder = builder.server_epoch(epoch);
     }
+    let key_file = args.cluster_key_file.or(file.cluster_key_file);
+    let keyring = match (&key_file, &args.cluster_keys) {
+        (Some(path), _) => Some(read_keys(path)?),
+        (None, Some(keys)) => Some(
+            heartbeater::Keyring::parse(keys)
+                .context("HEARTBEATER_CLUSTER_KEYS / --cluster-keys")?,
+        ),
+        (None, None) => None,
+    };
+    let keyed = keyring.is_some();
+    if let Some(keyring) = keyring {
+        builder = builder.cluster_keys(keyring);
+    }
     let server = builder.build()?;
     let mut events = server.events();
     let addr = server.start().await?;
@@ -106,7 +154,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 "identity": identity,
                 "epoch": server.epoch(),
                 "data_dir": (!in_memory).then(|| data_dir.display().to_string()),
-                "peers": server.peers().len(),
+                "peers": server.peers().await.len(),
+                "cluster_keys": keyed,
                 "timestamp": output::now_rfc3339(),
             })
         );
@@ -116,14 +165,42 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         println!("  identity  {identity}");
         println!("  epoch     {}", server.epoch());
         println!("  data dir  {storage}");
-        println!("  peers     {} restored", server.peers().len());
+        println!("  peers     {} restored", server.peers().await.len());
+        if keyed {
+            println!("  datagrams authenticated with the cluster keys");
+        }
     }
 
     let stop = crate::interrupted();
     tokio::pin!(stop);
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install the SIGHUP handler")?;
     loop {
         tokio::select! {
             r = &mut stop => { r?; break }
+            Some(()) = hangup.recv() => match &key_file {
+                // A bad file keeps the keys in use: a typo must not cut the
+                // node off from its peers.
+                Some(path) => match read_keys(path) {
+                    Ok(keyring) => {
+                        let keys = keyring.key_ids().len();
+                        let primary = keyring.primary_id().to_string();
+                        server.set_keyring(Some(keyring)).await?;
+                        if args.json {
+                            println!("{}", json!({
+                                "event": "cluster_keys_reloaded",
+                                "keys": keys,
+                                "primary": primary,
+                                "timestamp": output::now_rfc3339(),
+                            }));
+                        } else {
+                            println!("cluster keys reloaded: {keys} accepted, primary {primary}");
+                        }
+                    }
+                    Err(e) => tracing::error!("cluster keys not reloaded, the old ones stay: {e:#}"),
+                },
+                None => tracing::warn!("SIGHUP ignored: no --cluster-key-file to reload"),
+            },
             event = events.next() => {
                 let Some(event) = event else { break };
                 let e = event.to_proto(&identity);

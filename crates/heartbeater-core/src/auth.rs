@@ -341,9 +341,18 @@ mod tests {
 
     #[test]
     fn bad_keys_are_typed_errors() {
-        assert!(matches!(Keyring::parse("# nothing\n"), Err(KeyError::Empty)));
-        assert!(matches!(Keyring::parse("zz"), Err(KeyError::NotHex { index: 1 })));
-        assert!(matches!(Keyring::parse("abc"), Err(KeyError::NotHex { index: 1 })));
+        assert!(matches!(
+            Keyring::parse("# nothing\n"),
+            Err(KeyError::Empty)
+        ));
+        assert!(matches!(
+            Keyring::parse("zz"),
+            Err(KeyError::NotHex { index: 1 })
+        ));
+        assert!(matches!(
+            Keyring::parse("abc"),
+            Err(KeyError::NotHex { index: 1 })
+        ));
         assert!(matches!(
             Keyring::parse("0011"),
             Err(KeyError::BadLength { index: 1, bytes: 2 })

@@ -203,9 +203,7 @@ impl<'a> Datagram<'a> {
     /// The size of the pong a node named `identity` sends, with or without a
     /// key: what a ping to it must be padded to.
     pub fn pong_len(identity_len: usize, authenticated: bool) -> usize {
-        HEADER
-            + identity_len.min(MAX_PEER_ID_BYTES)
-            + if authenticated { TRAILER_BYTES } else { 0 }
+        HEADER + identity_len.min(MAX_PEER_ID_BYTES) + if authenticated { TRAILER_BYTES } else { 0 }
     }
 }
 
@@ -342,7 +340,9 @@ mod tests {
         );
         assert!(matches!(
             answer(&signed, "b", 1, Some(&other), &mut out),
-            Err(NoAnswer::Rejected(DecodeError::Auth(AuthError::UnknownKey(_))))
+            Err(NoAnswer::Rejected(DecodeError::Auth(
+                AuthError::UnknownKey(_)
+            )))
         ));
         // Stripping the tag and the flag does not make it acceptable to a
         // keyed node either.

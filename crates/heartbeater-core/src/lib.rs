@@ -34,8 +34,8 @@ pub use auth::{AuthError, KeyError, KeyId, Keyring, ProbeSealer};
 pub use config::{DetectorConfig, PeerSpec, ValidationError};
 pub use detector::{DetectorFactory, FailureDetector, MissCountDetector, MissCounting};
 pub use liveness::{Change, PeerLiveness, PeerState, Reply, ReplyVerdict};
-pub use probe::{Path, Paths, PeerKey, ProbeId, PROBE_WINDOW};
 pub use pages::Pages;
+pub use probe::{Path, Paths, PeerKey, ProbeId, PROBE_WINDOW};
 pub use table::{
     EventKind, Expired, LivenessEvent, PeerStatus, PeerTable, Probe, StateCounts, Upsert,
 };

@@ -261,7 +261,12 @@ impl<D: FailureDetector> PeerLiveness<D> {
     /// Heartbeat `seq` reached its timeout at `now`. Returns the paths it was
     /// sent on and whether its silence counted, or `None` if it already had
     /// its outcome.
-    pub fn on_expired(&mut self, seq: u64, now: Instant, out: &mut Vec<Change>) -> Option<(Paths, bool)> {
+    pub fn on_expired(
+        &mut self,
+        seq: u64,
+        now: Instant,
+        out: &mut Vec<Change>,
+    ) -> Option<(Paths, bool)> {
         let settled = self.window.settle(seq)?;
         let counted = self.no_reply(seq, settled, now, out);
         Some((settled.paths, counted))
@@ -278,7 +283,13 @@ impl<D: FailureDetector> PeerLiveness<D> {
     }
 
     /// Returns whether the silence counted as a miss.
-    fn no_reply(&mut self, seq: u64, settled: Settled, now: Instant, out: &mut Vec<Change>) -> bool {
+    fn no_reply(
+        &mut self,
+        seq: u64,
+        settled: Settled,
+        now: Instant,
+        out: &mut Vec<Change>,
+    ) -> bool {
         if !settled.counts {
             return false;
         }
@@ -448,13 +459,19 @@ mod tests {
         let (v, changes) = p.reply_as(s1, t0 + ms(3), reply(1));
         assert_eq!((v, changes), (ReplyVerdict::NotInFlight, vec![]));
         let mut out = Vec::new();
-        assert_eq!(p.0.on_reply(s1, Path::Grpc, t0 + ms(4), ID, reply(1), &mut out), ReplyVerdict::NotInFlight);
+        assert_eq!(
+            p.0.on_reply(s1, Path::Grpc, t0 + ms(4), ID, reply(1), &mut out),
+            ReplyVerdict::NotInFlight
+        );
         assert!(p.expire(s1, t0 + ms(100)).is_empty());
         assert_eq!((p.0.heartbeats_acked(), p.0.missed()), (1, 0));
         // A timeout first, then a (timely) answer: one miss.
         let s2 = p.send(t0 + ms(100));
         assert!(p.expire(s2, t0 + ms(150)).is_empty());
-        assert_eq!(p.reply_as(s2, t0 + ms(160), reply(1)).0, ReplyVerdict::NotInFlight);
+        assert_eq!(
+            p.reply_as(s2, t0 + ms(160), reply(1)).0,
+            ReplyVerdict::NotInFlight
+        );
         assert_eq!((p.0.heartbeats_acked(), p.0.missed()), (1, 1));
     }
 
@@ -464,7 +481,8 @@ mod tests {
         let mut p = peer();
         let s = p.send(t0);
         let mut out = Vec::new();
-        let v = p.0.on_reply(s, Path::Grpc, t0 + ms(1), ID, reply(1), &mut out);
+        let v =
+            p.0.on_reply(s, Path::Grpc, t0 + ms(1), ID, reply(1), &mut out);
         assert_eq!((v, out.is_empty()), (ReplyVerdict::WrongPath, true));
         assert!(p.0.is_in_flight(s), "still waiting for its real answer");
         assert_eq!(p.reply(s, t0 + ms(2), 1), vec![Change::Up]);
@@ -477,7 +495,10 @@ mod tests {
         let s1 = p.0.on_send(t0, &mut Vec::new());
         p.0.mark_sent(s1, Path::Datagram, true);
         let mut out = Vec::new();
-        assert_eq!(p.0.on_expired(s1, t0 + ms(100), &mut out), Some((Paths::only(Path::Datagram), false)));
+        assert_eq!(
+            p.0.on_expired(s1, t0 + ms(100), &mut out),
+            Some((Paths::only(Path::Datagram), false))
+        );
         assert!(out.is_empty());
         assert_eq!((p.0.state(), p.0.missed()), (PeerState::Unknown, 0));
         let s2 = p.send(t0 + ms(100));
@@ -600,7 +621,10 @@ mod tests {
         let s = p.send(t0);
         p.reply(s, t0, 9);
         let s = p.send(t0 + ms(100));
-        assert_eq!(p.reply_as(s, t0 + ms(101), reply(8)), (ReplyVerdict::StaleEpoch, vec![]));
+        assert_eq!(
+            p.reply_as(s, t0 + ms(101), reply(8)),
+            (ReplyVerdict::StaleEpoch, vec![])
+        );
         assert_eq!(p.0.epoch(), Some(9));
         assert_eq!(p.0.heartbeats_acked(), 1);
         assert_eq!(p.0.missed(), 1, "a stale reply is not an acknowledgement");
@@ -627,7 +651,10 @@ mod tests {
         assert_eq!(p.0.state(), PeerState::Unknown);
         assert_eq!(p.0.heartbeats_acked(), 0);
         let s = p.send(t0 + ms(100));
-        assert!(p.reply_as(s, t0 + ms(101), other).1.is_empty(), "reported once per run");
+        assert!(
+            p.reply_as(s, t0 + ms(101), other).1.is_empty(),
+            "reported once per run"
+        );
         let s = p.send(t0 + ms(200));
         assert_eq!(
             p.reply_as(s, t0 + ms(201), other).1,
@@ -687,6 +714,9 @@ mod tests {
         assert_eq!(p.0.state(), PeerState::Alive);
         assert_eq!(p.0.epoch(), Some(3));
         assert_eq!(p.0.timeout(), cfg.timeout);
-        assert_eq!(p.reply_as(in_flight, t0 + ms(201), reply(3)).0, ReplyVerdict::NotInFlight);
+        assert_eq!(
+            p.reply_as(in_flight, t0 + ms(201), reply(3)).0,
+            ReplyVerdict::NotInFlight
+        );
     }
 }

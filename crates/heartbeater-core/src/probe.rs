@@ -263,9 +263,7 @@ impl ProbeWindow {
         let i = self.slot(seq)?;
         let base = self.base?;
         let newest = Duration::from_micros(self.newest_micros);
-        let since_newest = now
-            .saturating_duration_since(base)
-            .saturating_sub(newest);
+        let since_newest = now.saturating_duration_since(base).saturating_sub(newest);
         Some(since_newest.saturating_add(Duration::from_micros(u64::from(self.ages[i]))))
     }
 
@@ -388,10 +386,16 @@ mod tests {
         assert!(w.mark(s, Path::Datagram, true));
         assert!(!settled(w.flags[index(s)]).counts);
         assert!(w.mark(s, Path::Grpc, false));
-        assert_eq!(w.unmark(s, Path::Grpc).map(|p| p.contains(Path::Datagram)), Some(true));
+        assert_eq!(
+            w.unmark(s, Path::Grpc).map(|p| p.contains(Path::Datagram)),
+            Some(true)
+        );
         let settled = w.settle(s).unwrap();
         assert!(settled.counts);
-        assert!(!w.mark(s, Path::Grpc, false), "settled probes take no marks");
+        assert!(
+            !w.mark(s, Path::Grpc, false),
+            "settled probes take no marks"
+        );
     }
 
     #[test]

@@ -452,7 +452,13 @@ impl<F: DetectorFactory> PeerTable<F> {
     /// A reply that names heartbeat `id` arrived over `path` at `now`. It
     /// counts only if the table still waits for `id` on that path; the
     /// verdict says what it was taken for.
-    pub fn on_reply(&mut self, id: ProbeId, path: Path, now: Instant, reply: Reply<'_>) -> ReplyVerdict {
+    pub fn on_reply(
+        &mut self,
+        id: ProbeId,
+        path: Path,
+        now: Instant,
+        reply: Reply<'_>,
+    ) -> ReplyVerdict {
         let mut changes = std::mem::take(&mut self.changes);
         let verdict = match self.current_mut(id.key) {
             Some(slot) => {
@@ -471,7 +477,8 @@ impl<F: DetectorFactory> PeerTable<F> {
     pub fn on_path_failed(&mut self, id: ProbeId, path: Path, now: Instant) {
         let mut changes = std::mem::take(&mut self.changes);
         if let Some(slot) = self.current_mut(id.key) {
-            slot.liveness.on_path_failed(id.seq, path, now, &mut changes);
+            slot.liveness
+                .on_path_failed(id.seq, path, now, &mut changes);
         }
         self.record_changes(id.key.slot, &mut changes);
         self.changes = changes;
@@ -541,7 +548,9 @@ impl<F: DetectorFactory> PeerTable<F> {
 
     /// Every registered peer's address, for drivers that pool connections.
     pub fn addresses(&self) -> impl Iterator<Item = (&str, u16)> + '_ {
-        self.slots.iter().map(|s| (s.spec.host.as_str(), s.spec.port))
+        self.slots
+            .iter()
+            .map(|s| (s.spec.host.as_str(), s.spec.port))
     }
 
     /// How many peers are in each state.
@@ -779,10 +788,16 @@ mod tests {
         t.poll_due(t0, &mut out);
         let old = out[0].clone();
         assert!(matches!(t.upsert(spec("p", 50), t0), Upsert::Updated(_)));
-        assert_eq!(ack(&mut t, &old, t0 + ms(1), "p", 1), ReplyVerdict::NotInFlight);
+        assert_eq!(
+            ack(&mut t, &old, t0 + ms(1), "p", 1),
+            ReplyVerdict::NotInFlight
+        );
         assert_eq!(t.status("p").unwrap().state, PeerState::Unknown);
         assert!(t.remove("p"));
-        assert_eq!(ack(&mut t, &old, t0 + ms(2), "p", 1), ReplyVerdict::NotInFlight);
+        assert_eq!(
+            ack(&mut t, &old, t0 + ms(2), "p", 1),
+            ReplyVerdict::NotInFlight
+        );
         assert!(t.status("p").is_none());
         assert!(!t.remove("p"));
     }
@@ -885,7 +900,13 @@ mod probe_ownership {
         Duration::from_millis(n)
     }
 
-    fn table_with(t0: Instant, id: &str, freq_ms: u64, timeout_ms: u64, max_missed: u32) -> PeerTable {
+    fn table_with(
+        t0: Instant,
+        id: &str,
+        freq_ms: u64,
+        timeout_ms: u64,
+        max_missed: u32,
+    ) -> PeerTable {
         let mut t = PeerTable::new();
         let d = DetectorConfig::new(ms(freq_ms), Some(ms(timeout_ms)), Some(max_missed)).unwrap();
         t.upsert(PeerSpec::new(id, "127.0.0.1", 9000, d).unwrap(), t0);
@@ -908,14 +929,36 @@ mod probe_ownership {
         let real = out[0].id;
         t.mark_sent(real, Path::Datagram, false);
         let forged = [
-            ProbeId { key: real.key, seq: u64::MAX },
-            ProbeId { key: real.key, seq: real.seq + 1 },
-            ProbeId { key: real.key, seq: 0 },
-            ProbeId { key: PeerKey::from_bits(u64::MAX), seq: real.seq },
-            ProbeId { key: PeerKey { slot: real.key.slot, generation: real.key.generation + 1 }, seq: real.seq },
+            ProbeId {
+                key: real.key,
+                seq: u64::MAX,
+            },
+            ProbeId {
+                key: real.key,
+                seq: real.seq + 1,
+            },
+            ProbeId {
+                key: real.key,
+                seq: 0,
+            },
+            ProbeId {
+                key: PeerKey::from_bits(u64::MAX),
+                seq: real.seq,
+            },
+            ProbeId {
+                key: PeerKey {
+                    slot: real.key.slot,
+                    generation: real.key.generation + 1,
+                },
+                seq: real.seq,
+            },
         ];
         for id in forged {
-            assert_eq!(t.on_reply(id, Path::Datagram, t0, reply("p", u64::MAX)), ReplyVerdict::NotInFlight, "{id:?}");
+            assert_eq!(
+                t.on_reply(id, Path::Datagram, t0, reply("p", u64::MAX)),
+                ReplyVerdict::NotInFlight,
+                "{id:?}"
+            );
         }
         assert_eq!(t.status("p").unwrap().epoch, None, "no epoch believed");
         assert_eq!(t.drain_events().count(), 1, "only the registration");
@@ -941,7 +984,14 @@ mod probe_ownership {
         t.poll_expired(t0 + ms(39), &mut expired);
         assert!(expired.is_empty());
         t.poll_expired(t0 + ms(40), &mut expired);
-        assert_eq!(expired, vec![Expired { id, paths: Paths::only(Path::Datagram), counted: false }]);
+        assert_eq!(
+            expired,
+            vec![Expired {
+                id,
+                paths: Paths::only(Path::Datagram),
+                counted: false
+            }]
+        );
         t.poll_expired(t0 + ms(41), &mut expired);
         assert_eq!(expired.len(), 1);
         assert_eq!(t.status("p").unwrap().missed, 0, "a trial does not count");

@@ -79,6 +79,19 @@ impl HeartbeatServerBuilder {
         }
     }
 
+    /// See [`crate::HeartbeatServerBuilder::udp_heartbeats`].
+    pub fn udp_heartbeats(self, enabled: bool) -> Self {
+        Self {
+            inner: self.inner.udp_heartbeats(enabled),
+        }
+    }
+    /// See [`crate::HeartbeatServerBuilder::cluster_keys`].
+    pub fn cluster_keys(self, keyring: crate::Keyring) -> Self {
+        Self {
+            inner: self.inner.cluster_keys(keyring),
+        }
+    }
+
     /// Validates, opens the registry, and creates the server's runtime.
     pub fn build(self) -> Result<HeartbeatServer, ServerError> {
         let server = self.inner.build()?;
@@ -151,13 +164,13 @@ impl HeartbeatServer {
 
     /// Every registered peer's status.
     pub fn peers(&self) -> Vec<PeerStatus> {
-        self.server().peers()
+        self.runtime.block_on(self.server().peers())
     }
 
     /// How many registered peers are unknown, alive and unreachable; see
     /// [`HeartbeatServer::peer_counts`].
     pub fn peer_counts(&self) -> StateCounts {
-        self.server().peer_counts()
+        self.runtime.block_on(self.server().peer_counts())
     }
 
     /// Peer events from now on, on a channel: `recv_timeout` waits for one.

@@ -300,7 +300,10 @@ impl DatagramPath {
         let Some(entry) = self.current(key) else {
             return;
         };
-        let old = std::mem::replace(&mut entry.target, addr.map_or(Target::Unusable, Target::Addr));
+        let old = std::mem::replace(
+            &mut entry.target,
+            addr.map_or(Target::Unusable, Target::Addr),
+        );
         if let Target::Addr(old) = old {
             self.by_addr.remove(&old);
         }

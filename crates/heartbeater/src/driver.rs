@@ -67,6 +67,21 @@ pub(crate) enum Command {
     },
 }
 
+/// How long the driver sleeps when nothing is scheduled (it wakes earlier
+/// for anything else).
+const IDLE: Duration = Duration::from_secs(3600);
+
+/// What the driver's one timer is set to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Armed {
+    /// It fired and was not set again.
+    Fired,
+    /// The earliest deadline of the table.
+    At(Instant),
+    /// Nothing scheduled: [`IDLE`] from when it was set.
+    Idle,
+}
+
 /// The driver is gone: the node stopped.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Stopped;
@@ -120,10 +135,9 @@ pub(crate) struct DriverConfig {
     pub(crate) keyring: Option<Keyring>,
 }
 
-/// A driver not yet running: the table restored from the registry, and the
-/// receiving end of the commands.
+/// A driver not yet running: the receiving end of the commands, and the
+/// outlets it will publish to.
 pub(crate) struct Driver {
-    table: PeerTable,
     commands: mpsc::Receiver<Command>,
     fanout: EventFanout,
     counters: Arc<Counters>,
@@ -131,10 +145,9 @@ pub(crate) struct Driver {
 }
 
 impl Driver {
-    /// A driver over `table`, its handle, the sender to subscribe to its
-    /// events, and the receiver of the epochs it learns.
+    /// A driver, its handle, the sender to subscribe to its events, and the
+    /// receiver of the epochs it learns.
     pub(crate) fn new(
-        table: PeerTable,
         counters: Arc<Counters>,
         lateness: Arc<LatenessHistogram>,
     ) -> (
@@ -147,7 +160,6 @@ impl Driver {
         let (fanout, epochs) = EventFanout::new();
         let events = fanout.events();
         let driver = Self {
-            table,
             commands,
             fanout,
             counters,
@@ -156,14 +168,15 @@ impl Driver {
         (driver, DriverHandle { tx }, events, epochs)
     }
 
-    /// The table, for a node not started yet.
-    pub(crate) fn table(&self) -> &PeerTable {
-        &self.table
-    }
-
-    /// Heartbeats until `shutdown` turns true or every handle is dropped;
-    /// returns the table, for the stopped node to report from.
-    pub(crate) async fn run(self, config: DriverConfig, mut shutdown: watch::Receiver<bool>) -> PeerTable {
+    /// Heartbeats the peers of `table` until `shutdown` turns true or every
+    /// handle is dropped; returns the table, for the stopped node to report
+    /// from.
+    pub(crate) async fn run(
+        self,
+        table: PeerTable,
+        config: DriverConfig,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> PeerTable {
         let grpc_allowed = config.keyring.is_none() || config.udp.is_none();
         let sealer = ProbeSealer::new(config.token_secret);
         let path = config.udp.map(|socket| {
@@ -176,7 +189,6 @@ impl Driver {
             )
         });
         let Driver {
-            table,
             mut commands,
             fanout,
             counters,
@@ -199,16 +211,30 @@ impl Driver {
             rejected_log: LogLimiter::default(),
         };
         // One timer, re-armed only when the earliest deadline moves: a pong
-        // must not cost a timer registration.
+        // must not cost a timer registration. A timer that fired must be
+        // re-armed before it is polled again (an elapsed sleep stays ready,
+        // and would spin the loop), hence `Armed::Fired`.
         let sleep = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(sleep);
-        let mut armed: Option<Instant> = None;
+        let mut armed = Armed::Fired;
         loop {
             let next = state.table.next_deadline();
-            if next != armed {
-                let at = next.unwrap_or_else(|| now() + Duration::from_secs(3600));
-                sleep.as_mut().reset(at.into());
-                armed = next;
+            let current = match (next, armed) {
+                (Some(t), Armed::At(a)) => t == a,
+                (None, Armed::Idle) => true,
+                _ => false,
+            };
+            if !current {
+                armed = match next {
+                    Some(t) => {
+                        sleep.as_mut().reset(t.into());
+                        Armed::At(t)
+                    }
+                    None => {
+                        sleep.as_mut().reset((now() + IDLE).into());
+                        Armed::Idle
+                    }
+                };
             }
             let socket = state.path.as_ref().map(|p| p.socket.clone());
             let readable = async {
@@ -224,7 +250,7 @@ impl Driver {
                 biased;
                 _ = shutdown.changed() => break,
                 () = &mut sleep => {
-                    armed = None;
+                    armed = Armed::Fired;
                     state.on_timers(now());
                 }
                 command = commands.recv() => {
@@ -263,7 +289,19 @@ impl Driver {
     }
 }
 
-fn now() -> Instant {
+/// Applies `ops` to `table` in order; says, per op, whether the peer was
+/// registered before. The driver's answer to [`Command::Apply`], and what a
+/// node not started yet does to its parked table.
+pub(crate) fn apply(table: &mut PeerTable, ops: Vec<TableOp>, t: Instant) -> Vec<bool> {
+    ops.into_iter()
+        .map(|op| match op {
+            TableOp::Upsert(spec) => !matches!(table.upsert(spec, t), Upsert::Inserted(_)),
+            TableOp::Remove(id) => table.remove(&id),
+        })
+        .collect()
+}
+
+pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
@@ -290,16 +328,7 @@ impl Loop {
         // A dropped reply receiver is a caller that gave up: nothing to do.
         match command {
             Command::Apply { ops, reply } => {
-                let t = now();
-                let results = ops
-                    .into_iter()
-                    .map(|op| match op {
-                        TableOp::Upsert(spec) => {
-                            !matches!(self.table.upsert(spec, t), Upsert::Inserted(_))
-                        }
-                        TableOp::Remove(id) => self.table.remove(&id),
-                    })
-                    .collect();
+                let results = apply(&mut self.table, ops, now());
                 self.grpc
                     .retain_used(self.table.len(), self.table.addresses());
                 let _ = reply.send(results);

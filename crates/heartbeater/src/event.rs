@@ -36,11 +36,6 @@ impl PeerEvent {
     pub fn kind_name(&self) -> &'static str {
         kind_name(&self.kind)
     }
-
-    /// The event as `WatchPeers` sends it, reported by node `server_id`.
-    pub fn to_proto(&self, server_id: &str) -> crate::proto::PeerEvent {
-        crate::service::event_to_proto(self.clone(), server_id)
-    }
 }
 
 /// See [`PeerEvent::kind_name`].

@@ -42,23 +42,31 @@
 
 pub mod blocking;
 mod client;
+mod convert;
+mod counters;
+mod datagram_path;
+mod driver;
 mod error;
 mod event;
+mod fanout;
+mod grpc_pool;
 mod lateness;
-mod monitor;
 mod node;
 pub mod proto;
+mod responder;
 mod server;
 mod service;
 pub mod store;
 pub mod topic;
 pub mod udp;
-mod udp_path;
 
 pub use client::HeartbeatClient;
+pub use counters::DatagramStats;
 pub use error::{ClientError, ServerError};
 pub use event::{EventStream, PeerEvent, PeerEventKind};
-pub use heartbeater_core::{DetectorConfig, PeerState, PeerStatus, StateCounts, ValidationError};
+pub use heartbeater_core::{
+    DetectorConfig, KeyError, KeyId, Keyring, PeerState, PeerStatus, StateCounts, ValidationError,
+};
 pub use lateness::LatenessSnapshot;
 pub use node::NodeError;
 pub use proto::{

@@ -15,11 +15,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use heartbeater_core::{DetectorConfig, PeerSpec, PeerStatus, StateCounts, ValidationError};
+use heartbeater_core::{
+    DetectorConfig, PeerSpec, PeerStatus, PeerTable, StateCounts, ValidationError,
+};
 use tokio::sync::{broadcast, oneshot};
 
+use crate::convert::unix_micros;
 use crate::counters::Counters;
 use crate::driver::{DriverHandle, TableOp};
 use crate::event::PeerEvent;
@@ -71,12 +74,17 @@ pub enum NodeError {
     ShuttingDown,
 }
 
-/// One node's shared state. The peer table is not here: the driver task
-/// owns it, and this reaches it through `driver`.
+/// One node's shared state. The peer table is here only while no driver
+/// runs (before `start`, after `stop`): the running driver task owns it, and
+/// this reaches it through `driver`.
 pub(crate) struct Node {
     identity: String,
     epoch: u64,
     store: std::sync::Mutex<Option<Arc<dyn RegistryStore>>>,
+    /// The table while no driver runs. `start` takes it, `stop` puts back
+    /// what the driver returns; never both at once, so the table has one
+    /// owner at a time.
+    parked: std::sync::Mutex<Option<PeerTable>>,
     driver: DriverHandle,
     events: broadcast::Sender<PeerEvent>,
     counters: Arc<Counters>,
@@ -90,6 +98,7 @@ impl Node {
         identity: String,
         epoch: u64,
         store: Arc<dyn RegistryStore>,
+        table: PeerTable,
         driver: DriverHandle,
         events: broadcast::Sender<PeerEvent>,
         counters: Arc<Counters>,
@@ -98,12 +107,32 @@ impl Node {
             identity,
             epoch,
             store: std::sync::Mutex::new(Some(store)),
+            parked: std::sync::Mutex::new(Some(table)),
             driver,
             events,
             counters,
             commits: std::sync::Mutex::default(),
             topics: Arc::default(),
         })
+    }
+
+    /// Runs `read` on the parked table; `None` while a driver owns it.
+    pub(crate) fn with_parked<R>(&self, read: impl FnOnce(&mut PeerTable) -> R) -> Option<R> {
+        self.parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .map(read)
+    }
+
+    /// Takes the table, for the driver that starts.
+    pub(crate) fn unpark(&self) -> Option<PeerTable> {
+        self.parked.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Gives back the table of a driver that stopped.
+    pub(crate) fn park(&self, table: PeerTable) {
+        *self.parked.lock().unwrap_or_else(|e| e.into_inner()) = Some(table);
     }
 
     pub(crate) fn driver(&self) -> &DriverHandle {
@@ -256,8 +285,16 @@ impl Node {
                 Change::Register { .. } => None,
             })
             .collect();
+        let parked = self.with_parked(|table| {
+            deregistered
+                .iter()
+                .map(|id| table.key_of(id).is_some())
+                .collect::<Vec<_>>()
+        });
         let known_before = if deregistered.is_empty() {
             Vec::new()
+        } else if let Some(known) = parked {
+            known
         } else {
             match self.driver.known(deregistered.clone()).await {
                 Ok(known) => known,
@@ -315,7 +352,11 @@ impl Node {
         // The driver takes the group whole. Should it be gone (the node is
         // stopping), the changes are on disk and will be monitored at the
         // next start; the callers learn the node is shutting down.
-        match self.driver.apply(table_ops).await {
+        let applied = match self.apply_parked(table_ops) {
+            Ok(outcomes) => Ok(outcomes),
+            Err(table_ops) => self.driver.apply(table_ops).await,
+        };
+        match applied {
             Ok(outcomes) => {
                 for ((_, reply), existed) in waiting.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(existed));
@@ -329,16 +370,32 @@ impl Node {
         }
     }
 
-    /// Every peer's status, ordered by id, from the running driver.
+    /// Applies `ops` to the parked table; gives them back while a driver
+    /// owns the table.
+    fn apply_parked(&self, ops: Vec<TableOp>) -> Result<Vec<bool>, Vec<TableOp>> {
+        let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        match parked.as_mut() {
+            Some(table) => Ok(crate::driver::apply(table, ops, crate::driver::now())),
+            None => Err(ops),
+        }
+    }
+
+    /// Every peer's status, ordered by id.
     pub(crate) async fn peers(&self) -> Result<Vec<PeerStatus>, NodeError> {
+        if let Some(statuses) = self.with_parked(|t| t.statuses()) {
+            return Ok(statuses);
+        }
         self.driver
             .statuses()
             .await
             .map_err(|_| NodeError::ShuttingDown)
     }
 
-    /// How many peers are in each state, from the running driver.
+    /// How many peers are in each state.
     pub(crate) async fn state_counts(&self) -> Result<StateCounts, NodeError> {
+        if let Some(counts) = self.with_parked(|t| t.state_counts()) {
+            return Ok(counts);
+        }
         self.driver
             .counts()
             .await
@@ -364,12 +421,4 @@ async fn blocking<T: Send + 'static>(
 pub(crate) fn spec_of_record(r: &PeerRecord) -> Result<PeerSpec, ValidationError> {
     let detector = DetectorConfig::new(r.heartbeat_freq, Some(r.timeout), Some(r.max_missed))?;
     PeerSpec::new(&r.peer_id, &r.host, u32::from(r.port), detector)
-}
-
-pub(crate) fn unix_micros(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_micros()
-        .try_into()
-        .unwrap_or(i64::MAX)
 }

@@ -216,8 +216,8 @@ impl HeartbeatServerBuilder {
         let counters = Arc::new(Counters::default());
         let lateness = Arc::new(LatenessHistogram::default());
         let (driver, handle, events, learned_epochs) =
-            Driver::new(table, counters.clone(), lateness.clone());
-        let node = Node::new(identity, epoch, store, handle, events, counters);
+            Driver::new(counters.clone(), lateness.clone());
+        let node = Node::new(identity, epoch, store, table, handle, events, counters);
         Ok(HeartbeatServer {
             instance,
             host,
@@ -242,8 +242,7 @@ enum Lifecycle {
     },
     Running(Running),
     Stopping,
-    /// The table the driver gave back, for `peers()` after a stop.
-    Stopped(Option<Box<PeerTable>>),
+    Stopped,
 }
 
 struct Running {
@@ -309,7 +308,7 @@ impl HeartbeatServer {
                     *lifecycle = Lifecycle::Running(r);
                     return Err(ServerError::AlreadyRunning(addr));
                 }
-                other @ (Lifecycle::Stopping | Lifecycle::Stopped(_)) => {
+                other @ (Lifecycle::Stopping | Lifecycle::Stopped) => {
                     *lifecycle = other;
                     return Err(ServerError::Stopped);
                 }
@@ -323,7 +322,7 @@ impl HeartbeatServer {
                 Ok(addr)
             }
             Err(e) => {
-                *self.lifecycle() = Lifecycle::Stopped(None);
+                *self.lifecycle() = Lifecycle::Stopped;
                 self.node.close_store();
                 Err(e)
             }
@@ -397,7 +396,9 @@ impl HeartbeatServer {
         if keyring.is_some() && udp.is_none() {
             tracing::warn!("a cluster key is set but UDP is off: the key is not used");
         }
+        let table = self.node.unpark().unwrap_or_default();
         let driver = tokio::spawn(driver.run(
+            table,
             DriverConfig {
                 identity: self.node.identity().to_owned(),
                 epoch: self.node.epoch(),
@@ -429,13 +430,8 @@ impl HeartbeatServer {
             let mut lifecycle = self.lifecycle();
             match std::mem::replace(&mut *lifecycle, Lifecycle::Stopping) {
                 Lifecycle::Running(r) => r,
-                Lifecycle::Built { driver, .. } => {
-                    *lifecycle = Lifecycle::Stopped(Some(Box::new(driver.into_table())));
-                    self.node.close_store();
-                    return Ok(());
-                }
-                stopped @ Lifecycle::Stopped(_) => {
-                    *lifecycle = stopped;
+                Lifecycle::Built { .. } | Lifecycle::Stopped => {
+                    *lifecycle = Lifecycle::Stopped;
                     self.node.close_store();
                     return Ok(());
                 }
@@ -459,10 +455,12 @@ impl HeartbeatServer {
                 serve.await
             }
         };
-        let table = running.driver.await.ok().map(Box::new);
+        if let Ok(table) = running.driver.await {
+            self.node.park(table);
+        }
         let _ = running.epochs.await;
         self.node.close_store();
-        *self.lifecycle() = Lifecycle::Stopped(table);
+        *self.lifecycle() = Lifecycle::Stopped;
         tracing::info!(identity = %self.identity(), "node stopped");
         match served {
             Ok(Ok(())) => Ok(()),
@@ -504,31 +502,15 @@ impl HeartbeatServer {
     /// the peers restored from the data directory, all `Unknown`; after
     /// `stop`, the statuses as they were when the node stopped.
     pub async fn peers(&self) -> Vec<PeerStatus> {
-        match self.from_table(PeerTable::statuses) {
-            Ok(statuses) => statuses,
-            Err(()) => self.node.peers().await.unwrap_or_default(),
-        }
+        // Only while the node stops is there no table to ask: nothing then.
+        self.node.peers().await.unwrap_or_default()
     }
 
     /// How many registered peers are unknown, alive and unreachable. Cheap
     /// next to [`HeartbeatServer::peers`] (no copy of each status), so fit
     /// for health checks and gauges polled on nodes with many peers.
     pub async fn peer_counts(&self) -> StateCounts {
-        match self.from_table(PeerTable::state_counts) {
-            Ok(counts) => counts,
-            Err(()) => self.node.state_counts().await.unwrap_or_default(),
-        }
-    }
-
-    /// Reads the table where this handle holds it (before start, after
-    /// stop); `Err` while the driver owns it.
-    fn from_table<R>(&self, read: impl FnOnce(&PeerTable) -> R) -> Result<R, ()> {
-        match &*self.lifecycle() {
-            Lifecycle::Built { driver, .. } => Ok(read(driver.table())),
-            Lifecycle::Stopped(Some(table)) => Ok(read(table)),
-            Lifecycle::Stopped(None) => Ok(read(&PeerTable::new())),
-            Lifecycle::Running(_) | Lifecycle::Stopping => Err(()),
-        }
+        self.node.state_counts().await.unwrap_or_default()
     }
 
     /// What the datagram path has seen: pings answered, datagrams rejected
@@ -624,8 +606,6 @@ impl Drop for HeartbeatServer {
     }
 }
 
-/// Writes the epochs the monitor learns, in batches, off the async threads,
-/// until shutdown; then writes what is still queued and ends.
 enum BindError {
     Tcp(std::io::Error),
     Udp(SocketAddr, std::io::Error),
@@ -660,9 +640,11 @@ async fn bind(
     }
 }
 
+/// Writes the epochs the driver learns, in batches, off the async threads,
+/// until shutdown; then writes what is still queued and ends.
 async fn record_epochs(
     node: Arc<Node>,
-    mut rx: mpsc::UnboundedReceiver<(Arc<str>, u64)>,
+    mut rx: mpsc::Receiver<(Arc<str>, u64)>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut batch = Vec::new();

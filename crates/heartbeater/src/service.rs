@@ -8,14 +8,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::Stream;
-use heartbeater_core::{PeerState, PeerStatus};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::event::{PeerEvent, PeerEventKind};
-use crate::node::{unix_micros, Node, NodeError};
+use crate::convert::{event_to_proto, state_to_proto, status_to_proto, unix_micros};
+use crate::node::{Node, NodeError};
 use crate::proto;
 use crate::proto::heartbeat_service_server::HeartbeatService;
 
@@ -42,64 +41,6 @@ impl From<NodeError> for Status {
             NodeError::Store(_) => Status::internal(e.to_string()),
             NodeError::ShuttingDown => Status::unavailable(e.to_string()),
         }
-    }
-}
-
-pub(crate) fn state_to_proto(s: PeerState) -> proto::PeerState {
-    match s {
-        PeerState::Unknown => proto::PeerState::Unknown,
-        PeerState::Alive => proto::PeerState::Alive,
-        PeerState::Unreachable => proto::PeerState::Unreachable,
-    }
-}
-
-pub(crate) fn status_to_proto(s: PeerStatus) -> proto::PeerStatus {
-    proto::PeerStatus {
-        peer_id: s.peer_id,
-        peer_host: s.host,
-        peer_port: u32::from(s.port),
-        state: state_to_proto(s.state).into(),
-        epoch: s.epoch,
-        heartbeats_sent: s.heartbeats_sent,
-        heartbeats_acked: s.heartbeats_acked,
-        last_rtt_micros: s
-            .last_rtt
-            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-        heartbeat_freq_millis: millis(s.detector.heartbeat_freq),
-        timeout_millis: millis(s.detector.timeout),
-        max_missed: s.detector.max_missed.get(),
-        missed: s.missed,
-    }
-}
-
-fn millis(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-pub(crate) fn event_to_proto(e: PeerEvent, server_id: &str) -> proto::PeerEvent {
-    let (kind, previous_epoch, observed_id) = match e.kind {
-        PeerEventKind::Registered => (proto::PeerEventKind::Registered, None, String::new()),
-        PeerEventKind::PeerUp => (proto::PeerEventKind::PeerUp, None, String::new()),
-        PeerEventKind::PeerDown => (proto::PeerEventKind::PeerDown, None, String::new()),
-        PeerEventKind::Restarted { previous } => (
-            proto::PeerEventKind::Restarted,
-            Some(previous),
-            String::new(),
-        ),
-        PeerEventKind::IdentityMismatch { observed } => {
-            (proto::PeerEventKind::IdentityMismatch, None, observed)
-        }
-        PeerEventKind::Deregistered => (proto::PeerEventKind::Deregistered, None, String::new()),
-    };
-    proto::PeerEvent {
-        kind: kind.into(),
-        peer_id: e.peer_id,
-        state: state_to_proto(e.state).into(),
-        epoch: e.epoch,
-        previous_epoch,
-        observed_id,
-        timestamp_micros: unix_micros(e.timestamp),
-        server_id: server_id.to_owned(),
     }
 }
 
@@ -137,7 +78,13 @@ impl HeartbeatService for HeartbeatGrpc {
         _request: Request<proto::ListPeersRequest>,
     ) -> Result<Response<proto::ListPeersResponse>, Status> {
         Ok(Response::new(proto::ListPeersResponse {
-            peers: self.node.peers().into_iter().map(status_to_proto).collect(),
+            peers: self
+                .node
+                .peers()
+                .await?
+                .into_iter()
+                .map(status_to_proto)
+                .collect(),
             server_id: self.node.identity().to_owned(),
             server_epoch: self.node.epoch(),
         }))
@@ -157,6 +104,7 @@ impl HeartbeatService for HeartbeatGrpc {
             let now = unix_micros(std::time::SystemTime::now());
             self.node
                 .peers()
+                .await?
                 .into_iter()
                 .map(|s| proto::PeerEvent {
                     kind: proto::PeerEventKind::Snapshot.into(),

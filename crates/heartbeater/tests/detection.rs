@@ -45,7 +45,7 @@ async fn a_stopped_peer_is_unreachable_within_the_bound_and_alive_again_after_re
         "detected after {took:?}, bound {bound:?}"
     );
     assert_eq!(
-        status(&monitor, &peer_id).unwrap().state,
+        status(&monitor, &peer_id).await.unwrap().state,
         PeerState::Unreachable
     );
     drop(peer);
@@ -84,7 +84,7 @@ async fn a_peer_that_never_answered_becomes_unreachable() {
         .unwrap();
     let down = next_event(&mut events, "ghost", |k| *k == PeerEventKind::PeerDown).await;
     assert_eq!(down.epoch, None);
-    let st = status(&monitor, "ghost").unwrap();
+    let st = status(&monitor, "ghost").await.unwrap();
     assert_eq!(st.heartbeats_acked, 0);
     assert!(st.heartbeats_sent >= 2);
 }
@@ -112,7 +112,37 @@ async fn an_impostor_at_the_address_is_an_identity_mismatch_not_an_ack() {
     })
     .await;
     assert_eq!(
-        status(&monitor, "the-real-peer").unwrap().heartbeats_acked,
+        status(&monitor, "the-real-peer")
+            .await
+            .unwrap()
+            .heartbeats_acked,
         0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_last_peer_left_mid_heartbeat_still_answers() {
+    // The last peer is deregistered with a heartbeat in flight: its timeout
+    // still fires, and then nothing is scheduled. The driver must go back
+    // to sleep, not spin on the timer that fired and starve every request.
+    let monitor = memory_node().await;
+    let peer = memory_node().await;
+    let mut request = registration(&peer, 20);
+    request.timeout_millis = Some(140);
+    monitor.register_peer(request).await.unwrap();
+    wait_state(&monitor, &peer.identity(), PeerState::Alive).await;
+    peer.stop().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    monitor
+        .deregister_peer(heartbeater::DeregisterPeerRequest {
+            peer_id: peer.identity(),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let peers = tokio::time::timeout(PATIENCE, monitor.peers())
+        .await
+        .expect("the driver answers once its last timer has fired");
+    assert!(peers.is_empty());
+    monitor.stop().await.unwrap();
 }

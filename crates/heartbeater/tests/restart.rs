@@ -30,7 +30,9 @@ async fn a_restarted_node_keeps_identity_raises_epoch_and_resumes_its_peers() {
     let second = on_dir(dir.path());
     assert_eq!(second.identity(), identity, "identity survives a restart");
     assert_eq!(second.epoch(), epoch + 1, "epoch grows at every start");
-    let restored = status(&second, &peer.identity()).expect("registration survives");
+    let restored = status(&second, &peer.identity())
+        .await
+        .expect("registration survives");
     assert_eq!(restored.state, PeerState::Unknown);
     assert_eq!(restored.port, peer.local_addr().unwrap().port());
     assert_eq!(restored.detector.heartbeat_freq.as_millis(), 20);
@@ -61,7 +63,7 @@ async fn a_monitor_sees_its_peer_restart_with_a_higher_epoch() {
 
     peer.stop().await.unwrap();
     drop(peer);
-    next_event(&mut events, &peer_identity(&monitor), |k| {
+    next_event(&mut events, &peer_identity(&monitor).await, |k| {
         *k == PeerEventKind::PeerDown
     })
     .await;
@@ -81,8 +83,8 @@ async fn a_monitor_sees_its_peer_restart_with_a_higher_epoch() {
     reborn.stop().await.unwrap();
 }
 
-fn peer_identity(monitor: &HeartbeatServer) -> String {
-    monitor.peers()[0].peer_id.clone()
+async fn peer_identity(monitor: &HeartbeatServer) -> String {
+    monitor.peers().await[0].peer_id.clone()
 }
 
 #[tokio::test]
@@ -186,13 +188,17 @@ async fn concurrent_registrations_are_each_acknowledged_durable_and_in_order() {
     while let Some(done) = clients.join_next().await {
         done.expect("client task");
     }
-    assert_eq!(node.peers().len(), 64 * 6, "the live table");
+    assert_eq!(node.peers().await.len(), 64 * 6, "the live table");
     node.stop().await.unwrap();
     drop(node);
 
     let reopened = on_dir(dir.path());
-    let ids: std::collections::BTreeSet<String> =
-        reopened.peers().into_iter().map(|p| p.peer_id).collect();
+    let ids: std::collections::BTreeSet<String> = reopened
+        .peers()
+        .await
+        .into_iter()
+        .map(|p| p.peer_id)
+        .collect();
     let expected: std::collections::BTreeSet<String> = (0..64)
         .flat_map(|c| {
             (0..8)

@@ -152,7 +152,10 @@ async fn every_bad_registration_field_is_invalid_argument_naming_the_field() {
             .field_violations[0];
         assert_eq!(violation.field, field);
     }
-    assert!(node.peers().is_empty(), "nothing invalid was registered");
+    assert!(
+        node.peers().await.is_empty(),
+        "nothing invalid was registered"
+    );
 }
 
 #[tokio::test]
@@ -196,7 +199,7 @@ async fn registering_twice_updates_the_record() {
         .await
         .unwrap();
     assert!(changed.updated);
-    let peers = node.peers();
+    let peers = node.peers().await;
     assert_eq!(peers.len(), 1);
     assert_eq!(peers[0].detector.heartbeat_freq, Duration::from_millis(250));
 }

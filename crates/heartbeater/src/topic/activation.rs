@@ -18,8 +18,15 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::hub::TopicHub;
-use super::ClientConnectionListener;
+use super::types::ClientConnectionListener;
+
+/// Where an activation sends its heartbeat requests: the topic's hub, which
+/// offers each to every subscriber. Held weakly, so that an activation never
+/// keeps a dropped topic alive; it ends when the outlet is gone.
+pub(crate) trait HeartbeatOutlet: Send + Sync + 'static {
+    /// Offers heartbeat request `request_id` to every subscriber.
+    fn send_heartbeat(&self, request_id: u64);
+}
 
 type Tracker = Arc<Mutex<ClientConnectionTracker<Uuid>>>;
 
@@ -37,9 +44,11 @@ fn now() -> std::time::Instant {
 }
 
 impl Activation {
+    /// Starts heartbeating `topic` through `outlet`, reporting to `listener`.
     pub(crate) fn start(
         runtime: &Handle,
-        hub: Weak<TopicHub>,
+        topic: String,
+        outlet: Weak<dyn HeartbeatOutlet>,
         listener: Arc<dyn ClientConnectionListener>,
         config: TrackerConfig,
         first_request: u64,
@@ -51,10 +60,6 @@ impl Activation {
         let cancelled = Arc::new(AtomicBool::new(false));
         let gate = Arc::new(Mutex::new(()));
         let listener_thread = Arc::new(Mutex::new(None));
-        let topic = hub
-            .upgrade()
-            .map(|h| h.topic().to_owned())
-            .unwrap_or_default();
 
         {
             let (cancelled, gate) = (cancelled.clone(), gate.clone());
@@ -84,12 +89,14 @@ impl Activation {
                 loop {
                     let next = lock(&tracker).next_tick();
                     tokio::time::sleep_until(next.into()).await;
-                    let Some(hub) = hub.upgrade() else { return };
+                    let Some(outlet) = outlet.upgrade() else {
+                        return;
+                    };
                     let tick = lock(&tracker).on_tick(now());
                     for client in tick.disconnected {
                         let _ = changes.send(ConnectionChange::Disconnected(client));
                     }
-                    hub.offer_to_all(&hub.heartbeat_frame(tick.request_id));
+                    outlet.send_heartbeat(tick.request_id);
                 }
             })
         };

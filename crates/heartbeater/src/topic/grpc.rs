@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
 use super::hub::{Topics, SUBSCRIBER_QUEUE};
-use super::validate_topic;
+use super::types::validate_topic;
 use crate::proto::topic_service_server::TopicService;
 use crate::proto::{FrameKind, TopicFrame};
 

@@ -10,8 +10,8 @@ use tokio::sync::mpsc;
 use tonic::Status;
 use uuid::Uuid;
 
-use super::activation::Activation;
-use super::{validate_topic, ClientConnectionListener, HeartbeatParameters, TopicError};
+use super::activation::{Activation, HeartbeatOutlet};
+use super::types::{validate_topic, ClientConnectionListener, HeartbeatParameters, TopicError};
 use crate::proto::{FrameHeader, FrameKind, TopicFrame};
 
 /// Frames queued per subscriber before `send` waits for it.
@@ -110,11 +110,13 @@ pub(crate) struct TopicHub {
     topics: Weak<Topics>,
 }
 
-impl TopicHub {
-    pub(crate) fn topic(&self) -> &str {
-        &self.topic
+impl HeartbeatOutlet for TopicHub {
+    fn send_heartbeat(&self, request_id: u64) {
+        self.offer_to_all(&self.heartbeat_frame(request_id));
     }
+}
 
+impl TopicHub {
     fn frame(&self, kind: FrameKind, request_id: u64, payload: Vec<u8>) -> TopicFrame {
         TopicFrame {
             header: Some(FrameHeader {
@@ -292,9 +294,11 @@ impl TopicPublisher {
             .hub
             .next_heartbeat_request
             .load(Ordering::Relaxed);
+        let outlet: Arc<dyn HeartbeatOutlet> = self.inner.hub.clone();
         *slot = Some(Activation::start(
             &runtime,
-            Arc::downgrade(&self.inner.hub),
+            self.inner.hub.topic.clone(),
+            Arc::downgrade(&outlet),
             Arc::new(listener),
             params.config,
             first_request,

@@ -11,7 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use uuid::Uuid;
 
-use super::{validate_topic, TopicError, TopicHandler};
+use super::types::{validate_topic, TopicError, TopicHandler};
 use crate::proto::topic_service_client::TopicServiceClient;
 use crate::proto::{FrameHeader, FrameKind, TopicFrame};
 

@@ -58,15 +58,37 @@ pub async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-pub fn status(server: &HeartbeatServer, peer_id: &str) -> Option<PeerStatus> {
-    server.peers().into_iter().find(|p| p.peer_id == peer_id)
+pub async fn status(server: &HeartbeatServer, peer_id: &str) -> Option<PeerStatus> {
+    server
+        .peers()
+        .await
+        .into_iter()
+        .find(|p| p.peer_id == peer_id)
 }
 
+/// Waits until `peer_id` is in `state` on `server`, or panics after
+/// [`PATIENCE`] (or `patience`, with [`wait_state_within`]).
 pub async fn wait_state(server: &HeartbeatServer, peer_id: &str, state: PeerState) -> PeerStatus {
-    eventually(&format!("{peer_id} to be {state}"), || {
-        status(server, peer_id).filter(|s| s.state == state)
-    })
-    .await
+    wait_state_within(server, peer_id, state, PATIENCE).await
+}
+
+pub async fn wait_state_within(
+    server: &HeartbeatServer,
+    peer_id: &str,
+    state: PeerState,
+    patience: Duration,
+) -> PeerStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = status(server, peer_id).await.filter(|s| s.state == state) {
+            return s;
+        }
+        assert!(
+            start.elapsed() < patience,
+            "timed out after {patience:?} waiting for {peer_id} to be {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Waits for the next event of `kind` about `peer_id`.
