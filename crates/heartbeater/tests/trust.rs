@@ -306,6 +306,24 @@ async fn only_nodes_with_the_cluster_key_are_heard_and_the_others_are_named() {
             .heartbeats_acked,
         0
     );
+    // An unsigned ping, however well formed, gets no answer from a keyed
+    // node, and is counted.
+    let failed = a.datagram_stats().auth_failed;
+    let raw = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    raw.connect(a.local_addr().unwrap()).await.unwrap();
+    let mut ping = Vec::new();
+    Datagram {
+        kind: Kind::Ping,
+        token: [3; 32],
+        epoch: 1,
+        identity: "outsider",
+    }
+    .seal(Datagram::pong_len(36, true), None, &mut ping);
+    raw.send(&ping).await.unwrap();
+    let mut buf = [0u8; 1024];
+    let got = tokio::time::timeout(Duration::from_millis(300), raw.recv(&mut buf)).await;
+    assert!(got.is_err(), "a keyed node answered an unsigned ping");
+    assert!(a.datagram_stats().auth_failed > failed);
     // A keyless node still monitors a keyed one, over gRPC, which the key
     // does not cover (docs/PROTOCOL.md).
     wait_state(&keyless, &a.identity(), PeerState::Alive).await;
