@@ -361,7 +361,7 @@ mod tests {
             Keyring::parse(&format!("{K1},{K1}")),
             Err(KeyError::Duplicate { index: 2 })
         ));
-        let many = vec![K1; 9].join(" ");
+        let many = [K1; 9].join(" ");
         assert!(matches!(Keyring::parse(&many), Err(KeyError::TooMany(_))));
         assert!(!format!("{:?}", Keyring::parse(K1).unwrap()).contains(K1));
     }

@@ -26,7 +26,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use crate::counters::Counters;
 use crate::datagram_path::{DatagramPath, PongOutcome, Resolving};
 use crate::event::PeerEvent;
-use crate::fanout::EventFanout;
+use crate::fanout::{EventFanout, LearnedEpochs};
 use crate::grpc_pool::{GrpcCall, GrpcPool};
 use crate::lateness::LatenessHistogram;
 use crate::responder::Responder;
@@ -154,7 +154,7 @@ impl Driver {
         Self,
         DriverHandle,
         broadcast::Sender<PeerEvent>,
-        mpsc::Receiver<(Arc<str>, u64)>,
+        LearnedEpochs,
     ) {
         let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
         let (fanout, epochs) = EventFanout::new();

@@ -21,6 +21,9 @@ const EVENT_BUFFER: usize = 4096;
 /// Epochs queued for the store before they wait in the per-peer map.
 const EPOCH_QUEUE: usize = 1024;
 
+/// The epochs the driver learns, by peer, for the task that stores them.
+pub(crate) type LearnedEpochs = mpsc::Receiver<(Arc<str>, u64)>;
+
 /// The driver's outlet for events.
 pub(crate) struct EventFanout {
     events: broadcast::Sender<PeerEvent>,
@@ -30,7 +33,7 @@ pub(crate) struct EventFanout {
 
 impl EventFanout {
     /// A fan-out, and the receiving end of the epochs it learns.
-    pub(crate) fn new() -> (Self, mpsc::Receiver<(Arc<str>, u64)>) {
+    pub(crate) fn new() -> (Self, LearnedEpochs) {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (learned_epochs, rx) = mpsc::channel(EPOCH_QUEUE);
         (

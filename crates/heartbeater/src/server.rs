@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use heartbeater_core::config::validate_host;
 use heartbeater_core::{Keyring, PeerStatus, PeerTable, StateCounts};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
@@ -22,6 +22,7 @@ use crate::counters::{Counters, DatagramStats};
 use crate::driver::{Driver, DriverConfig};
 use crate::error::ServerError;
 use crate::event::EventStream;
+use crate::fanout::LearnedEpochs;
 use crate::lateness::LatenessHistogram;
 use crate::node::{spec_of_record, Node, NodeError};
 use crate::proto::heartbeat_service_server::HeartbeatServiceServer;
@@ -238,7 +239,7 @@ impl HeartbeatServerBuilder {
 enum Lifecycle {
     Built {
         driver: Box<Driver>,
-        learned_epochs: mpsc::Receiver<(Arc<str>, u64)>,
+        learned_epochs: LearnedEpochs,
     },
     Running(Running),
     Stopping,
@@ -332,7 +333,7 @@ impl HeartbeatServer {
     async fn spawn(
         &self,
         driver: Driver,
-        learned_epochs: mpsc::Receiver<(Arc<str>, u64)>,
+        learned_epochs: LearnedEpochs,
     ) -> Result<Running, ServerError> {
         let mut token_secret = [0u8; 32];
         getrandom::fill(&mut token_secret)
@@ -545,7 +546,7 @@ impl HeartbeatServer {
 
     /// How late the scheduler has sent heartbeats against their schedule
     /// since the node started; `since` of two snapshots gives a window.
-    pub fn scheduler_lateness(&self) -> crate::LatenessSnapshot {
+    pub fn scheduler_lateness(&self) -> crate::lateness::LatenessSnapshot {
         self.lateness.snapshot()
     }
 
@@ -644,7 +645,7 @@ async fn bind(
 /// until shutdown; then writes what is still queued and ends.
 async fn record_epochs(
     node: Arc<Node>,
-    mut rx: mpsc::Receiver<(Arc<str>, u64)>,
+    mut rx: LearnedEpochs,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut batch = Vec::new();

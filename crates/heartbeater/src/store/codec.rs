@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use prost::Message;
 
-use super::{NodeMeta, PeerRecord};
+use super::registry::{NodeMeta, PeerRecord};
 
 const VERSION: u8 = 1;
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::{NodeMeta, PeerRecord, RegistryOp, RegistryStore, StoreError};
+use super::registry::{NodeMeta, PeerRecord, RegistryOp, RegistryStore, StoreError};
 
 /// One peer as kept here: the record without its id (the map's key holds
 /// it) and with the remembered epoch inline. A node monitoring 10,000 peers

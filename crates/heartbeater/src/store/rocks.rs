@@ -18,7 +18,7 @@ use rocksdb::{
 };
 
 use super::codec;
-use super::{NodeMeta, PeerRecord, RegistryOp, RegistryStore, StoreError};
+use super::registry::{NodeMeta, PeerRecord, RegistryOp, RegistryStore, StoreError};
 
 const CF_META: &str = "meta";
 const CF_PEERS: &str = "peers";

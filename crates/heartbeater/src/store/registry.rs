@@ -1,0 +1,125 @@
+//! What a registry store keeps and the interface every store implements.
+//! A leaf of `store`: the stores build on it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Who this node is: stored once, read at every start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeMeta {
+    /// The node's identity (a UUID), stable across restarts.
+    pub identity: String,
+    /// The epoch of the latest start.
+    pub epoch: u64,
+}
+
+/// One registered peer, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRecord {
+    /// The peer's identity.
+    pub peer_id: String,
+    /// IP address or DNS name.
+    pub host: String,
+    /// Port of the peer's node.
+    pub port: u16,
+    /// Time between heartbeats.
+    pub heartbeat_freq: Duration,
+    /// How long a reply is accepted.
+    pub timeout: Duration,
+    /// Consecutive misses that make the peer unreachable.
+    pub max_missed: u32,
+    /// When it was (last) registered, in microseconds since the Unix epoch.
+    pub registered_at_micros: i64,
+    /// The last epoch this node saw the peer answer with.
+    pub last_epoch: Option<u64>,
+}
+
+/// One change to the registered peers, for [`RegistryStore::apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryOp {
+    /// Inserts or replaces a peer, as [`RegistryStore::put_peer`].
+    Put(PeerRecord),
+    /// Deletes a peer (absent is fine), as [`RegistryStore::delete_peer`].
+    Delete(String),
+}
+
+/// A failure of the registry store. Each variant names the data directory, so
+/// an operator knows where to look. `Clone` because one failed group write
+/// is reported to every caller whose change was in it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The data directory path exists but is not a directory.
+    #[error("data directory {path}: exists and is not a directory")]
+    NotADirectory {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// Another process (or another node in this one) has the directory open.
+    #[error("data directory {path}: already in use by another running node ({detail})")]
+    InUse {
+        /// The path given.
+        path: PathBuf,
+        /// What RocksDB said.
+        detail: String,
+    },
+    /// The directory's contents cannot be read as a registry.
+    #[error("data directory {path}: corrupt registry: {detail}")]
+    Corrupt {
+        /// The path given.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Reading or writing the directory failed.
+    #[error("data directory {path}: {detail}")]
+    Io {
+        /// The path given.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+}
+
+/// Where a node keeps its identity, epoch and peers.
+///
+/// Writes that a caller is told about (`save_meta`, `put_peer`, `delete_peer`)
+/// must be durable when they return: a registration acknowledged to a client
+/// survives a crash of the node the instant after. `record_epoch` is advisory
+/// and may be lost in a crash.
+pub trait RegistryStore: Send + Sync + 'static {
+    /// The stored identity and epoch, `None` on a new store.
+    fn load_meta(&self) -> Result<Option<NodeMeta>, StoreError>;
+    /// Stores identity and epoch, durably.
+    fn save_meta(&self, meta: &NodeMeta) -> Result<(), StoreError>;
+    /// Inserts or replaces a peer, durably. A new registration forgets any
+    /// epoch remembered for an earlier registration of the same id.
+    fn put_peer(&self, record: &PeerRecord) -> Result<(), StoreError>;
+    /// Deletes a peer, durably. Returns whether it existed.
+    fn delete_peer(&self, peer_id: &str) -> Result<bool, StoreError>;
+    /// Applies `ops` in order, durably, with the same meaning as the single
+    /// calls.
+    ///
+    /// This is how a node writes: concurrent registrations are grouped into
+    /// one call, so a store that makes the whole slice one atomic, synced
+    /// write (as [`RocksDbStore`] does) pays one disk flush per group instead
+    /// of one per registration. The default applies them one by one, which
+    /// is correct but neither atomic nor grouped.
+    fn apply(&self, ops: &[RegistryOp]) -> Result<(), StoreError> {
+        for op in ops {
+            match op {
+                RegistryOp::Put(record) => self.put_peer(record)?,
+                RegistryOp::Delete(peer_id) => {
+                    self.delete_peer(peer_id)?;
+                }
+            }
+        }
+        Ok(())
+    }
+    /// One peer.
+    fn get_peer(&self, peer_id: &str) -> Result<Option<PeerRecord>, StoreError>;
+    /// Every peer, ordered by peer id.
+    fn load_peers(&self) -> Result<Vec<PeerRecord>, StoreError>;
+    /// Remembers the last epoch seen from a registered peer. Ignored for an
+    /// unknown peer; not synced.
+    fn record_epoch(&self, peer_id: &str, epoch: u64) -> Result<(), StoreError>;
+}
