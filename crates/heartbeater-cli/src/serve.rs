@@ -41,10 +41,11 @@ pub struct ServeArgs {
     /// hex-encoded secret (16 to 64 bytes, e.g. `openssl rand -hex 32`) per
     /// line, the first one signs, all are accepted; `#` starts a comment.
     /// SIGHUP reloads the file (the way to rotate keys without a restart).
-    #[arg(long, value_name = "FILE", conflicts_with = "cluster_keys")]
+    #[arg(long, value_name = "FILE")]
     cluster_key_file: Option<PathBuf>,
     /// The cluster keys themselves, in the file's format (commas or spaces
     /// between keys); prefer the file, which `ps` and `/proc` do not show.
+    /// A key file, when given, wins.
     #[arg(
         long,
         env = "HEARTBEATER_CLUSTER_KEYS",

@@ -463,3 +463,80 @@ fn publish_and_subscribe_processes_and_a_killed_subscriber_disconnects_once() {
     assert!(quiet.is_none(), "unexpected line {quiet:?}");
     drop(two);
 }
+
+#[test]
+fn nodes_with_a_key_file_hear_each_other_and_reload_it_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("cluster.key");
+    let old = "11".repeat(32);
+    let new = "22".repeat(32);
+    std::fs::write(&key_file, format!("# the cluster's key\n{old}\n")).unwrap();
+    let keyed = |file: &Path| {
+        let started = JsonChild::spawn(
+            &[
+                "serve",
+                "--json",
+                "--in-memory",
+                "--listen",
+                "127.0.0.1:0",
+                "--cluster-key-file",
+                file.to_str().unwrap(),
+            ],
+            Stdio::null(),
+        );
+        let line = started.expect("started");
+        assert_eq!(line["cluster_keys"], true, "{line}");
+        let addr = line["listen"].as_str().unwrap().to_owned();
+        let identity = line["identity"].as_str().unwrap().to_owned();
+        (started, addr, identity)
+    };
+    let (a, a_addr, _) = keyed(&key_file);
+    let (_b, b_addr, b_id) = keyed(&key_file);
+    ok(&[
+        "register",
+        "--server",
+        &a_addr,
+        "--peer-id",
+        &b_id,
+        "--peer",
+        &b_addr,
+        "--freq",
+        "100ms",
+    ]);
+    wait_for_state(&a_addr, &b_id, "ALIVE");
+
+    let hup = |child: &JsonChild| {
+        let status = Command::new("kill")
+            .args(["-HUP", &child.child.id().to_string()])
+            .status()
+            .expect("kill -HUP");
+        assert!(status.success());
+    };
+    std::fs::write(&key_file, format!("{old}\n{new}\n")).unwrap();
+    hup(&a);
+    let reloaded = a.expect("cluster_keys_reloaded");
+    assert_eq!(reloaded["keys"], 2, "{reloaded}");
+    // A broken file keeps the keys in use: the peer stays alive.
+    std::fs::write(&key_file, "not hex\n").unwrap();
+    hup(&a);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(peer_state(&a_addr, &b_id).as_deref(), Some("ALIVE"));
+
+    // At start, a bad or missing key file stops `serve` naming the file.
+    for contents in [None, Some("zz\n"), Some("00\n")] {
+        let path = dir.path().join("bad.key");
+        let _ = std::fs::remove_file(&path);
+        if let Some(c) = contents {
+            std::fs::write(&path, c).unwrap();
+        }
+        let out = bin()
+            .args(["serve", "--in-memory", "--listen", "127.0.0.1:0"])
+            .arg("--cluster-key-file")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("bad.key"), "{err}");
+    }
+}
