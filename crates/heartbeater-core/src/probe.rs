@@ -312,6 +312,12 @@ fn micros(d: Duration) -> u64 {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_window_costs_72_bytes_per_peer() {
+        // The per-peer price of owning every probe (docs/BENCHMARKS.md).
+        assert!(std::mem::size_of::<ProbeWindow>() <= 72);
+    }
+
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
     }

@@ -1,13 +1,19 @@
 //! The driver: the one task that heartbeats a node's peers.
 //!
-//! Who owns what: this task alone owns the [`PeerTable`], the datagram path
-//! (socket reads, each peer's path, the probe-token secret, the keyring)
-//! and the gRPC channel pool; registrations, listings, counts and keyring
-//! changes reach it only as [`Command`]s over a bounded channel, answered on
-//! a oneshot, and events leave it through the [`EventFanout`]. Its loop
-//! checks its timers before anything else and reads at most
-//! [`RECEIVE_BATCH`] datagrams per wake-up, so no inbound load, however
-//! heavy, can hold back a heartbeat or a timeout by more than one batch.
+//! Who owns what: while the node runs, this task alone owns the
+//! [`PeerTable`], the datagram path (socket reads, each peer's path, the
+//! probe-token secret, the cluster keyring) and the gRPC channel pool, and
+//! nothing else holds a lock on any of them. Registrations, listings, counts
+//! and keyring changes reach it only as [`Command`]s over a bounded channel,
+//! each answered on a oneshot, while events and learned epochs leave it
+//! through the [`EventFanout`]. Before `start` and after `stop` the table sits
+//! parked in the node ([`crate::node`]), which hands it to the driver at start
+//! and takes it back from the driver's return value at stop.
+//!
+//! Its loop is fair to its timers: it checks them before anything else and
+//! reads at most [`RECEIVE_BATCH`] datagrams per wake-up, so no inbound load,
+//! however heavy, can hold back a heartbeat or a timeout by more than one
+//! batch.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
