@@ -284,12 +284,16 @@ impl DatagramPath {
             },
         );
         let mut left_both = None;
-        if verdict == heartbeater_core::ReplyVerdict::Accepted {
-            if let Some(entry) = self.current(id.peer()) {
-                entry.last_pong_seq = entry.last_pong_seq.max(id.seq());
-                if std::mem::replace(&mut entry.path, Path::Udp) == Path::Both {
-                    left_both = Some(id.peer());
-                }
+        // Any pong with a token of ours, even late (its heartbeat already
+        // settled) or from another identity, proves that datagrams get
+        // through: the path follows whether they pass, the verdict is the
+        // table's alone. A late pong must not keep an overloaded peer on the
+        // dearer gRPC path, where it would only get later. (A replayed pong
+        // can at most move a peer back to datagrams, until its next silence.)
+        if let Some(entry) = self.current(id.peer()) {
+            entry.last_pong_seq = entry.last_pong_seq.max(id.seq());
+            if std::mem::replace(&mut entry.path, Path::Udp) == Path::Both {
+                left_both = Some(id.peer());
             }
         }
         (PongOutcome::Judged(verdict), left_both)

@@ -10,17 +10,20 @@
 //! parked in the node ([`crate::node`]), which hands it to the driver at start
 //! and takes it back from the driver's return value at stop.
 //!
-//! Its loop is fair to its timers: it checks them before anything else and
-//! reads at most [`RECEIVE_BATCH`] datagrams per wake-up, so no inbound load,
-//! however heavy, can hold back a heartbeat or a timeout by more than one
-//! batch.
+//! Its loop is fair: at every wake-up it sends the heartbeats that are due
+//! first, then reads a bounded batch of replies (as many as it just sent,
+//! plus [`RECEIVE_BATCH`]), then applies the timeouts, then takes at most
+//! [`COMMAND_BATCH`] commands. So no inbound load, however heavy, holds back
+//! a heartbeat or a timeout by more than one batch, no overloaded schedule
+//! keeps replies waiting in the socket until they are late, and a reply
+//! already received is never counted as a miss.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::FuturesUnordered;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use heartbeater_core::datagram::{Datagram, DecodeError, Kind, MAX_DATAGRAM};
 use heartbeater_core::{
     Expired, Keyring, Path, PeerSpec, PeerStatus, PeerTable, Probe, ProbeSealer, Reply,
@@ -40,7 +43,7 @@ use crate::responder::Responder;
 /// Datagrams read per wake-up before the timers are looked at again.
 pub(crate) const RECEIVE_BATCH: usize = 64;
 /// Commands taken per wake-up.
-const COMMAND_BATCH: usize = 64;
+pub(crate) const COMMAND_BATCH: usize = 64;
 /// Commands waiting for the driver before senders wait too.
 const COMMAND_QUEUE: usize = 256;
 /// At most one line per this interval about rejected datagrams.
@@ -249,44 +252,53 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
-            // Biased, in this order: stopping, then the timers, then what
-            // the node asks, then answers; datagrams, which anyone on the
-            // network can send at any rate, come last.
+            // Waits for anything to do; stopping comes first.
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
-                () = &mut sleep => {
-                    armed = Armed::Fired;
-                    state.on_timers(now());
-                }
+                () = &mut sleep => armed = Armed::Fired,
                 command = commands.recv() => {
                     let Some(command) = command else { break };
                     state.on_command(command);
-                    for _ in 1..COMMAND_BATCH {
-                        match commands.try_recv() {
-                            Ok(command) => state.on_command(command),
-                            Err(_) => break,
-                        }
-                    }
                 }
                 Some(outcome) = state.calls.next(), if !state.calls.is_empty() => {
-                    let t = now();
-                    match outcome.reply {
-                        Some((id, epoch)) => {
-                            state.table.on_reply(outcome.id, Path::Grpc, t, Reply {
-                                responder_id: &id,
-                                responder_epoch: epoch,
-                            });
-                        }
-                        None => state.table.on_path_failed(outcome.id, Path::Grpc, t),
-                    }
+                    state.on_call(outcome);
                 }
                 Some((key, addr)) = state.resolving.next(), if !state.resolving.is_empty() => {
                     if let Some(p) = state.path.as_mut() {
                         p.resolved(key, addr);
                     }
                 }
-                Ok(()) = readable => state.receive(now()),
+                Ok(()) = readable => {}
+            }
+            // Then, whatever woke it, every wake-up does a bounded share of
+            // each kind of work, timers first: a flood of datagrams cannot
+            // hold back a heartbeat or a timeout, and timers that are always
+            // due (more heartbeats than the machine can send) cannot hold
+            // back the replies or the node's requests.
+            let t = now();
+            let due = state.table.next_deadline().is_some_and(|d| d <= t);
+            let sent = if due { state.send_due(t) } else { 0 };
+            // As many replies as heartbeats just went out, and a batch more:
+            // an overloaded schedule still reads the replies to what it
+            // sends, and a flood gets one batch per wake-up. Read before the
+            // timeouts are applied: a reply already waiting is not a miss.
+            let batch = RECEIVE_BATCH.saturating_add(sent);
+            for _ in 0..batch {
+                match state.calls.next().now_or_never() {
+                    Some(Some(outcome)) => state.on_call(outcome),
+                    _ => break,
+                }
+            }
+            state.receive(now(), batch);
+            if due {
+                state.expire(now());
+            }
+            for _ in 1..COMMAND_BATCH {
+                match commands.try_recv() {
+                    Ok(command) => state.on_command(command),
+                    Err(_) => break,
+                }
             }
             state.fanout.publish(&mut state.table);
         }
@@ -366,7 +378,27 @@ impl Loop {
     }
 
     /// Expires what timed out, then sends what is due.
-    fn on_timers(&mut self, t: Instant) {
+    /// Applies the outcome of a heartbeat sent over gRPC.
+    fn on_call(&mut self, outcome: crate::grpc_pool::GrpcOutcome) {
+        let t = now();
+        match outcome.reply {
+            Some((id, epoch)) => {
+                self.table.on_reply(
+                    outcome.id,
+                    Path::Grpc,
+                    t,
+                    Reply {
+                        responder_id: &id,
+                        responder_epoch: epoch,
+                    },
+                );
+            }
+            None => self.table.on_path_failed(outcome.id, Path::Grpc, t),
+        }
+    }
+
+    /// Settles the heartbeats whose timeout passed by `t` as unanswered.
+    fn expire(&mut self, t: Instant) {
         self.table.poll_expired(t, &mut self.expired);
         for e in self.expired.drain(..) {
             if let Some(p) = self.path.as_mut() {
@@ -377,12 +409,20 @@ impl Loop {
                 p.on_expired(&e, is_name);
             }
         }
+    }
+
+    /// Sends the heartbeats due by `t`; returns how many.
+    fn send_due(&mut self, t: Instant) -> usize {
         self.table.poll_due(t, &mut self.due);
-        for probe in std::mem::take(&mut self.due) {
+        let mut due = std::mem::take(&mut self.due);
+        let sent = due.len();
+        for probe in due.drain(..) {
             self.lateness
                 .record(probe.sent_at.saturating_duration_since(probe.due));
             self.send(&probe);
         }
+        self.due = due;
+        sent
     }
 
     fn send(&mut self, probe: &Probe) {
@@ -413,13 +453,13 @@ impl Loop {
         // miss at its timeout, like one that got no answer.
     }
 
-    /// Reads up to a batch of datagrams: pings are answered, pongs judged.
-    fn receive(&mut self, t: Instant) {
+    /// Reads up to `limit` datagrams: pings are answered, pongs judged.
+    fn receive(&mut self, t: Instant, limit: usize) {
         let Some(path) = self.path.as_mut() else {
             return;
         };
         let socket = path.socket.clone();
-        for _ in 0..RECEIVE_BATCH {
+        for _ in 0..limit {
             let (n, from) = match socket.try_recv_from(&mut self.buf) {
                 Ok(x) => x,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,

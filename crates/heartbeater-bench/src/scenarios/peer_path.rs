@@ -16,8 +16,9 @@ use crate::report::Row;
 
 /// Peers at 1 ms each: an offered load far above what two cores can carry.
 const PEERS: usize = 256;
-/// Size of a heartbeat datagram with a 36-byte identity.
-const MESSAGE: usize = 86;
+/// Size of a heartbeat datagram with a 36-byte identity (a ping is padded
+/// to the size of its pong; 20 bytes more with a cluster key).
+const MESSAGE: usize = 84;
 const IN_FLIGHT: usize = 64;
 
 async fn register_fast(client: &HeartbeatClient, peers: &[(u16, String)]) -> anyhow::Result<()> {
@@ -28,8 +29,9 @@ async fn register_fast(client: &HeartbeatClient, peers: &[(u16, String)]) -> any
                 peer_host: "127.0.0.1".into(),
                 peer_port: u32::from(*port),
                 heartbeat_freq_millis: 1,
-                // Late answers still count: this measures throughput.
-                timeout_millis: Some(1000),
+                // The longest timeout a 1 ms period allows (7 periods):
+                // this measures throughput, not the detector.
+                timeout_millis: Some(7),
                 max_missed: Some(1000),
             })
             .await?;
@@ -57,7 +59,15 @@ async fn node_acks(peers: &[(u16, String)], udp: bool, window: Duration) -> anyh
     let mut node = Helper::start(args).await?;
     let client = node_client(node.ready["addr"].as_str().unwrap_or_default())?;
     register_fast(&client, peers).await?;
-    wait_all_alive(&mut node, peers.len(), Duration::from_secs(60)).await?;
+    let settled = wait_all_alive(&mut node, peers.len(), Duration::from_secs(60)).await;
+    match (settled, udp) {
+        (Ok(()), _) => {}
+        (Err(e), true) => return Err(e),
+        // Over gRPC, 256 peers at 1 ms with 7 ms timeouts are far past what
+        // the path carries: some peers time out for good. What it acks
+        // while trying is still its throughput.
+        (Err(e), false) => eprintln!("gRPC path: {e:#}; measuring anyway"),
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (a0, t0) = (acked(&client).await?, Instant::now());
     tokio::time::sleep(window).await;
