@@ -26,7 +26,6 @@
 //! gRPC path costs, and one lost datagram never makes a peer unreachable
 //! by itself: the next heartbeat is also carried by gRPC.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -101,9 +100,6 @@ pub(crate) struct DatagramPath {
     identity: String,
     epoch: u64,
     peers: Pages<PeerPath>,
-    /// Which peer each datagram target is, to name it when its datagrams
-    /// fail authentication. One entry per peer with an address.
-    by_addr: HashMap<SocketAddr, PeerKey>,
     out: Vec<u8>,
 }
 
@@ -124,7 +120,6 @@ impl DatagramPath {
             identity,
             epoch,
             peers: Pages::new(),
-            by_addr: HashMap::new(),
             out: Vec::with_capacity(heartbeater_core::datagram::MAX_DATAGRAM),
         }
     }
@@ -155,21 +150,19 @@ impl DatagramPath {
         };
         let slot = self.peers.place(key.index());
         if !matches!(slot, Some(p) if p.key == key) {
-            let new = fresh();
-            if let Some(Target::Addr(old)) = slot.as_ref().map(|p| p.target) {
-                self.by_addr.remove(&old);
-            }
-            if let Target::Addr(addr) = new.target {
-                self.by_addr.insert(addr, key);
-            }
-            *slot = Some(new);
+            *slot = Some(fresh());
         }
         slot.get_or_insert_with(fresh)
     }
 
-    /// The peer whose datagrams go to `addr`, if any.
+    /// The peer whose datagrams go to `addr`, if any. A scan of every
+    /// peer: it names the sender in a log line written at most every few
+    /// seconds, which is cheaper than an index costing every peer ~50 bytes.
     pub(crate) fn peer_at(&self, addr: SocketAddr) -> Option<PeerKey> {
-        self.by_addr.get(&addr).copied()
+        self.peers
+            .iter()
+            .find(|p| p.target == Target::Addr(addr))
+            .map(|p| p.key)
     }
 
     fn current(&mut self, key: PeerKey) -> Option<&mut PeerPath> {
@@ -304,16 +297,7 @@ impl DatagramPath {
         let Some(entry) = self.current(key) else {
             return;
         };
-        let old = std::mem::replace(
-            &mut entry.target,
-            addr.map_or(Target::Unusable, Target::Addr),
-        );
-        if let Target::Addr(old) = old {
-            self.by_addr.remove(&old);
-        }
-        if let Some(addr) = addr {
-            self.by_addr.insert(addr, key);
-        }
+        entry.target = addr.map_or(Target::Unusable, Target::Addr);
     }
 }
 

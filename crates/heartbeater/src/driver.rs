@@ -474,8 +474,10 @@ impl Loop {
                 Ok(d) => d,
                 Err(DecodeError::Auth(e)) => {
                     Counters::add(&self.counters.auth_failed);
-                    let peer = path.peer_at(from).and_then(|k| self.table.spec(k));
-                    self.rejected_log.warn(from, peer.map(|s| &*s.peer_id), &e);
+                    if let Some(suppressed) = self.rejected_log.due() {
+                        let peer = path.peer_at(from).and_then(|k| self.table.spec(k));
+                        warn_rejected(from, peer.map(|s| &*s.peer_id), &e, suppressed);
+                    }
                     continue;
                 }
                 Err(_) => {
@@ -522,20 +524,30 @@ struct LogLimiter {
 }
 
 impl LogLimiter {
-    fn warn(&mut self, from: SocketAddr, peer: Option<&str>, reason: &dyn std::fmt::Display) {
+    /// Whether a line may be written now; if so, how many were suppressed
+    /// since the last one.
+    fn due(&mut self) -> Option<u64> {
         let t = Instant::now();
         if matches!(self.last, Some(last) if t.duration_since(last) < LOG_INTERVAL) {
             self.suppressed = self.suppressed.saturating_add(1);
-            return;
+            return None;
         }
-        let suppressed = std::mem::take(&mut self.suppressed);
         self.last = Some(t);
-        match peer {
-            Some(peer) => tracing::warn!(
-                %from, peer, suppressed,
-                "datagram rejected: {reason}; this peer's heartbeats cannot be verified, so it will be reported unreachable (check both nodes' cluster keys)"
-            ),
-            None => tracing::warn!(%from, suppressed, "datagram rejected: {reason}"),
-        }
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+fn warn_rejected(
+    from: SocketAddr,
+    peer: Option<&str>,
+    reason: &dyn std::fmt::Display,
+    suppressed: u64,
+) {
+    match peer {
+        Some(peer) => tracing::warn!(
+            %from, peer, suppressed,
+            "datagram rejected: {reason}; this peer's heartbeats cannot be verified, so it will be reported unreachable (check both nodes' cluster keys)"
+        ),
+        None => tracing::warn!(%from, suppressed, "datagram rejected: {reason}"),
     }
 }
