@@ -83,7 +83,7 @@ impl Model {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.sent += 1;
-        let displaced = seq.checked_sub(PROBE_WINDOW as u64).unwrap_or(0);
+        let displaced = seq.saturating_sub(PROBE_WINDOW as u64);
         if let Some(old) = self.in_flight.remove(&displaced) {
             self.no_reply(displaced, &old, out);
         }
