@@ -42,9 +42,11 @@ async fn commands(mut on: impl FnMut(&str) -> serde_json::Value) -> anyhow::Resu
 /// Commands: `counts` (peers per state), `mark` (start a lateness window),
 /// `lateness` (the window's figures).
 pub async fn node(data_dir: Option<PathBuf>, udp: bool) -> anyhow::Result<()> {
+    // The peer path is measured at 1 ms periods, registered over gRPC.
     let builder = HeartbeatServer::builder()
         .server_port(0)
-        .udp_heartbeats(udp);
+        .udp_heartbeats(udp)
+        .min_network_heartbeat_freq(std::time::Duration::from_millis(1));
     let builder = match data_dir {
         Some(dir) => builder.data_dir(dir),
         None => builder.in_memory(),

@@ -53,6 +53,15 @@ pub struct ServeArgs {
         value_name = "KEYS"
     )]
     cluster_keys: Option<String>,
+    /// The most peers the registry holds; a registration past it is
+    /// refused with RESOURCE_EXHAUSTED [default: 100000].
+    #[arg(long, value_name = "N")]
+    max_peers: Option<usize>,
+    /// The shortest heartbeat period a RegisterPeer call over gRPC may ask
+    /// for, so that no one can make the node send a datagram every
+    /// millisecond to a third party [default: 10ms].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    min_network_freq: Option<std::time::Duration>,
     /// Print the start line and peer events as JSON lines.
     #[arg(long)]
     json: bool,
@@ -67,6 +76,8 @@ struct ConfigFile {
     in_memory: Option<bool>,
     udp: Option<bool>,
     cluster_key_file: Option<PathBuf>,
+    max_peers: Option<usize>,
+    min_network_freq: Option<String>,
 }
 
 /// Reads a cluster key file, and warns when others may read it too.
@@ -123,6 +134,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     if let Some(epoch) = args.epoch.or(file.epoch) {
         builder = builder.server_epoch(epoch);
+    }
+    if let Some(max) = args.max_peers.or(file.max_peers) {
+        builder = builder.max_peers(max);
+    }
+    let min_freq = match (args.min_network_freq, &file.min_network_freq) {
+        (Some(d), _) => Some(d),
+        (None, Some(text)) => Some(
+            humantime::parse_duration(text)
+                .map_err(|e| anyhow::anyhow!("config file: min_network_freq: {e}"))?,
+        ),
+        (None, None) => None,
+    };
+    if let Some(min) = min_freq {
+        builder = builder.min_network_heartbeat_freq(min);
     }
     let key_file = args.cluster_key_file.or(file.cluster_key_file);
     let keyring = match (&key_file, &args.cluster_keys) {

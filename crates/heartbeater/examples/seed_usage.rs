@@ -38,7 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut client_two = HeartbeatClient::new(host, two.port(), deadline, 1)?;
     client_two.start()?;
 
-    let heartbeat_freq_millis = 5;
+    let heartbeat_freq_millis = 10;
     // 5-6. each server heartbeats the other.
     client_one.register_peer(RegisterPeerRequest {
         peer_id: server_two.identity(),

@@ -85,6 +85,18 @@ impl HeartbeatServerBuilder {
             inner: self.inner.udp_heartbeats(enabled),
         }
     }
+    /// See [`crate::HeartbeatServerBuilder::max_peers`].
+    pub fn max_peers(self, max_peers: usize) -> Self {
+        Self {
+            inner: self.inner.max_peers(max_peers),
+        }
+    }
+    /// See [`crate::HeartbeatServerBuilder::min_network_heartbeat_freq`].
+    pub fn min_network_heartbeat_freq(self, freq: std::time::Duration) -> Self {
+        Self {
+            inner: self.inner.min_network_heartbeat_freq(freq),
+        }
+    }
     /// See [`crate::HeartbeatServerBuilder::cluster_keys`].
     pub fn cluster_keys(self, keyring: crate::Keyring) -> Self {
         Self {

@@ -63,10 +63,10 @@ pub(crate) enum Command {
         ops: Vec<TableOp>,
         reply: oneshot::Sender<Vec<bool>>,
     },
-    /// Whether each id is registered.
+    /// Whether each id is registered, and how many peers are.
     Known {
         ids: Vec<String>,
-        reply: oneshot::Sender<Vec<bool>>,
+        reply: oneshot::Sender<(Vec<bool>, usize)>,
     },
     Statuses(oneshot::Sender<Vec<PeerStatus>>),
     Counts(oneshot::Sender<StateCounts>),
@@ -115,7 +115,7 @@ impl DriverHandle {
         self.request(|reply| Command::Apply { ops, reply }).await
     }
 
-    pub(crate) async fn known(&self, ids: Vec<String>) -> Result<Vec<bool>, Stopped> {
+    pub(crate) async fn known(&self, ids: Vec<String>) -> Result<(Vec<bool>, usize), Stopped> {
         self.request(|reply| Command::Known { ids, reply }).await
     }
 
@@ -319,6 +319,12 @@ pub(crate) fn apply(table: &mut PeerTable, ops: Vec<TableOp>, t: Instant) -> Vec
         .collect()
 }
 
+/// Whether each of `ids` is registered in `table`, and how many peers are.
+pub(crate) fn known(table: &PeerTable, ids: &[String]) -> (Vec<bool>, usize) {
+    let flags = ids.iter().map(|id| table.key_of(id).is_some()).collect();
+    (flags, table.len())
+}
+
 pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
@@ -352,11 +358,7 @@ impl Loop {
                 let _ = reply.send(results);
             }
             Command::Known { ids, reply } => {
-                let known = ids
-                    .iter()
-                    .map(|id| self.table.key_of(id).is_some())
-                    .collect();
-                let _ = reply.send(known);
+                let _ = reply.send(known(&self.table, &ids));
             }
             Command::Statuses(reply) => {
                 let _ = reply.send(self.table.statuses());

@@ -75,7 +75,8 @@ pub use proto::{
     WatchPeersRequest,
 };
 pub use server::{
-    HeartbeatServer, HeartbeatServerBuilder, DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT,
+    HeartbeatServer, HeartbeatServerBuilder, DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_MAX_PEERS,
+    DEFAULT_MIN_NETWORK_FREQ, DEFAULT_PORT,
 };
 pub use store::{MemoryStore, RegistryOp, RegistryStore, RocksDbStore, StoreError};
 pub use topic::{

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use heartbeater_core::{
     DetectorConfig, PeerSpec, PeerStatus, PeerTable, StateCounts, ValidationError,
@@ -72,6 +72,22 @@ pub enum NodeError {
     /// The node is shutting down.
     #[error("node is shutting down")]
     ShuttingDown,
+    /// The registry holds as many peers as the node allows; deregister some,
+    /// or raise the limit ([`crate::HeartbeatServerBuilder::max_peers`]).
+    #[error("the registry is full: {limit} peers registered, the most this node accepts")]
+    RegistryFull {
+        /// The node's limit.
+        limit: usize,
+    },
+}
+
+/// What a node accepts from its callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Peers in the registry.
+    pub(crate) max_peers: usize,
+    /// The shortest heartbeat period a registration over gRPC may ask for.
+    pub(crate) min_network_freq: Duration,
 }
 
 /// One node's shared state. The peer table is here only while no driver
@@ -88,21 +104,37 @@ pub(crate) struct Node {
     driver: DriverHandle,
     events: broadcast::Sender<PeerEvent>,
     counters: Arc<Counters>,
+    limits: Limits,
     commits: std::sync::Mutex<CommitQueue>,
     topics: Arc<crate::topic::Topics>,
 }
 
+/// What a node is made of, as the server's builder assembles it.
+pub(crate) struct NodeParts {
+    pub(crate) identity: String,
+    pub(crate) epoch: u64,
+    pub(crate) store: Arc<dyn RegistryStore>,
+    pub(crate) table: PeerTable,
+    pub(crate) driver: DriverHandle,
+    pub(crate) events: broadcast::Sender<PeerEvent>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) limits: Limits,
+}
+
 impl Node {
-    /// A node over `store`, whose table the driver behind `driver` owns.
-    pub(crate) fn new(
-        identity: String,
-        epoch: u64,
-        store: Arc<dyn RegistryStore>,
-        table: PeerTable,
-        driver: DriverHandle,
-        events: broadcast::Sender<PeerEvent>,
-        counters: Arc<Counters>,
-    ) -> Arc<Self> {
+    /// A node over `store` and `table`, which it parks until the driver
+    /// behind `driver` starts.
+    pub(crate) fn new(parts: NodeParts) -> Arc<Self> {
+        let NodeParts {
+            identity,
+            epoch,
+            store,
+            table,
+            driver,
+            events,
+            counters,
+            limits,
+        } = parts;
         Arc::new(Self {
             identity,
             epoch,
@@ -111,6 +143,7 @@ impl Node {
             driver,
             events,
             counters,
+            limits,
             commits: std::sync::Mutex::default(),
             topics: Arc::default(),
         })
@@ -190,15 +223,31 @@ impl Node {
     }
 
     /// Registers or updates a peer; returns once the registration is durable.
+    /// A registration over the network (`from_network`) may not ask for a
+    /// period shorter than the node's minimum: a node must not be made to
+    /// send a third party a datagram every millisecond by whoever reaches it.
     pub(crate) async fn register(
         self: &Arc<Self>,
         req: RegisterPeerRequest,
+        from_network: bool,
     ) -> Result<RegisterPeerResponse, NodeError> {
         let detector = DetectorConfig::from_millis(
             req.heartbeat_freq_millis,
             req.timeout_millis,
             req.max_missed,
         )?;
+        let min = self.limits.min_network_freq;
+        if from_network && detector.heartbeat_freq < min {
+            return Err(ValidationError::new(
+                "heartbeat_freq_millis",
+                format!(
+                    "{} ms; registrations over the network may ask for {} ms at least (this node's minimum)",
+                    req.heartbeat_freq_millis,
+                    min.as_millis()
+                ),
+            )
+            .into());
+        }
         let spec = PeerSpec::new(&req.peer_id, &req.peer_host, req.peer_port, detector)?;
         let record = PeerRecord {
             peer_id: spec.peer_id.to_string(),
@@ -274,29 +323,22 @@ impl Node {
             return;
         };
         // `ops[i]` is the change `waiting[i]` waits for. Deregistering an
-        // unknown id fails alone, and whether an id is known takes the
+        // unknown id fails alone, and so does registering a new peer into a
+        // full registry; whether an id is known, and how many are, takes the
         // changes queued before it into account. Only the committer changes
         // which peers are registered, so what the driver says here still
         // holds when the group is applied.
-        let deregistered: Vec<String> = group
+        let ids: Vec<String> = group
             .iter()
-            .filter_map(|p| match &p.change {
-                Change::Deregister { peer_id } => Some(peer_id.clone()),
-                Change::Register { .. } => None,
+            .map(|p| match &p.change {
+                Change::Deregister { peer_id } => peer_id.clone(),
+                Change::Register { record, .. } => record.peer_id.clone(),
             })
             .collect();
-        let parked = self.with_parked(|table| {
-            deregistered
-                .iter()
-                .map(|id| table.key_of(id).is_some())
-                .collect::<Vec<_>>()
-        });
-        let known_before = if deregistered.is_empty() {
-            Vec::new()
-        } else if let Some(known) = parked {
-            known
-        } else {
-            match self.driver.known(deregistered.clone()).await {
+        let parked = self.with_parked(|table| crate::driver::known(table, &ids));
+        let (known_before, mut count) = match parked {
+            Some(known) => known,
+            None => match self.driver.known(ids.clone()).await {
                 Ok(known) => known,
                 Err(_) => {
                     for pending in group {
@@ -304,15 +346,24 @@ impl Node {
                     }
                     return;
                 }
-            }
+            },
         };
-        let mut registered: HashMap<String, bool> =
-            deregistered.into_iter().zip(known_before).collect();
+        let mut registered: HashMap<String, bool> = ids.into_iter().zip(known_before).collect();
         let mut ops = Vec::with_capacity(group.len());
         let mut waiting = Vec::with_capacity(group.len());
         for Pending { change, reply } in group {
             match change {
                 Change::Register { record, spec } => {
+                    let known = registered.get(&record.peer_id).copied().unwrap_or(false);
+                    if !known && count >= self.limits.max_peers {
+                        let _ = reply.send(Err(NodeError::RegistryFull {
+                            limit: self.limits.max_peers,
+                        }));
+                        continue;
+                    }
+                    if !known {
+                        count += 1;
+                    }
                     registered.insert(record.peer_id.clone(), true);
                     ops.push(RegistryOp::Put(record));
                     waiting.push((Some(spec), reply));
@@ -320,6 +371,7 @@ impl Node {
                 Change::Deregister { peer_id } => {
                     if registered.get(&peer_id).copied().unwrap_or(false) {
                         registered.insert(peer_id.clone(), false);
+                        count = count.saturating_sub(1);
                         ops.push(RegistryOp::Delete(peer_id));
                         waiting.push((None, reply));
                     } else {

@@ -24,7 +24,7 @@ use crate::error::ServerError;
 use crate::event::EventStream;
 use crate::fanout::LearnedEpochs;
 use crate::lateness::LatenessHistogram;
-use crate::node::{spec_of_record, Node, NodeError};
+use crate::node::{spec_of_record, Limits, Node, NodeError, NodeParts};
 use crate::proto::heartbeat_service_server::HeartbeatServiceServer;
 use crate::proto::topic_service_server::TopicServiceServer;
 use crate::proto::{
@@ -40,6 +40,10 @@ pub const DEFAULT_HOST: &str = "127.0.0.1";
 pub const DEFAULT_PORT: u16 = 8181;
 /// Default data directory, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "heartbeater-data";
+/// Default most peers a node's registry holds.
+pub const DEFAULT_MAX_PEERS: usize = 100_000;
+/// Default shortest heartbeat period a registration over gRPC may ask for.
+pub const DEFAULT_MIN_NETWORK_FREQ: Duration = Duration::from_millis(10);
 /// How long `stop` waits for open calls to finish before cutting them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -63,6 +67,8 @@ pub struct HeartbeatServerBuilder {
     storage: Storage,
     udp: bool,
     keyring: Option<Keyring>,
+    max_peers: usize,
+    min_network_freq: Duration,
 }
 
 impl Default for HeartbeatServerBuilder {
@@ -75,6 +81,8 @@ impl Default for HeartbeatServerBuilder {
             storage: Storage::DataDir(PathBuf::from(DEFAULT_DATA_DIR)),
             udp: true,
             keyring: None,
+            max_peers: DEFAULT_MAX_PEERS,
+            min_network_freq: DEFAULT_MIN_NETWORK_FREQ,
         }
     }
 }
@@ -141,6 +149,25 @@ impl HeartbeatServerBuilder {
     /// node with [`HeartbeatServer::set_keyring`].
     pub fn cluster_keys(mut self, keyring: Keyring) -> Self {
         self.keyring = Some(keyring);
+        self
+    }
+
+    /// The most peers the registry holds (default 100,000); a registration
+    /// of one more is refused with [`NodeError::RegistryFull`]
+    /// (`RESOURCE_EXHAUSTED` over gRPC). Peers restored from the data
+    /// directory are all kept, even past it.
+    pub fn max_peers(mut self, max_peers: usize) -> Self {
+        self.max_peers = max_peers;
+        self
+    }
+
+    /// The shortest heartbeat period a `RegisterPeer` call over gRPC may ask
+    /// for (default 10 ms): whoever can reach the node must not be able to
+    /// make it send a third party a datagram every millisecond.
+    /// [`HeartbeatServer::register_peer`], called in-process, is not bound
+    /// by it.
+    pub fn min_network_heartbeat_freq(mut self, freq: Duration) -> Self {
+        self.min_network_freq = freq;
         self
     }
 
@@ -218,7 +245,20 @@ impl HeartbeatServerBuilder {
         let lateness = Arc::new(LatenessHistogram::default());
         let (driver, handle, events, learned_epochs) =
             Driver::new(counters.clone(), lateness.clone());
-        let node = Node::new(identity, epoch, store, table, handle, events, counters);
+        let limits = Limits {
+            max_peers: self.max_peers,
+            min_network_freq: self.min_network_freq,
+        };
+        let node = Node::new(NodeParts {
+            identity,
+            epoch,
+            store,
+            table,
+            driver: handle,
+            events,
+            counters,
+            limits,
+        });
         Ok(HeartbeatServer {
             instance,
             host,
@@ -586,7 +626,7 @@ impl HeartbeatServer {
         &self,
         request: RegisterPeerRequest,
     ) -> Result<RegisterPeerResponse, NodeError> {
-        self.node.register(request).await
+        self.node.register(request, false).await
     }
 
     /// Deregisters a peer directly (what the `DeregisterPeer` RPC does).

@@ -40,6 +40,7 @@ impl From<NodeError> for Status {
             NodeError::UnknownPeer(_) => Status::not_found(e.to_string()),
             NodeError::Store(_) => Status::internal(e.to_string()),
             NodeError::ShuttingDown => Status::unavailable(e.to_string()),
+            NodeError::RegistryFull { .. } => Status::resource_exhausted(e.to_string()),
         }
     }
 }
@@ -60,7 +61,7 @@ impl HeartbeatService for HeartbeatGrpc {
         request: Request<proto::RegisterPeerRequest>,
     ) -> Result<Response<proto::RegisterPeerResponse>, Status> {
         Ok(Response::new(
-            self.node.register(request.into_inner()).await?,
+            self.node.register(request.into_inner(), true).await?,
         ))
     }
 

@@ -59,7 +59,7 @@ fn two_servers_heartbeat_each_other_until_deregistered() {
     client_two.start().expect("start client two");
     assert!(client_two.is_running());
 
-    let heartbeat_freq_millis = 5;
+    let heartbeat_freq_millis = 10;
 
     // 5. register server two on server one: one heartbeats two.
     let response = client_one

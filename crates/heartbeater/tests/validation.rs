@@ -370,3 +370,79 @@ fn a_corrupt_data_dir_is_refused_naming_the_path() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_full_registry_refuses_new_peers_with_resource_exhausted() {
+    let node = HeartbeatServer::builder()
+        .server_port(0)
+        .in_memory()
+        .max_peers(2)
+        .build()
+        .unwrap();
+    node.start().await.unwrap();
+    let url = format!("http://{}", node.local_addr().unwrap());
+    let mut raw = HeartbeatServiceClient::connect(url).await.unwrap();
+    let named = |id: &str| RegisterPeerRequest {
+        peer_id: id.into(),
+        ..valid()
+    };
+    raw.register_peer(named("a")).await.unwrap();
+    raw.register_peer(named("b")).await.unwrap();
+    let refused = raw.register_peer(named("c")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("2 peers"),
+        "{}",
+        refused.message()
+    );
+    let ids: Vec<String> = node.peers().await.into_iter().map(|p| p.peer_id).collect();
+    assert_eq!(ids, ["a", "b"], "nothing changed");
+    // Updating a registered peer is not growing the registry.
+    let update = raw
+        .register_peer(RegisterPeerRequest {
+            heartbeat_freq_millis: 200,
+            ..named("b")
+        })
+        .await
+        .unwrap();
+    assert!(update.into_inner().updated);
+    raw.deregister_peer(DeregisterPeerRequest {
+        peer_id: "a".into(),
+    })
+    .await
+    .unwrap();
+    raw.register_peer(named("c")).await.unwrap();
+    assert_eq!(node.peer_counts().await.total(), 2);
+    node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_network_cannot_ask_for_a_faster_heartbeat_than_the_nodes_minimum() {
+    let node = memory_node().await;
+    let url = format!("http://{}", node.local_addr().unwrap());
+    let mut raw = HeartbeatServiceClient::connect(url).await.unwrap();
+    let fast = RegisterPeerRequest {
+        heartbeat_freq_millis: 1,
+        ..valid()
+    };
+    let refused = raw.register_peer(fast.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    let details = refused.get_error_details();
+    let violation = &details.bad_request().unwrap().field_violations[0];
+    assert_eq!(violation.field, "heartbeat_freq_millis");
+    assert!(node.peers().await.is_empty());
+    raw.register_peer(RegisterPeerRequest {
+        heartbeat_freq_millis: 10,
+        ..valid()
+    })
+    .await
+    .expect("the minimum itself is fine");
+    // In-process, the embedding program decides.
+    node.register_peer(RegisterPeerRequest {
+        peer_id: "local".into(),
+        ..fast
+    })
+    .await
+    .expect("no network minimum in-process");
+    node.stop().await.unwrap();
+}
