@@ -98,7 +98,8 @@ pub enum ReplyVerdict {
     NotInFlight,
     /// The heartbeat was not sent on the path the reply came by. Ignored.
     WrongPath,
-    /// Later than the timeout: the heartbeat is settled as a miss.
+    /// Later than the timeout: the heartbeat is settled as unanswered (a
+    /// miss, unless it was a trial). Its identity and epoch are not looked at.
     Late,
     /// From another identity than the registered one: a miss.
     WrongIdentity,
