@@ -238,25 +238,42 @@ pub fn answer(
     out: &mut Vec<u8>,
 ) -> Result<(), NoAnswer> {
     let ping = Datagram::open(buf, keyring)?;
-    if ping.kind != Kind::Ping {
-        return Err(NoAnswer::Pong);
+    ping.write_pong(buf.len(), identity, epoch, keyring, out)
+}
+
+impl Datagram<'_> {
+    /// Writes into `out` the pong that answers this datagram, a ping that
+    /// arrived in `ping_len` bytes, unless that pong would be longer than the
+    /// ping: the one place the no-amplification rule lives, for [`answer`]
+    /// and for a node that has already opened the ping.
+    pub fn write_pong(
+        &self,
+        ping_len: usize,
+        identity: &str,
+        epoch: u64,
+        keyring: Option<&Keyring>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), NoAnswer> {
+        if self.kind != Kind::Ping {
+            return Err(NoAnswer::Pong);
+        }
+        Datagram {
+            kind: Kind::Pong,
+            token: self.token,
+            epoch,
+            identity,
+        }
+        .seal(0, keyring, out);
+        if out.len() > ping_len {
+            let pong = out.len();
+            out.clear();
+            return Err(NoAnswer::TooShort {
+                ping: ping_len,
+                pong,
+            });
+        }
+        Ok(())
     }
-    Datagram {
-        kind: Kind::Pong,
-        token: ping.token,
-        epoch,
-        identity,
-    }
-    .seal(0, keyring, out);
-    if out.len() > buf.len() {
-        let pong = out.len();
-        out.clear();
-        return Err(NoAnswer::TooShort {
-            ping: buf.len(),
-            pong,
-        });
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -67,7 +67,10 @@ struct PeerPath {
     key: PeerKey,
     path: Path,
     target: Target,
-    /// Highest heartbeat answered by a valid pong.
+    /// Whether the registered host is a DNS name, looked up again after a
+    /// silence (it may point elsewhere now).
+    named: bool,
+    /// Highest heartbeat answered by a pong with a token of ours.
     last_pong_seq: u64,
 }
 
@@ -78,6 +81,15 @@ pub(crate) struct Sent {
     pub(crate) datagram: Option<bool>,
     /// It must (also) go over gRPC.
     pub(crate) grpc: bool,
+}
+
+impl Sent {
+    /// Not as a datagram (no address yet, none usable, or the send failed):
+    /// gRPC carries it.
+    pub(crate) const GRPC_ONLY: Sent = Sent {
+        datagram: None,
+        grpc: true,
+    };
 }
 
 /// What a pong turned out to be.
@@ -136,15 +148,19 @@ impl DatagramPath {
 
     fn entry(&mut self, key: PeerKey, spec: &PeerSpec) -> &mut PeerPath {
         let fresh = || {
-            let target = match spec.host.parse::<IpAddr>() {
-                Ok(ip) => family_fit(SocketAddr::new(ip, spec.port), self.local_v6)
-                    .map_or(Target::Unusable, Target::Addr),
-                Err(_) => Target::Unresolved,
+            let (target, named) = match spec.host.parse::<IpAddr>() {
+                Ok(ip) => (
+                    family_fit(SocketAddr::new(ip, spec.port), self.local_v6)
+                        .map_or(Target::Unusable, Target::Addr),
+                    false,
+                ),
+                Err(_) => (Target::Unresolved, true),
             };
             PeerPath {
                 key,
                 path: Path::Probing,
                 target,
+                named,
                 last_pong_seq: 0,
             }
         };
@@ -187,17 +203,9 @@ impl DatagramPath {
             Target::Unresolved => {
                 entry.target = Target::Resolving;
                 resolving.push(resolve(key, spec.host.clone(), spec.port, local_v6));
-                return Sent {
-                    datagram: None,
-                    grpc: true,
-                };
+                return Sent::GRPC_ONLY;
             }
-            Target::Resolving | Target::Unusable => {
-                return Sent {
-                    datagram: None,
-                    grpc: true,
-                }
-            }
+            Target::Resolving | Target::Unusable => return Sent::GRPC_ONLY,
         };
         let path = entry.path;
         let authenticated = self.keyring.is_some();
@@ -215,10 +223,7 @@ impl DatagramPath {
         if let Err(e) = self.socket.try_send_to(&self.out, addr) {
             // A full buffer, no route: gRPC carries this one.
             tracing::trace!(error = %e, %addr, "heartbeat datagram not sent");
-            return Sent {
-                datagram: None,
-                grpc: true,
-            };
+            return Sent::GRPC_ONLY;
         }
         match path {
             Path::Probing => Sent {
@@ -237,9 +242,8 @@ impl DatagramPath {
     }
 
     /// A heartbeat timed out: a datagram that went unanswered moves its peer
-    /// to *Both*. `is_name` says whether the peer's host is a DNS name, to
-    /// be looked up again (it may now point elsewhere).
-    pub(crate) fn on_expired(&mut self, expired: &Expired, is_name: bool) {
+    /// to *Both*, and a peer registered by name to a new lookup.
+    pub(crate) fn on_expired(&mut self, expired: &Expired) {
         if !expired.paths.contains(Route::Datagram) {
             return;
         }
@@ -247,7 +251,7 @@ impl DatagramPath {
         if let Some(entry) = self.current(expired.id.peer()) {
             if entry.last_pong_seq < seq && entry.path != Path::Both {
                 entry.path = Path::Both;
-                if entry.target != Target::Resolving && is_name {
+                if entry.named && entry.target != Target::Resolving {
                     entry.target = Target::Unresolved;
                 }
             }

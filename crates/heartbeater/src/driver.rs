@@ -223,6 +223,9 @@ impl Driver {
         // must not cost a timer registration. A timer that fired must be
         // re-armed before it is polled again (an elapsed sleep stays ready,
         // and would spin the loop), hence `Armed::Fired`.
+        // The socket never changes: one handle for the whole run, not a
+        // clone per wake-up.
+        let socket = state.path.as_ref().map(|p| p.socket.clone());
         let sleep = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(sleep);
         let mut armed = Armed::Fired;
@@ -245,7 +248,6 @@ impl Driver {
                     }
                 };
             }
-            let socket = state.path.as_ref().map(|p| p.socket.clone());
             let readable = async {
                 match &socket {
                     Some(s) => s.readable().await,
@@ -404,11 +406,7 @@ impl Loop {
         self.table.poll_expired(t, &mut self.expired);
         for e in self.expired.drain(..) {
             if let Some(p) = self.path.as_mut() {
-                let is_name = self
-                    .table
-                    .spec(e.id.peer())
-                    .is_some_and(|s| s.host.parse::<std::net::IpAddr>().is_err());
-                p.on_expired(&e, is_name);
+                p.on_expired(&e);
             }
         }
     }
@@ -433,10 +431,7 @@ impl Loop {
         };
         let sent = match self.path.as_mut() {
             Some(p) => p.send(probe, spec, self.grpc_allowed, &mut self.resolving),
-            None => crate::datagram_path::Sent {
-                datagram: None,
-                grpc: true,
-            },
+            None => crate::datagram_path::Sent::GRPC_ONLY,
         };
         let call = if sent.grpc && self.grpc_allowed {
             self.grpc

@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 
-use heartbeater_core::datagram::{Datagram, Kind};
+use heartbeater_core::datagram::{Datagram, NoAnswer};
 use heartbeater_core::Keyring;
 use tokio::net::UdpSocket;
 
@@ -40,16 +40,13 @@ impl Responder {
         socket: &UdpSocket,
         counters: &Counters,
     ) {
-        Datagram {
-            kind: Kind::Pong,
-            token: ping.token,
-            epoch: self.epoch,
-            identity: &self.identity,
-        }
-        .seal(0, keyring, &mut self.out);
-        if self.out.len() > ping_len {
-            Counters::add(&counters.not_answered_too_short);
-            return;
+        match ping.write_pong(ping_len, &self.identity, self.epoch, keyring, &mut self.out) {
+            Ok(()) => {}
+            Err(NoAnswer::TooShort { .. }) => {
+                Counters::add(&counters.not_answered_too_short);
+                return;
+            }
+            Err(_) => return,
         }
         // Counted before the send, so whoever holds the pong already sees it
         // counted. A full send buffer drops the answer (uncounted again); the
