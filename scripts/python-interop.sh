@@ -42,7 +42,9 @@ bin="${CARGO_TARGET_DIR:-target}/debug/heartbeater"
 # recorded and the EXIT trap stops them; their output goes to files, so no
 # pipe of ours stays open in them.
 start_node() {
-    "$bin" serve --json --in-memory --listen 127.0.0.1:0 >"$work/$1.out" 2>"$work/$1.err" </dev/null &
+    local name=$1
+    shift
+    "$bin" serve --json --listen 127.0.0.1:0 "$@" >"$work/$name.out" 2>"$work/$name.err" </dev/null &
     pids+=($!)
 }
 first_line() {
@@ -52,11 +54,17 @@ first_line() {
     done
     head -n1 "$work/$1.out"
 }
-start_node monitor
-start_node peer
+start_node monitor --in-memory
+start_node peer --in-memory
 monitor=$(first_line monitor)
 peer=$(first_line peer)
 field() { "$venv/bin/python" -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
 PYTHONPATH="$work" "$venv/bin/python" examples/python/interop_check.py \
     "$(field "$monitor" listen)" "$(field "$peer" listen)" "$(field "$peer" identity)"
+
+# A registry of 100,000 peers, listed page by page.
+"${CARGO_TARGET_DIR:-target}/debug/examples/fill_registry" "$work/large" 100000 >/dev/null
+start_node large --data-dir "$work/large"
+large=$(first_line large)
+PYTHONPATH="$work" "$venv/bin/python" examples/python/list_all_peers.py "$(field "$large" listen)" 100000

@@ -13,7 +13,16 @@ use crate::output;
 use crate::ServerArgs;
 
 fn client(args: &ServerArgs) -> anyhow::Result<HeartbeatClient> {
-    HeartbeatClient::new(&args.server.host, args.server.port, args.deadline)
+    let mut builder = HeartbeatClient::builder(args.server.host.clone(), args.server.port)
+        .deadline(args.deadline);
+    if let Some(tls) = args.security.tls()? {
+        builder = builder.tls(tls);
+    }
+    if let Some(token) = args.security.token()? {
+        builder = builder.token(token);
+    }
+    builder
+        .build()
         .with_context(|| format!("--server {}", args.server))
 }
 

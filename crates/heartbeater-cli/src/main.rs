@@ -6,6 +6,7 @@
 mod address;
 mod admin;
 mod output;
+mod security;
 mod serve;
 mod topics;
 
@@ -56,6 +57,8 @@ struct ServerArgs {
     /// How long to wait for the node's answer.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     deadline: Duration,
+    #[command(flatten)]
+    security: security::ClientSecurityArgs,
 }
 
 /// Resolves at the first SIGINT (Ctrl-C) or SIGTERM.

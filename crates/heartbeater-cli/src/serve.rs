@@ -1,6 +1,6 @@
 //! `heartbeater serve`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use futures_util::StreamExt;
@@ -10,14 +10,16 @@ use serde_json::json;
 
 use crate::address::HostPort;
 use crate::output;
+use crate::security::{read_tokens, ServerTlsFiles};
 
 /// Options of `serve`. A `--config` file may set the same keys (`listen`,
-/// `data_dir`, `epoch`, `in_memory`, `udp`, `cluster_key_file`); flags given
-/// on the command line win.
+/// `data_dir`, `epoch`, `in_memory`, `udp`, `cluster_key_file`, the limits,
+/// the `tls_*` files, `auth_token_file`, `auth_reads`); flags given on the
+/// command line win.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// A TOML file with `listen`, `data_dir`, `epoch`, `in_memory`, `udp` and
-    /// `cluster_key_file` keys.
+    /// A TOML file with the same keys as the long options, in snake case
+    /// (`listen`, `data_dir`, `tls_cert`, `auth_token_file`, `max_peers`, ...).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address to listen on (port 0 picks a free one) [default: 127.0.0.1:8181].
@@ -62,6 +64,44 @@ pub struct ServeArgs {
     /// millisecond to a third party [default: 10ms].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     min_network_freq: Option<std::time::Duration>,
+    /// Serve gRPC over TLS with this certificate chain (PEM, the node's
+    /// own certificate first). SIGHUP re-reads it.
+    #[arg(long, value_name = "FILE", env = "HEARTBEATER_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", env = "HEARTBEATER_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: refuse clients without a certificate issued by the CA in
+    /// FILE (PEM).
+    #[arg(long, value_name = "FILE", env = "HEARTBEATER_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
+    /// The CA (PEM) that peers' certificates chain to, for the connections
+    /// this node opens (heartbeats over gRPC); the node presents --tls-cert
+    /// there [default: --tls-client-ca].
+    #[arg(long, value_name = "FILE", env = "HEARTBEATER_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Require a bearer token from FILE (one per line, all accepted; the
+    /// first is sent on this node's own calls) for RegisterPeer and
+    /// DeregisterPeer. SIGHUP re-reads it.
+    #[arg(long, value_name = "FILE", env = "HEARTBEATER_AUTH_TOKEN_FILE")]
+    auth_token_file: Option<PathBuf>,
+    /// Require the token on reads too (Heartbeat, ListPeers, WatchPeers,
+    /// subscriptions, health).
+    #[arg(long, requires = "auth_token_file")]
+    auth_reads: bool,
+    /// The largest request message, in bytes; larger ones are refused with
+    /// RESOURCE_EXHAUSTED [default: 4194304].
+    #[arg(long, value_name = "BYTES")]
+    max_request_bytes: Option<usize>,
+    /// The most connections one client IP address may hold open [default: 256].
+    #[arg(long, value_name = "N")]
+    max_connections_per_address: Option<usize>,
+    /// The most calls in progress on one connection [default: 128].
+    #[arg(long, value_name = "N")]
+    max_streams_per_connection: Option<u32>,
+    /// The most WatchPeers streams open at once [default: 1024].
+    #[arg(long, value_name = "N")]
+    max_watchers: Option<usize>,
     /// Print the start line and peer events as JSON lines.
     #[arg(long)]
     json: bool,
@@ -78,6 +118,16 @@ struct ConfigFile {
     cluster_key_file: Option<PathBuf>,
     max_peers: Option<usize>,
     min_network_freq: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    auth_token_file: Option<PathBuf>,
+    auth_reads: Option<bool>,
+    max_request_bytes: Option<usize>,
+    max_connections_per_address: Option<usize>,
+    max_streams_per_connection: Option<u32>,
+    max_watchers: Option<usize>,
 }
 
 /// Reads a cluster key file, and warns when others may read it too.
@@ -95,6 +145,83 @@ fn read_keys(path: &std::path::Path) -> anyhow::Result<heartbeater::Keyring> {
     }
     heartbeater::Keyring::parse(&text)
         .with_context(|| format!("cluster key file {}", path.display()))
+}
+
+fn reloaded(json: bool, what: &str, text: String, fields: serde_json::Value) {
+    if json {
+        let mut line = json!({"event": format!("{what}_reloaded"), "detail": text, "timestamp": output::now_rfc3339()});
+        if let (Some(line), serde_json::Value::Object(fields)) = (line.as_object_mut(), fields) {
+            line.extend(fields);
+        }
+        println!("{line}");
+    } else {
+        println!("{} reloaded: {text}", what.replace('_', " "));
+    }
+}
+
+/// SIGHUP: re-reads every file the node was started with. A file that no
+/// longer loads keeps what is in use: a typo must not cut the node off from
+/// its peers or its clients.
+async fn reload(
+    server: &HeartbeatServer,
+    key_file: Option<&Path>,
+    tls_files: &ServerTlsFiles,
+    token_file: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<()> {
+    if let Some(path) = key_file {
+        match read_keys(path) {
+            Ok(keyring) => {
+                let keys = keyring.key_ids().len();
+                let primary = keyring.primary_id().to_string();
+                server.set_keyring(Some(keyring)).await?;
+                reloaded(
+                    json,
+                    "cluster_keys",
+                    format!("{keys} accepted, primary {primary}"),
+                    json!({"keys": keys, "primary": primary}),
+                );
+            }
+            Err(e) => tracing::error!("cluster keys not reloaded, the old ones stay: {e:#}"),
+        }
+    }
+    match tls_files.server() {
+        Ok(Some(tls)) => {
+            server.set_tls(tls);
+            reloaded(
+                json,
+                "tls",
+                "certificate for new connections".into(),
+                json!({}),
+            );
+        }
+        Ok(None) => {}
+        Err(e) => tracing::error!("TLS not reloaded, the old certificate stays: {e:#}"),
+    }
+    match tls_files.peer() {
+        Ok(Some(tls)) => server.set_peer_tls(Some(tls)),
+        Ok(None) => {}
+        Err(e) => tracing::error!("peer TLS not reloaded, the old one stays: {e:#}"),
+    }
+    if let Some(path) = token_file {
+        match read_tokens(path) {
+            Ok((_, tokens)) => {
+                let n = tokens.len();
+                server.set_auth_tokens(Some(tokens));
+                reloaded(
+                    json,
+                    "auth_tokens",
+                    format!("{n} accepted"),
+                    json!({"tokens": n}),
+                );
+            }
+            Err(e) => tracing::error!("tokens not reloaded, the old ones stay: {e:#}"),
+        }
+    }
+    if key_file.is_none() && tls_files.cert.is_none() && token_file.is_none() {
+        tracing::warn!("SIGHUP ignored: no key, certificate or token file to reload");
+    }
+    Ok(())
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -162,6 +289,54 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(keyring) = keyring {
         builder = builder.cluster_keys(keyring);
     }
+    if let Some(n) = args.max_request_bytes.or(file.max_request_bytes) {
+        builder = builder.max_request_bytes(n);
+    }
+    if let Some(n) = args
+        .max_connections_per_address
+        .or(file.max_connections_per_address)
+    {
+        builder = builder.max_connections_per_address(n);
+    }
+    if let Some(n) = args
+        .max_streams_per_connection
+        .or(file.max_streams_per_connection)
+    {
+        builder = builder.max_streams_per_connection(n);
+    }
+    if let Some(n) = args.max_watchers.or(file.max_watchers) {
+        builder = builder.max_watchers(n);
+    }
+    let tls_files = ServerTlsFiles {
+        cert: args.tls_cert.or(file.tls_cert),
+        key: args.tls_key.or(file.tls_key),
+        client_ca: args.tls_client_ca.or(file.tls_client_ca),
+        ca: args.tls_ca.or(file.tls_ca),
+    };
+    let tls = tls_files.server()?;
+    let mutual = tls
+        .as_ref()
+        .is_some_and(|t| t.requires_client_certificate());
+    if let Some(tls) = &tls {
+        builder = builder.tls(tls.clone());
+    }
+    let peer_tls = tls_files.peer()?;
+    if tls.is_some() && peer_tls.is_none() {
+        tracing::warn!("--tls-cert without --tls-ca: this node's own gRPC calls (heartbeats to peers that do not answer datagrams) go in plain text");
+    }
+    if let Some(peer_tls) = peer_tls {
+        builder = builder.peer_tls(peer_tls);
+    }
+    let token_file = args.auth_token_file.or(file.auth_token_file);
+    let auth_reads = args.auth_reads || file.auth_reads.unwrap_or(false);
+    if auth_reads && token_file.is_none() {
+        anyhow::bail!("auth_reads needs auth_token_file: there is no token to require");
+    }
+    if let Some(path) = &token_file {
+        builder = builder
+            .auth_tokens(read_tokens(path)?.1)
+            .auth_reads(auth_reads);
+    }
     let server = builder.build()?;
     let mut events = server.events();
     let addr = server.start().await?;
@@ -182,6 +357,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 "data_dir": (!in_memory).then(|| data_dir.display().to_string()),
                 "peers": server.peers().await.len(),
                 "cluster_keys": keyed,
+                "tls": tls.is_some(),
+                "mutual_tls": mutual,
+                "auth_token": token_file.is_some(),
                 "timestamp": output::now_rfc3339(),
             })
         );
@@ -195,6 +373,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         if keyed {
             println!("  datagrams authenticated with the cluster keys");
         }
+        match (tls.is_some(), mutual) {
+            (true, true) => println!("  gRPC      TLS, client certificates required"),
+            (true, false) => println!("  gRPC      TLS"),
+            _ => {}
+        }
+        if token_file.is_some() {
+            println!(
+                "  token     required for {}",
+                if auth_reads { "every call" } else { "changes" }
+            );
+        }
     }
 
     let stop = crate::interrupted();
@@ -204,29 +393,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             r = &mut stop => { r?; break }
-            Some(()) = hangup.recv() => match &key_file {
-                // A bad file keeps the keys in use: a typo must not cut the
-                // node off from its peers.
-                Some(path) => match read_keys(path) {
-                    Ok(keyring) => {
-                        let keys = keyring.key_ids().len();
-                        let primary = keyring.primary_id().to_string();
-                        server.set_keyring(Some(keyring)).await?;
-                        if args.json {
-                            println!("{}", json!({
-                                "event": "cluster_keys_reloaded",
-                                "keys": keys,
-                                "primary": primary,
-                                "timestamp": output::now_rfc3339(),
-                            }));
-                        } else {
-                            println!("cluster keys reloaded: {keys} accepted, primary {primary}");
-                        }
-                    }
-                    Err(e) => tracing::error!("cluster keys not reloaded, the old ones stay: {e:#}"),
-                },
-                None => tracing::warn!("SIGHUP ignored: no --cluster-key-file to reload"),
-            },
+            Some(()) = hangup.recv() => {
+                reload(&server, key_file.as_deref(), &tls_files, token_file.as_deref(), args.json).await?;
+            }
             event = events.next() => {
                 let Some(event) = event else { break };
                 let e = event.to_proto(&identity);

@@ -546,6 +546,43 @@ impl<F: DetectorFactory> PeerTable<F> {
         all
     }
 
+    /// Up to `limit` statuses of the peers whose id sorts after `after` (all
+    /// ids when `None`), ordered by id, and whether more follow.
+    ///
+    /// Costs one pass over the table and a heap of `limit` entries: a page
+    /// of a large registry is served without sorting, or copying, the whole
+    /// table. Pages stay consistent under concurrent changes in the way a
+    /// cursor over ids does: a peer registered or removed between two pages
+    /// shows or not depending on where its id falls, and no other peer is
+    /// skipped or repeated.
+    pub fn statuses_page(&self, after: Option<&str>, limit: usize) -> (Vec<PeerStatus>, bool) {
+        use std::collections::BinaryHeap;
+        let limit = limit.max(1);
+        // A max-heap of the `limit + 1` smallest ids seen: the extra one
+        // tells whether another page follows.
+        let mut smallest: BinaryHeap<(&str, u32)> = BinaryHeap::with_capacity(limit + 1);
+        for (id, &slot) in &self.index {
+            let id: &str = id;
+            if after.is_some_and(|a| id <= a) {
+                continue;
+            }
+            if smallest.len() <= limit {
+                smallest.push((id, slot));
+            } else if smallest.peek().is_some_and(|&(top, _)| id < top) {
+                smallest.pop();
+                smallest.push((id, slot));
+            }
+        }
+        let more = smallest.len() > limit;
+        let mut page = smallest.into_sorted_vec();
+        page.truncate(limit);
+        let statuses = page
+            .into_iter()
+            .filter_map(|(_, slot)| self.slots.get(slot as usize).map(status_of))
+            .collect();
+        (statuses, more)
+    }
+
     /// Every registered peer's address, for drivers that pool connections.
     pub fn addresses(&self) -> impl Iterator<Item = (&str, u16)> + '_ {
         self.slots
@@ -701,6 +738,48 @@ mod tests {
         };
         assert_eq!(at("fast"), (0..=10).map(|i| i * 10).collect::<Vec<_>>());
         assert_eq!(at("slow"), vec![0, 25, 50, 75, 100]);
+    }
+
+    #[test]
+    fn pages_walk_every_peer_once_in_id_order() {
+        let t0 = Instant::now();
+        let mut t = PeerTable::new();
+        // Inserted out of order, with ids that sort differently as numbers.
+        let ids: Vec<String> = (0..1000)
+            .map(|i| format!("p{}", (i * 7919) % 1000))
+            .collect();
+        for id in &ids {
+            t.upsert(spec(id, 100), t0);
+        }
+        let mut expected: Vec<String> = ids.clone();
+        expected.sort();
+        for size in [1, 7, 999, 1000, 5000] {
+            let mut seen = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let (page, more) = t.statuses_page(after.as_deref(), size);
+                assert!(page.len() <= size);
+                seen.extend(page.iter().map(|s| s.peer_id.clone()));
+                assert!(
+                    seen.len() <= expected.len(),
+                    "page size {size}: a peer listed twice"
+                );
+                after = page.last().map(|s| s.peer_id.clone());
+                if !more {
+                    break;
+                }
+                assert_eq!(page.len(), size, "a page before the last is full");
+            }
+            assert_eq!(seen, expected, "page size {size}");
+        }
+        // A removed peer is not listed, and a cursor past it still works.
+        t.remove("p5");
+        let (page, more) = t.statuses_page(Some("p499"), 2);
+        let got: Vec<&str> = page.iter().map(|s| s.peer_id.as_str()).collect();
+        assert_eq!(got, ["p50", "p500"]);
+        assert!(more);
+        let (page, more) = t.statuses_page(Some("p999"), 10);
+        assert!(page.is_empty() && !more);
     }
 
     #[test]

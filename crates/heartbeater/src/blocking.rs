@@ -104,6 +104,37 @@ impl HeartbeatServerBuilder {
         }
     }
 
+    /// See [`crate::HeartbeatServerBuilder::tls`].
+    pub fn tls(self, tls: crate::TlsServerConfig) -> Self {
+        Self {
+            inner: self.inner.tls(tls),
+        }
+    }
+    /// See [`crate::HeartbeatServerBuilder::peer_tls`].
+    pub fn peer_tls(self, tls: crate::TlsClientConfig) -> Self {
+        Self {
+            inner: self.inner.peer_tls(tls),
+        }
+    }
+    /// See [`crate::HeartbeatServerBuilder::auth_tokens`].
+    pub fn auth_tokens(self, tokens: crate::AuthTokens) -> Self {
+        Self {
+            inner: self.inner.auth_tokens(tokens),
+        }
+    }
+    /// See [`crate::HeartbeatServerBuilder::auth_reads`].
+    pub fn auth_reads(self, required: bool) -> Self {
+        Self {
+            inner: self.inner.auth_reads(required),
+        }
+    }
+    /// See [`crate::HeartbeatServerBuilder::max_request_bytes`].
+    pub fn max_request_bytes(self, bytes: usize) -> Self {
+        Self {
+            inner: self.inner.max_request_bytes(bytes),
+        }
+    }
+
     /// Validates, opens the registry, and creates the server's runtime.
     pub fn build(self) -> Result<HeartbeatServer, ServerError> {
         let server = self.inner.build()?;
@@ -235,6 +266,8 @@ pub struct HeartbeatClient {
     port: u16,
     deadline: Duration,
     worker_count: usize,
+    tls: Option<crate::TlsClientConfig>,
+    token: Option<String>,
     running: Option<(Runtime, crate::HeartbeatClient)>,
 }
 
@@ -270,8 +303,23 @@ impl HeartbeatClient {
             port,
             deadline,
             worker_count,
+            tls: None,
+            token: None,
             running: None,
         })
+    }
+
+    /// Connect over TLS (see [`crate::HeartbeatClientBuilder::tls`]);
+    /// takes effect at the next `start`.
+    pub fn with_tls(mut self, tls: crate::TlsClientConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Send this bearer token with every call; takes effect at the next `start`.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
     }
 
     /// Creates the runtime and the connection (lazily). Starting a started
@@ -287,7 +335,15 @@ impl HeartbeatClient {
             })?;
         let client = {
             let _guard = rt.enter();
-            crate::HeartbeatClient::new(&self.host, self.port, self.deadline)?
+            let mut builder = crate::HeartbeatClient::builder(self.host.clone(), self.port)
+                .deadline(self.deadline);
+            if let Some(tls) = &self.tls {
+                builder = builder.tls(tls.clone());
+            }
+            if let Some(token) = &self.token {
+                builder = builder.token(token.clone());
+            }
+            builder.build()?
         };
         self.running = Some((rt, client));
         Ok(())

@@ -5,13 +5,15 @@ use std::time::Duration;
 use futures_util::{Stream, StreamExt};
 use heartbeater_core::config::{validate_host, validate_port};
 use heartbeater_core::ValidationError;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::AsciiMetadataValue;
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 use crate::error::ClientError;
 use crate::proto;
 use crate::proto::heartbeat_service_client::HeartbeatServiceClient;
+use crate::tls::TlsClientConfig;
 
 /// Longest deadline a client accepts.
 const MAX_DEADLINE: Duration = Duration::from_secs(3600);
@@ -25,6 +27,7 @@ pub struct HeartbeatClient {
     inner: HeartbeatServiceClient<Channel>,
     target: String,
     deadline: Duration,
+    token: Option<AsciiMetadataValue>,
 }
 
 impl std::fmt::Debug for HeartbeatClient {
@@ -36,12 +39,40 @@ impl std::fmt::Debug for HeartbeatClient {
     }
 }
 
-impl HeartbeatClient {
-    /// A client of the node at `host:port` whose calls each get `deadline`
-    /// (1 ms to 1 hour). Connects lazily; must be called within a tokio
-    /// runtime.
-    pub fn new(host: &str, port: u16, deadline: Duration) -> Result<Self, ClientError> {
-        let target = target_of(host, port, deadline)?;
+/// Configures a [`HeartbeatClient`]: deadline, TLS, bearer token.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct HeartbeatClientBuilder {
+    host: String,
+    port: u16,
+    deadline: Duration,
+    tls: Option<TlsClientConfig>,
+    token: Option<String>,
+}
+
+impl HeartbeatClientBuilder {
+    /// The deadline of each call (1 ms to 1 hour; default 5 s).
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Connect over TLS, trusting the CA in `tls` (and presenting its
+    /// client certificate to nodes that require mutual TLS).
+    pub fn tls(mut self, tls: TlsClientConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Send `authorization: Bearer <token>` with every call.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// The client. Connects lazily; must be called within a tokio runtime.
+    pub fn build(self) -> Result<HeartbeatClient, ClientError> {
+        let target = target_of(&self.host, self.port, self.deadline)?;
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(ValidationError::new(
                 "runtime",
@@ -49,15 +80,44 @@ impl HeartbeatClient {
             )
             .into());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{target}"))
-            .map_err(|e| ValidationError::new("server_host", e.to_string()))?
-            .connect_timeout(deadline)
-            .tcp_nodelay(true);
-        Ok(Self {
+        let token = match &self.token {
+            Some(token) => {
+                crate::access::validate_token(token)
+                    .map_err(|reason| ValidationError::new("token", reason))?;
+                crate::access::bearer(token)
+            }
+            None => None,
+        };
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        let endpoint = crate::outbound::endpoint(host, self.port, self.tls.as_ref())
+            .map_err(|e| ValidationError::new("server_host", e))?
+            .connect_timeout(self.deadline);
+        Ok(HeartbeatClient {
             inner: HeartbeatServiceClient::new(endpoint.connect_lazy()),
             target,
-            deadline,
+            deadline: self.deadline,
+            token,
         })
+    }
+}
+
+impl HeartbeatClient {
+    /// A client of the node at `host:port` whose calls each get `deadline`
+    /// (1 ms to 1 hour), in plain text and without a token. Connects
+    /// lazily; must be called within a tokio runtime.
+    pub fn new(host: &str, port: u16, deadline: Duration) -> Result<Self, ClientError> {
+        Self::builder(host, port).deadline(deadline).build()
+    }
+
+    /// A builder for a client of the node at `host:port`, for TLS or a token.
+    pub fn builder(host: impl Into<String>, port: u16) -> HeartbeatClientBuilder {
+        HeartbeatClientBuilder {
+            host: host.into(),
+            port,
+            deadline: Duration::from_secs(5),
+            tls: None,
+            token: None,
+        }
     }
 
     /// `host:port` of the node.
@@ -73,6 +133,11 @@ impl HeartbeatClient {
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.deadline);
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
         request
     }
 
@@ -117,11 +182,41 @@ impl HeartbeatClient {
         self.call(c.heartbeat(self.request(message))).await
     }
 
-    /// The status of every peer registered on the node.
+    /// The status of every peer registered on the node, in id order: every
+    /// page, one call each (see [`HeartbeatClient::list_peers_page`]).
     pub async fn list_peers(&self) -> Result<proto::ListPeersResponse, ClientError> {
+        let mut all = self.list_peers_page(0, String::new()).await?;
+        let mut token = std::mem::take(&mut all.next_page_token);
+        while !token.is_empty() {
+            let mut page = self.list_peers_page(0, token.clone()).await?;
+            if page.peers.is_empty() || page.next_page_token == token {
+                // A node that sends a next page without progress would keep
+                // this loop going for ever.
+                return Err(ClientError::Rpc {
+                    code: Code::Internal,
+                    message: "the node answered a page without progress".into(),
+                });
+            }
+            all.peers.append(&mut page.peers);
+            token = page.next_page_token;
+        }
+        Ok(all)
+    }
+
+    /// One page of the node's peers: up to `page_size` (0: the node's
+    /// default), after the page whose `next_page_token` is `page_token`
+    /// (empty for the first page).
+    pub async fn list_peers_page(
+        &self,
+        page_size: u32,
+        page_token: String,
+    ) -> Result<proto::ListPeersResponse, ClientError> {
         let mut c = self.inner.clone();
-        self.call(c.list_peers(self.request(proto::ListPeersRequest {})))
-            .await
+        self.call(c.list_peers(self.request(proto::ListPeersRequest {
+            page_size,
+            page_token,
+        })))
+        .await
     }
 
     /// The node's peer events from now on (after a snapshot of every peer if
@@ -134,7 +229,9 @@ impl HeartbeatClient {
         ClientError,
     > {
         let mut c = self.inner.clone();
-        let request = tonic::Request::new(proto::WatchPeersRequest { include_snapshot });
+        let mut request = self.request(proto::WatchPeersRequest { include_snapshot });
+        // The deadline bounds opening the stream only, not its life.
+        request.metadata_mut().remove("grpc-timeout");
         let stream = self.call(c.watch_peers(request)).await?;
         let this = self.clone();
         Ok(stream.map(move |item| item.map_err(|s| this.map_status(&s))))
@@ -161,6 +258,12 @@ impl HeartbeatClient {
                     deadline: self.deadline,
                 }
             }
+            // A connection closed before the call could start (a node that
+            // refused it over its per-address limit, or is going away).
+            Code::Cancelled if is_transport(status) => ClientError::Unavailable {
+                target: self.target.clone(),
+                message: transport_message(status),
+            },
             Code::InvalidArgument => {
                 let field = status
                     .get_error_details()
@@ -169,6 +272,8 @@ impl HeartbeatClient {
                 ClientError::InvalidArgument { field, message }
             }
             Code::NotFound => ClientError::NotFound(message),
+            Code::Unauthenticated => ClientError::Unauthenticated(message),
+            Code::ResourceExhausted => ClientError::ResourceExhausted(message),
             code => ClientError::Rpc { code, message },
         }
     }

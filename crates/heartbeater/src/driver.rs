@@ -69,6 +69,12 @@ pub(crate) enum Command {
         reply: oneshot::Sender<(Vec<bool>, usize)>,
     },
     Statuses(oneshot::Sender<Vec<PeerStatus>>),
+    /// One page of statuses after an id, and whether more follow.
+    Page {
+        after: Option<String>,
+        limit: usize,
+        reply: oneshot::Sender<(Vec<PeerStatus>, bool)>,
+    },
     Counts(oneshot::Sender<StateCounts>),
     SetKeyring {
         keyring: Option<Keyring>,
@@ -123,6 +129,19 @@ impl DriverHandle {
         self.request(Command::Statuses).await
     }
 
+    pub(crate) async fn page(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<PeerStatus>, bool), Stopped> {
+        self.request(|reply| Command::Page {
+            after,
+            limit,
+            reply,
+        })
+        .await
+    }
+
     pub(crate) async fn counts(&self) -> Result<StateCounts, Stopped> {
         self.request(Command::Counts).await
     }
@@ -142,6 +161,8 @@ pub(crate) struct DriverConfig {
     /// Seals probe ids into tokens; random per run.
     pub(crate) token_secret: [u8; 32],
     pub(crate) keyring: Option<Keyring>,
+    /// TLS and token for heartbeats over gRPC.
+    pub(crate) outbound: crate::outbound::Outbound,
 }
 
 /// A driver not yet running: the receiving end of the commands, and the
@@ -208,7 +229,7 @@ impl Driver {
             fanout,
             counters,
             lateness,
-            grpc: GrpcPool::new(config.identity.clone(), config.epoch),
+            grpc: GrpcPool::new(config.identity.clone(), config.epoch, config.outbound),
             responder: Responder::new(config.identity, config.epoch),
             path,
             grpc_allowed,
@@ -364,6 +385,13 @@ impl Loop {
             }
             Command::Statuses(reply) => {
                 let _ = reply.send(self.table.statuses());
+            }
+            Command::Page {
+                after,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.table.statuses_page(after.as_deref(), limit));
             }
             Command::Counts(reply) => {
                 let _ = reply.send(self.table.state_counts());

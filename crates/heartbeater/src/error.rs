@@ -97,6 +97,14 @@ pub enum ClientError {
     /// The peer (or other entity) named in the request does not exist.
     #[error("not found: {0}")]
     NotFound(String),
+    /// The node requires a bearer token for this call and got none, or
+    /// one it does not accept; nothing was changed.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// A limit of the node was reached (registry size, request size,
+    /// watchers); nothing was changed.
+    #[error("limit reached: {0}")]
+    ResourceExhausted(String),
     /// The blocking client was used before `start` or after `stop`.
     #[error("client is not running; call start() first")]
     NotRunning,

@@ -11,8 +11,9 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use heartbeater_core::ProbeId;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
+use crate::outbound::Outbound;
 use crate::proto::heartbeat_service_client::HeartbeatServiceClient;
 use crate::proto::HeartbeatMessage;
 
@@ -30,14 +31,20 @@ pub(crate) type GrpcCall = Pin<Box<dyn Future<Output = GrpcOutcome> + Send>>;
 pub(crate) struct GrpcPool {
     identity: String,
     epoch: u64,
+    outbound: Outbound,
+    /// The outbound generation the pooled channels were made with.
+    generation: u64,
     clients: HashMap<(String, u16), HeartbeatServiceClient<Channel>>,
 }
 
 impl GrpcPool {
-    pub(crate) fn new(identity: String, epoch: u64) -> Self {
+    pub(crate) fn new(identity: String, epoch: u64, outbound: Outbound) -> Self {
+        let generation = outbound.generation();
         Self {
             identity,
             epoch,
+            outbound,
+            generation,
             clients: HashMap::new(),
         }
     }
@@ -48,18 +55,22 @@ impl GrpcPool {
         port: u16,
         timeout: Duration,
     ) -> Option<HeartbeatServiceClient<Channel>> {
+        let generation = self.outbound.generation();
+        if generation != self.generation {
+            // New certificates or token: connections made with the old ones go.
+            self.clients.clear();
+            self.generation = generation;
+        }
         if let Some(c) = self.clients.get(&(host.to_owned(), port)) {
             return Some(c.clone());
         }
-        let uri = if host.contains(':') {
-            format!("http://[{host}]:{port}")
-        } else {
-            format!("http://{host}:{port}")
+        let endpoint = match self.outbound.endpoint(host, port) {
+            Ok(endpoint) => endpoint.connect_timeout(timeout),
+            Err(e) => {
+                tracing::debug!(host, port, error = %e, "no gRPC channel to this peer");
+                return None;
+            }
         };
-        let endpoint = Endpoint::from_shared(uri)
-            .ok()?
-            .connect_timeout(timeout)
-            .tcp_nodelay(true);
         let client = HeartbeatServiceClient::new(endpoint.connect_lazy());
         self.clients.insert((host.to_owned(), port), client.clone());
         Some(client)
@@ -97,6 +108,7 @@ impl GrpcPool {
         timeout: Duration,
     ) -> Option<GrpcCall> {
         let mut client = self.client(host, port, timeout)?;
+        let token = self.outbound.token();
         let message = HeartbeatMessage {
             client_id: self.identity.clone(),
             client_epoch: self.epoch,
@@ -104,6 +116,9 @@ impl GrpcPool {
         Some(Box::pin(async move {
             let mut request = tonic::Request::new(message);
             request.set_timeout(timeout);
+            if let Some(token) = token {
+                request.metadata_mut().insert("authorization", token);
+            }
             let reply = match tokio::time::timeout(timeout, client.heartbeat(request)).await {
                 Ok(Ok(resp)) => {
                     let r = resp.into_inner();

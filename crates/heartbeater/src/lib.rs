@@ -40,6 +40,7 @@
 // an error value; tests may unwrap.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod access;
 pub mod blocking;
 mod client;
 mod convert;
@@ -51,16 +52,22 @@ mod event;
 mod fanout;
 mod grpc_pool;
 mod lateness;
+mod listener;
 mod node;
+mod outbound;
+mod oversize;
+mod paging;
 pub mod proto;
 mod responder;
 mod server;
 mod service;
 pub mod store;
+pub mod tls;
 pub mod topic;
 pub mod udp;
 
-pub use client::HeartbeatClient;
+pub use access::{AuthTokens, TokenError, MAX_TOKENS, MAX_TOKEN_BYTES};
+pub use client::{HeartbeatClient, HeartbeatClientBuilder};
 pub use counters::DatagramStats;
 pub use error::{ClientError, ServerError};
 pub use event::{EventStream, PeerEvent, PeerEventKind};
@@ -69,16 +76,20 @@ pub use heartbeater_core::{
 };
 pub use lateness::LatenessSnapshot;
 pub use node::NodeError;
+pub use paging::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use proto::{
     DeregisterPeerRequest, DeregisterPeerResponse, HeartbeatMessage, HeartbeatResponse,
     ListPeersRequest, ListPeersResponse, RegisterPeerRequest, RegisterPeerResponse,
     WatchPeersRequest,
 };
 pub use server::{
-    HeartbeatServer, HeartbeatServerBuilder, DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_MAX_PEERS,
-    DEFAULT_MIN_NETWORK_FREQ, DEFAULT_PORT,
+    HeartbeatServer, HeartbeatServerBuilder, SecurityStats, DEFAULT_DATA_DIR, DEFAULT_HOST,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_PEERS, DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_MAX_WATCHERS, DEFAULT_MIN_NETWORK_FREQ,
+    DEFAULT_PORT,
 };
 pub use store::{MemoryStore, RegistryOp, RegistryStore, RocksDbStore, StoreError};
+pub use tls::{TlsClientConfig, TlsError, TlsServerConfig};
 pub use topic::{
     ClientConnectionListener, HeartbeatParameters, HeartbeatParametersBuilder, TopicError,
     TopicHandler, TopicPublisher, TopicResponse, TopicSubscriber,

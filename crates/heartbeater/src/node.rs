@@ -443,6 +443,22 @@ impl Node {
             .map_err(|_| NodeError::ShuttingDown)
     }
 
+    /// Up to `limit` statuses after peer id `after`, ordered by id, and
+    /// whether more follow.
+    pub(crate) async fn peers_page(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<PeerStatus>, bool), NodeError> {
+        if let Some(page) = self.with_parked(|t| t.statuses_page(after.as_deref(), limit)) {
+            return Ok(page);
+        }
+        self.driver
+            .page(after, limit)
+            .await
+            .map_err(|_| NodeError::ShuttingDown)
+    }
+
     /// How many peers are in each state.
     pub(crate) async fn state_counts(&self) -> Result<StateCounts, NodeError> {
         if let Some(counts) = self.with_parked(|t| t.state_counts()) {

@@ -15,16 +15,20 @@ use heartbeater_core::config::validate_host;
 use heartbeater_core::{Keyring, PeerStatus, PeerTable, StateCounts};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
+use tonic::service::interceptor::InterceptedService;
 use tonic_health::server::HealthReporter;
 
+use crate::access::{Access, AuthTokens, Gate};
 use crate::counters::{Counters, DatagramStats};
 use crate::driver::{Driver, DriverConfig};
 use crate::error::ServerError;
 use crate::event::EventStream;
 use crate::fanout::LearnedEpochs;
 use crate::lateness::LatenessHistogram;
+use crate::listener::ListenerCounters;
 use crate::node::{spec_of_record, Limits, Node, NodeError, NodeParts};
+use crate::outbound::Outbound;
+use crate::oversize::OversizeLayer;
 use crate::proto::heartbeat_service_server::HeartbeatServiceServer;
 use crate::proto::topic_service_server::TopicServiceServer;
 use crate::proto::{
@@ -32,6 +36,7 @@ use crate::proto::{
 };
 use crate::service::HeartbeatGrpc;
 use crate::store::{MemoryStore, NodeMeta, RegistryStore, RocksDbStore};
+use crate::tls::{TlsClientConfig, TlsServerConfig, TlsSlot};
 use crate::topic::{TopicError, TopicGrpc, TopicHandler, TopicPublisher, TopicSubscriber};
 
 /// Default listen host.
@@ -44,6 +49,14 @@ pub const DEFAULT_DATA_DIR: &str = "heartbeater-data";
 pub const DEFAULT_MAX_PEERS: usize = 100_000;
 /// Default shortest heartbeat period a registration over gRPC may ask for.
 pub const DEFAULT_MIN_NETWORK_FREQ: Duration = Duration::from_millis(10);
+/// Default largest request message, in bytes.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+/// Default most connections open at once from one client IP address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
+/// Default most concurrent calls (HTTP/2 streams) on one connection.
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 128;
+/// Default most `WatchPeers` streams open at once.
+pub const DEFAULT_MAX_WATCHERS: usize = 1024;
 /// How long `stop` waits for open calls to finish before cutting them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -69,6 +82,14 @@ pub struct HeartbeatServerBuilder {
     keyring: Option<Keyring>,
     max_peers: usize,
     min_network_freq: Duration,
+    tls: Option<TlsServerConfig>,
+    peer_tls: Option<TlsClientConfig>,
+    tokens: Option<AuthTokens>,
+    auth_reads: bool,
+    max_request_bytes: usize,
+    max_connections_per_address: usize,
+    max_streams_per_connection: u32,
+    max_watchers: usize,
 }
 
 impl Default for HeartbeatServerBuilder {
@@ -83,6 +104,14 @@ impl Default for HeartbeatServerBuilder {
             keyring: None,
             max_peers: DEFAULT_MAX_PEERS,
             min_network_freq: DEFAULT_MIN_NETWORK_FREQ,
+            tls: None,
+            peer_tls: None,
+            tokens: None,
+            auth_reads: false,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            max_watchers: DEFAULT_MAX_WATCHERS,
         }
     }
 }
@@ -171,6 +200,72 @@ impl HeartbeatServerBuilder {
         self
     }
 
+    /// Serve gRPC over TLS only (mutual TLS when `tls` has a client CA):
+    /// a client without TLS, with a CA that does not trust this node's
+    /// certificate, or without an accepted client certificate, is refused
+    /// at the handshake. Rotate with [`HeartbeatServer::set_tls`].
+    pub fn tls(mut self, tls: TlsServerConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// TLS for the connections this node opens itself: heartbeats to
+    /// peers over gRPC, and topic subscriptions. With it, those connect
+    /// only to nodes whose certificate chains to its CA, presenting its
+    /// client certificate when it has one.
+    pub fn peer_tls(mut self, tls: TlsClientConfig) -> Self {
+        self.peer_tls = Some(tls);
+        self
+    }
+
+    /// Require a bearer token (`authorization: Bearer <token>`) on calls
+    /// that change the registry (`RegisterPeer`, `DeregisterPeer`), and on
+    /// every call with [`HeartbeatServerBuilder::auth_reads`]. A missing or
+    /// wrong token is `UNAUTHENTICATED` and changes nothing. The first
+    /// token is also the one this node sends on its own calls. Rotate with
+    /// [`HeartbeatServer::set_auth_tokens`].
+    pub fn auth_tokens(mut self, tokens: AuthTokens) -> Self {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    /// Require the token on reads too: `Heartbeat`, `ListPeers`,
+    /// `WatchPeers`, topic subscriptions, health and reflection (default:
+    /// no, they stay open). Nodes that heartbeat this one over gRPC then
+    /// need the token as well.
+    pub fn auth_reads(mut self, required: bool) -> Self {
+        self.auth_reads = required;
+        self
+    }
+
+    /// The largest request message accepted, in bytes (default 4 MiB);
+    /// a larger one is refused with `RESOURCE_EXHAUSTED`.
+    pub fn max_request_bytes(mut self, bytes: usize) -> Self {
+        self.max_request_bytes = bytes;
+        self
+    }
+
+    /// The most connections one client IP address may hold open (default
+    /// 256); one more is closed as soon as it is accepted.
+    pub fn max_connections_per_address(mut self, connections: usize) -> Self {
+        self.max_connections_per_address = connections;
+        self
+    }
+
+    /// The most calls in progress on one connection (HTTP/2 concurrent
+    /// streams, default 128); clients queue the calls past it.
+    pub fn max_streams_per_connection(mut self, streams: u32) -> Self {
+        self.max_streams_per_connection = streams;
+        self
+    }
+
+    /// The most `WatchPeers` streams open at once (default 1024); one more
+    /// is refused with `RESOURCE_EXHAUSTED`.
+    pub fn max_watchers(mut self, watchers: usize) -> Self {
+        self.max_watchers = watchers;
+        self
+    }
+
     /// Keep the registry in a store of your own.
     pub fn store(mut self, store: Arc<dyn RegistryStore>) -> Self {
         self.storage = Storage::Custom(store);
@@ -190,6 +285,25 @@ impl HeartbeatServerBuilder {
                 field: "worker_count",
                 reason: format!("{}; must be 1 to 1024", self.worker_count),
             });
+        }
+        for (field, value) in [
+            ("max_request_bytes", self.max_request_bytes),
+            (
+                "max_connections_per_address",
+                self.max_connections_per_address,
+            ),
+            ("max_watchers", self.max_watchers),
+            (
+                "max_streams_per_connection",
+                self.max_streams_per_connection as usize,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ServerError::InvalidConfig {
+                    field,
+                    reason: "0; must be at least 1".into(),
+                });
+            }
         }
         if self.epoch == Some(0) {
             return Err(ServerError::InvalidConfig {
@@ -259,12 +373,23 @@ impl HeartbeatServerBuilder {
             counters,
             limits,
         });
+        let outbound = Outbound::new(self.peer_tls, self.tokens.as_ref().map(|t| t.primary()));
         Ok(HeartbeatServer {
             instance,
             host,
             port: self.port,
             worker_count: self.worker_count,
             udp: self.udp,
+            tls: TlsSlot::new(self.tls),
+            gate: Gate::new(self.tokens, self.auth_reads),
+            outbound,
+            grpc_limits: GrpcLimits {
+                max_request_bytes: self.max_request_bytes,
+                max_connections_per_address: self.max_connections_per_address,
+                max_streams_per_connection: self.max_streams_per_connection,
+                max_watchers: self.max_watchers,
+            },
+            listener_counters: Arc::default(),
             keyring: Mutex::new(self.keyring),
             lateness,
             node,
@@ -274,6 +399,27 @@ impl HeartbeatServerBuilder {
             }),
         })
     }
+}
+
+/// What the gRPC side of a node accepts.
+#[derive(Debug, Clone, Copy)]
+struct GrpcLimits {
+    max_request_bytes: usize,
+    max_connections_per_address: usize,
+    max_streams_per_connection: u32,
+    max_watchers: usize,
+}
+
+/// What the node's gRPC security has refused since it was built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SecurityStats {
+    /// Calls refused with `UNAUTHENTICATED` (no token, or a wrong one).
+    pub unauthenticated_calls: u64,
+    /// Connections closed at accept: their address had its share open.
+    pub connections_over_limit: u64,
+    /// TLS handshakes that failed (plaintext clients, untrusted or missing
+    /// client certificates) or did not finish within 10 s.
+    pub tls_handshakes_failed: u64,
 }
 
 enum Lifecycle {
@@ -307,6 +453,11 @@ pub struct HeartbeatServer {
     port: u16,
     worker_count: usize,
     udp: bool,
+    tls: TlsSlot,
+    gate: Gate,
+    outbound: Outbound,
+    grpc_limits: GrpcLimits,
+    listener_counters: Arc<ListenerCounters>,
     /// The keyring the driver starts with; the driver owns it once running.
     keyring: Mutex<Option<Keyring>>,
     lateness: Arc<LatenessHistogram>,
@@ -402,9 +553,19 @@ impl HeartbeatServer {
             BindError::Udp(addr, error) => ServerError::UdpBind { addr, error },
         })?;
         let addr = listener.local_addr().map_err(bind_error)?;
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-
+        let secured = self.tls.current().is_some() || self.gate.tokens().is_some();
+        if !addr.ip().is_loopback() && !secured {
+            tracing::warn!(%addr, "listening beyond this host with neither TLS nor a token: anyone who reaches the port can register and deregister peers (see docs/SECURITY.md)");
+        }
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let incoming = crate::listener::incoming(
+            listener,
+            self.tls.clone(),
+            self.grpc_limits.max_connections_per_address,
+            self.listener_counters.clone(),
+            shutdown_rx.clone(),
+        );
+
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<HeartbeatServiceServer<HeartbeatGrpc>>()
@@ -414,12 +575,35 @@ impl HeartbeatServer {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| ServerError::Internal(format!("reflection: {e}")))?;
-        let grpc =
-            HeartbeatServiceServer::new(HeartbeatGrpc::new(self.node.clone(), shutdown_rx.clone()));
-        let topics = TopicServiceServer::new(TopicGrpc::new(self.node.topics().clone()));
+        let limit = self.grpc_limits.max_request_bytes;
+        let grpc = HeartbeatServiceServer::new(HeartbeatGrpc::new(
+            self.node.clone(),
+            shutdown_rx.clone(),
+            self.gate.clone(),
+            self.grpc_limits.max_watchers,
+        ))
+        .max_decoding_message_size(limit);
+        let topics = TopicServiceServer::new(TopicGrpc::new(
+            self.node.topics().clone(),
+            self.gate.clone(),
+        ))
+        .max_decoding_message_size(limit);
+        let reads = |gate: Gate| {
+            move |request: tonic::Request<()>| {
+                gate.check(request.metadata(), Access::Read)
+                    .map(|()| request)
+            }
+        };
+        let health_service = InterceptedService::new(
+            health_service.max_decoding_message_size(limit),
+            reads(self.gate.clone()),
+        );
+        let reflection = InterceptedService::new(reflection, reads(self.gate.clone()));
         let mut signal = shutdown_rx.clone();
         let serve = tokio::spawn(
             tonic::transport::Server::builder()
+                .max_concurrent_streams(Some(self.grpc_limits.max_streams_per_connection))
+                .layer(OversizeLayer)
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(grpc)
@@ -446,6 +630,7 @@ impl HeartbeatServer {
                 udp,
                 token_secret,
                 keyring,
+                outbound: self.outbound.clone(),
             },
             shutdown_rx.clone(),
         ));
@@ -576,6 +761,39 @@ impl HeartbeatServer {
                 .map_err(|_| ServerError::Stopped)?;
         }
         Ok(())
+    }
+
+    /// Swaps the node's certificate (and client CA): connections accepted
+    /// from now on use `tls`, open ones keep the configuration they were
+    /// accepted with. Also turns TLS on for a node started without it.
+    pub fn set_tls(&self, tls: TlsServerConfig) {
+        self.tls.set(Some(tls));
+    }
+
+    /// Swaps the TLS configuration of the connections this node opens
+    /// (see [`HeartbeatServerBuilder::peer_tls`]); pooled connections made
+    /// with the old one are closed and made again.
+    pub fn set_peer_tls(&self, tls: Option<TlsClientConfig>) {
+        self.outbound.set_tls(tls);
+    }
+
+    /// Swaps the accepted tokens (`None`: no token needed); the next call
+    /// is checked against the new ones. The first token becomes the one
+    /// the node sends on its own calls.
+    pub fn set_auth_tokens(&self, tokens: Option<AuthTokens>) {
+        self.outbound
+            .set_token(tokens.as_ref().map(|t| t.primary()));
+        self.gate.set_tokens(tokens);
+    }
+
+    /// What the node's gRPC security has refused since it was built.
+    pub fn security_stats(&self) -> SecurityStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        SecurityStats {
+            unauthenticated_calls: self.gate.rejected(),
+            connections_over_limit: self.listener_counters.over_limit.load(Relaxed),
+            tls_handshakes_failed: self.listener_counters.handshakes_failed.load(Relaxed),
+        }
     }
 
     /// Heartbeats this node has answered (from monitors and clients) since it

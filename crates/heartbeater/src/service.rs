@@ -5,6 +5,7 @@
 //! `google.rpc.BadRequest` detail, which every gRPC toolchain can decode.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures_util::Stream;
@@ -13,6 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::access::{Access, Gate};
 use crate::convert::{event_to_proto, state_to_proto, status_to_proto, unix_micros};
 use crate::node::{Node, NodeError};
 use crate::proto;
@@ -22,11 +24,45 @@ use crate::proto::heartbeat_service_server::HeartbeatService;
 pub(crate) struct HeartbeatGrpc {
     node: Arc<Node>,
     shutdown: watch::Receiver<bool>,
+    gate: Gate,
+    watchers: Arc<AtomicUsize>,
+    max_watchers: usize,
 }
 
 impl HeartbeatGrpc {
-    pub(crate) fn new(node: Arc<Node>, shutdown: watch::Receiver<bool>) -> Self {
-        Self { node, shutdown }
+    pub(crate) fn new(
+        node: Arc<Node>,
+        shutdown: watch::Receiver<bool>,
+        gate: Gate,
+        max_watchers: usize,
+    ) -> Self {
+        Self {
+            node,
+            shutdown,
+            gate,
+            watchers: Arc::default(),
+            max_watchers,
+        }
+    }
+}
+
+/// One open `WatchPeers` stream's place under the limit; given back on drop.
+struct WatcherSlot(Arc<AtomicUsize>);
+
+impl WatcherSlot {
+    fn take(count: &Arc<AtomicUsize>, limit: usize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(count.clone()))
+    }
+}
+
+impl Drop for WatcherSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -53,6 +89,7 @@ impl HeartbeatService for HeartbeatGrpc {
         &self,
         request: Request<proto::HeartbeatMessage>,
     ) -> Result<Response<proto::HeartbeatResponse>, Status> {
+        self.gate.check(request.metadata(), Access::Read)?;
         Ok(Response::new(self.node.heartbeat(request.get_ref())?))
     }
 
@@ -60,6 +97,7 @@ impl HeartbeatService for HeartbeatGrpc {
         &self,
         request: Request<proto::RegisterPeerRequest>,
     ) -> Result<Response<proto::RegisterPeerResponse>, Status> {
+        self.gate.check(request.metadata(), Access::Write)?;
         Ok(Response::new(
             self.node.register(request.into_inner(), true).await?,
         ))
@@ -69,6 +107,7 @@ impl HeartbeatService for HeartbeatGrpc {
         &self,
         request: Request<proto::DeregisterPeerRequest>,
     ) -> Result<Response<proto::DeregisterPeerResponse>, Status> {
+        self.gate.check(request.metadata(), Access::Write)?;
         Ok(Response::new(
             self.node.deregister(request.into_inner()).await?,
         ))
@@ -76,18 +115,22 @@ impl HeartbeatService for HeartbeatGrpc {
 
     async fn list_peers(
         &self,
-        _request: Request<proto::ListPeersRequest>,
+        request: Request<proto::ListPeersRequest>,
     ) -> Result<Response<proto::ListPeersResponse>, Status> {
+        self.gate.check(request.metadata(), Access::Read)?;
+        let request = request.into_inner();
+        let after = crate::paging::after_of_token(&request.page_token).map_err(NodeError::from)?;
+        let limit = crate::paging::page_size(request.page_size);
+        let (page, more) = self.node.peers_page(after, limit).await?;
+        let next_page_token = match (more, page.last()) {
+            (true, Some(last)) => crate::paging::token_after(&last.peer_id),
+            _ => String::new(),
+        };
         Ok(Response::new(proto::ListPeersResponse {
-            peers: self
-                .node
-                .peers()
-                .await?
-                .into_iter()
-                .map(status_to_proto)
-                .collect(),
+            peers: page.into_iter().map(status_to_proto).collect(),
             server_id: self.node.identity().to_owned(),
             server_epoch: self.node.epoch(),
+            next_page_token,
         }))
     }
 
@@ -97,6 +140,13 @@ impl HeartbeatService for HeartbeatGrpc {
         &self,
         request: Request<proto::WatchPeersRequest>,
     ) -> Result<Response<Self::WatchPeersStream>, Status> {
+        self.gate.check(request.metadata(), Access::Read)?;
+        let slot = WatcherSlot::take(&self.watchers, self.max_watchers).ok_or_else(|| {
+            Status::resource_exhausted(format!(
+                "{} watchers are open, the most this node serves; close one or raise --max-watchers",
+                self.max_watchers
+            ))
+        })?;
         // Subscribe before the snapshot: an event may then appear in both, but
         // none can fall between them.
         let mut events = self.node.subscribe();
@@ -124,6 +174,7 @@ impl HeartbeatService for HeartbeatGrpc {
         let (tx, rx) = mpsc::channel(64);
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             for e in snapshot {
                 if tx.send(Ok(e)).await.is_err() {
                     return;

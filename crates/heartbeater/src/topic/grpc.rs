@@ -11,17 +11,19 @@ use uuid::Uuid;
 
 use super::hub::{Topics, SUBSCRIBER_QUEUE};
 use super::types::validate_topic;
+use crate::access::{Access, Gate};
 use crate::proto::topic_service_server::TopicService;
 use crate::proto::{FrameKind, TopicFrame};
 
 /// The gRPC face of a node's topics.
 pub(crate) struct TopicGrpc {
     topics: Arc<Topics>,
+    gate: Gate,
 }
 
 impl TopicGrpc {
-    pub(crate) fn new(topics: Arc<Topics>) -> Self {
-        Self { topics }
+    pub(crate) fn new(topics: Arc<Topics>, gate: Gate) -> Self {
+        Self { topics, gate }
     }
 }
 
@@ -43,6 +45,7 @@ impl TopicService for TopicGrpc {
         &self,
         request: Request<Streaming<TopicFrame>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        self.gate.check(request.metadata(), Access::Read)?;
         let mut inbound = request.into_inner();
         let first = inbound
             .message()

@@ -58,6 +58,22 @@ pub async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// Like [`eventually`], for a check that has to await.
+pub async fn eventually_async<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub async fn status(server: &HeartbeatServer, peer_id: &str) -> Option<PeerStatus> {
     server
         .peers()
@@ -108,3 +124,4 @@ pub async fn next_event(
     .await
     .expect("timed out waiting for an event")
 }
+pub mod certs;

@@ -1,0 +1,256 @@
+//! The node's gRPC listener: accepts TCP connections, holds each client
+//! address to its share of connections, and runs the TLS handshake when
+//! the node has TLS, before anything reaches HTTP/2.
+//!
+//! Handshakes run in tasks of their own with a deadline, so a client that
+//! opens a connection and sends nothing holds one connection slot for a few
+//! seconds, never the accept loop.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::tls::TlsSlot;
+
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Refused connections and failed handshakes log at most this often.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Connections open per client address, shared by the accept loop and the
+/// connections themselves (each gives its slot back when it closes).
+#[derive(Default)]
+struct PerAddress {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerAddress {
+    fn take(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<Slot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(Slot {
+            owner: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One client address's claim on a connection; released on drop.
+struct Slot {
+    owner: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.owner.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// An accepted connection, plain or TLS, as the gRPC server sees it.
+pub(crate) struct Conn {
+    stream: Stream,
+    info: TcpConnectInfo,
+    _slot: Slot,
+}
+
+impl Connected for Conn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.stream {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// What the listener has refused since the node started.
+#[derive(Default)]
+pub(crate) struct ListenerCounters {
+    /// Connections closed at once: their address had its share open.
+    pub(crate) over_limit: AtomicU64,
+    /// TLS handshakes that failed or did not finish in time.
+    pub(crate) handshakes_failed: AtomicU64,
+}
+
+/// At most one log line per interval, per kind of refusal.
+struct Quiet(Mutex<Option<Instant>>);
+
+impl Quiet {
+    fn due(&self) -> bool {
+        let now = Instant::now();
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let due = last.is_none_or(|t| now.duration_since(t) >= LOG_INTERVAL);
+        if due {
+            *last = Some(now);
+        }
+        due
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown`, and yields them
+/// ready for HTTP/2: within `max_per_address` per client IP, through the
+/// TLS handshake when `tls` holds a configuration at accept time.
+pub(crate) fn incoming(
+    listener: TcpListener,
+    tls: TlsSlot,
+    max_per_address: usize,
+    counters: Arc<ListenerCounters>,
+    mut shutdown: watch::Receiver<bool>,
+) -> ReceiverStream<Result<Conn, io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let per_address = Arc::new(PerAddress::default());
+        let refused_log = Arc::new(Quiet(Mutex::new(None)));
+        let failed_log = Arc::new(Quiet(Mutex::new(None)));
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => return,
+                () = tx.closed() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (socket, remote) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little
+                    // rather than spin; the listener itself is still fine.
+                    tracing::warn!(error = %e, "could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Some(slot) = per_address.take(remote.ip(), max_per_address) else {
+                counters.over_limit.fetch_add(1, Ordering::Relaxed);
+                if refused_log.due() {
+                    tracing::warn!(client = %remote.ip(), limit = max_per_address,
+                        refused_total = counters.over_limit.load(Ordering::Relaxed),
+                        "refused a connection: this address has its share of connections open");
+                }
+                continue;
+            };
+            let _ = socket.set_nodelay(true);
+            let info = TcpConnectInfo {
+                local_addr: socket.local_addr().ok(),
+                remote_addr: Some(remote),
+            };
+            let Some(config) = tls.current() else {
+                let conn = Conn {
+                    stream: Stream::Plain(socket),
+                    info,
+                    _slot: slot,
+                };
+                if tx.send(Ok(conn)).await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let (tx, counters, failed_log) = (tx.clone(), counters.clone(), failed_log.clone());
+            tokio::spawn(async move {
+                let acceptor = tokio_rustls::TlsAcceptor::from(config.rustls());
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+                    Ok(Ok(stream)) => {
+                        let conn = Conn {
+                            stream: Stream::Tls(Box::new(stream)),
+                            info,
+                            _slot: slot,
+                        };
+                        let _ = tx.send(Ok(conn)).await;
+                    }
+                    outcome => {
+                        counters.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                        if failed_log.due() {
+                            let reason = match outcome {
+                                Ok(Err(e)) => e.to_string(),
+                                _ => "timed out".to_owned(),
+                            };
+                            tracing::warn!(client = %remote, %reason, "TLS handshake failed");
+                        }
+                    }
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
