@@ -496,10 +496,13 @@ fn a_frozen_subscriber_neither_stalls_the_other_nor_grows_the_publisher() {
             "bulk",
             "--heartbeat-rate",
             "100ms",
-            // Answers may trail the data by as much as the queues hold; a
-            // long timeout keeps a busy subscriber connected.
+            // Answers trail the data by as much as the queues hold: a long
+            // timeout and 1 s of silence before a disconnection keep a busy
+            // subscriber connected.
             "--heartbeat-timeout",
             "2s",
+            "--max-client-conn-checks",
+            "10",
             "--stall-timeout",
             "1s",
         ],

@@ -500,9 +500,12 @@ async fn a_stuck_subscriber_is_dropped_after_the_stall_timeout_reported_at_once_
 
     let started = Instant::now();
     let mut delivered = Vec::new();
-    for i in 0..FLOOD {
-        delivered.push(publisher.send(numbered(i)).await);
-    }
+    let flood = tokio::time::timeout(PATIENCE * 3, async {
+        for i in 0..FLOOD {
+            delivered.push(publisher.send(numbered(i)).await);
+        }
+    });
+    assert!(flood.await.is_ok(), "send stalled behind the stuck subscriber");
     let took = started.elapsed();
     let dropped = recorder.wait_for("disconnected", client.instance_id()).await;
     assert!(
