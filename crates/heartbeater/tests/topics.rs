@@ -461,7 +461,10 @@ async fn a_subscriber_whose_handler_blocks_forever_does_not_stall_the_others_and
     })
     .await;
     let expected: Vec<Vec<u8>> = (0..FLOOD).map(numbered).collect();
-    assert!(healthy.received() == expected, "b lost or reordered messages");
+    assert!(
+        healthy.received() == expected,
+        "b lost or reordered messages"
+    );
     recorder.wait_for("disconnected", a.instance_id()).await;
     assert_eq!(recorder.count("disconnected", b.instance_id()), 0);
     assert_eq!(recorder.count("disconnected", a.instance_id()), 1);
@@ -472,7 +475,10 @@ async fn a_stuck_subscriber_is_dropped_after_the_stall_timeout_reported_at_once_
     let node = memory_node().await;
     let addr = node.local_addr().unwrap();
     let publisher = node.create_publisher(TOPIC).unwrap();
-    assert_eq!(publisher.stall_timeout(), heartbeater::topic::DEFAULT_STALL_TIMEOUT);
+    assert_eq!(
+        publisher.stall_timeout(),
+        heartbeater::topic::DEFAULT_STALL_TIMEOUT
+    );
     assert!(matches!(
         publisher.set_stall_timeout(Duration::ZERO),
         Err(TopicError::InvalidStallTimeout(_))
@@ -505,9 +511,14 @@ async fn a_stuck_subscriber_is_dropped_after_the_stall_timeout_reported_at_once_
             delivered.push(publisher.send(numbered(i)).await);
         }
     });
-    assert!(flood.await.is_ok(), "send stalled behind the stuck subscriber");
+    assert!(
+        flood.await.is_ok(),
+        "send stalled behind the stuck subscriber"
+    );
     let took = started.elapsed();
-    let dropped = recorder.wait_for("disconnected", client.instance_id()).await;
+    let dropped = recorder
+        .wait_for("disconnected", client.instance_id())
+        .await;
     assert!(
         dropped - started < PATIENCE,
         "reported {:?} after the flood began, long before its checks ran out",
@@ -515,9 +526,7 @@ async fn a_stuck_subscriber_is_dropped_after_the_stall_timeout_reported_at_once_
     );
     let before_drop = delivered.iter().take_while(|n| **n == 1).count();
     assert!(
-        before_drop > 0
-            && before_drop < FLOOD
-            && delivered[before_drop..].iter().all(|n| *n == 0),
+        before_drop > 0 && before_drop < FLOOD && delivered[before_drop..].iter().all(|n| *n == 0),
         "queued for it until it was dropped, for nobody after"
     );
     assert!(
@@ -557,7 +566,9 @@ async fn a_heartbeat_is_answered_only_after_the_messages_before_it_reached_the_h
 
     // One message the handler holds on to: the heartbeats behind it wait.
     assert_eq!(publisher.send("hold").await, 1);
-    recorder.wait_for("disconnected", client.instance_id()).await;
+    recorder
+        .wait_for("disconnected", client.instance_id())
+        .await;
     assert!(
         sub.is_connected(),
         "the stream is fine: only the handler is behind"
@@ -708,7 +719,11 @@ async fn deactivating_never_waits_for_a_running_callback() {
     third.gate.open();
     tokio::time::sleep(Duration::from_millis(200)).await;
     for l in [&first, &second, &third] {
-        assert_eq!(l.entered.load(Ordering::SeqCst), 1, "a callback started after deactivation");
+        assert_eq!(
+            l.entered.load(Ordering::SeqCst),
+            1,
+            "a callback started after deactivation"
+        );
     }
 }
 

@@ -101,7 +101,10 @@ pub(crate) fn subscriber_queue(limits: QueueLimits) -> (SubscriberQueue, QueueSt
         SubscriberQueue {
             shared: shared.clone(),
         },
-        QueueStream { shared, done: false },
+        QueueStream {
+            shared,
+            done: false,
+        },
     )
 }
 

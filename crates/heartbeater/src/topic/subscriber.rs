@@ -234,8 +234,13 @@ impl Delivery {
                         reply,
                     } => {
                         if let Some(answer) = handler.on_request(&topic, &payload) {
-                            let answer =
-                                frame(FrameKind::Response, request_id, &instance_id, &topic, answer);
+                            let answer = frame(
+                                FrameKind::Response,
+                                request_id,
+                                &instance_id,
+                                &topic,
+                                answer,
+                            );
                             answers.push((reply, answer));
                         }
                     }
