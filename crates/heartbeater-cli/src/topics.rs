@@ -33,6 +33,11 @@ pub struct PublishArgs {
     /// Publish without heartbeats (no connected/disconnected lines).
     #[arg(long)]
     no_heartbeats: bool,
+    /// How long a message waits for a subscriber that has stopped reading
+    /// before that subscriber is dropped (and reported disconnected)
+    /// [default: 5s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    stall_timeout: Option<Duration>,
     /// JSON lines instead of text.
     #[arg(long)]
     json: bool,
@@ -82,6 +87,9 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         .in_memory()
         .build()?;
     let publisher = server.create_publisher(&args.topic)?;
+    if let Some(stall) = args.stall_timeout {
+        publisher.set_stall_timeout(stall)?;
+    }
     let addr = server.start().await?;
     if !args.no_heartbeats {
         publisher.activate_heartbeats(PrintingListener { json: args.json }, params)?;
@@ -115,7 +123,8 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
             }
         }
     }
-    publisher.deactivate_heartbeats();
+    // Waiting lets a line being printed by the listener finish first.
+    publisher.deactivate_heartbeats_and_wait().await;
     drop(publisher);
     server.stop().await?;
     Ok(())

@@ -464,6 +464,146 @@ fn publish_and_subscribe_processes_and_a_killed_subscriber_disconnects_once() {
     drop(two);
 }
 
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
+fn proc_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {sig}");
+}
+
+#[test]
+fn a_frozen_subscriber_neither_stalls_the_other_nor_grows_the_publisher() {
+    use std::io::Write;
+    const MESSAGES: usize = 20_000;
+    let mut publisher = JsonChild::spawn(
+        &[
+            "publish",
+            "--json",
+            "--listen",
+            "127.0.0.1:0",
+            "--topic",
+            "bulk",
+            "--heartbeat-rate",
+            "100ms",
+            // Answers trail the data by as much as the queues hold: a long
+            // timeout and 1 s of silence before a disconnection keep a busy
+            // subscriber connected.
+            "--heartbeat-timeout",
+            "2s",
+            "--max-client-conn-checks",
+            "10",
+            "--stall-timeout",
+            "1s",
+        ],
+        Stdio::piped(),
+    );
+    let addr = publisher.expect("publishing")["listen"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let subscribe = [
+        "subscribe",
+        "--json",
+        "--publisher",
+        addr.as_str(),
+        "--topic",
+        "bulk",
+    ];
+    let frozen = JsonChild::spawn(&subscribe, Stdio::null());
+    let healthy = JsonChild::spawn(&subscribe, Stdio::null());
+    let frozen_id = frozen.expect("subscribed")["client"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let healthy_id = healthy.expect("subscribed")["client"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut connected = Vec::new();
+    while connected.len() < 2 {
+        connected.push(
+            publisher.expect("connected")["client"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    signal(&frozen.child, "-STOP");
+    let pid = publisher.child.id();
+    let rss_before = proc_kib(pid, "VmRSS");
+
+    // 20,000 lines of 1 KiB, from a thread: the pipe pushes back whenever
+    // the publisher waits.
+    let line = |i: usize| format!("{i:06}:{}", "x".repeat(1024 - 7));
+    let mut stdin = publisher.child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        for i in 0..MESSAGES {
+            writeln!(stdin, "{}", line(i)).unwrap();
+        }
+        stdin.flush().unwrap();
+        stdin // kept open: EOF is no reason for the publisher to stop
+    });
+
+    let start = Instant::now();
+    let deadline = Duration::from_secs(60);
+    let mut received = 0;
+    while received < MESSAGES {
+        let v = healthy
+            .next(deadline.saturating_sub(start.elapsed()))
+            .unwrap_or_else(|| panic!("the healthy subscriber got only {received} messages"));
+        assert_ne!(
+            v["event"], "subscribed",
+            "the healthy subscriber was dropped"
+        );
+        if v["event"] == "message" {
+            assert_eq!(
+                v["payload"].as_str(),
+                Some(line(received).as_str()),
+                "message {received} out of order"
+            );
+            received += 1;
+        }
+    }
+    let took = start.elapsed();
+    let _stdin = writer.join().expect("writer");
+
+    let gone = publisher.expect("disconnected");
+    assert_eq!(gone["client"].as_str(), Some(frozen_id.as_str()));
+    let rss_after = proc_kib(pid, "VmRSS");
+    let hwm = proc_kib(pid, "VmHWM");
+    eprintln!(
+        "publisher VmRSS {rss_before} KiB before, {rss_after} KiB after, VmHWM {hwm} KiB; \
+         {MESSAGES} messages in {took:?}"
+    );
+    // 20 MiB went through; a publisher that kept them for the frozen
+    // subscriber would hold at least that much more than it started with.
+    assert!(
+        hwm < rss_before + 16 * 1024,
+        "publisher peak {hwm} KiB, from {rss_before} KiB"
+    );
+    // The healthy one stayed connected all along.
+    while let Some(v) = publisher.next(Duration::from_millis(300)) {
+        assert!(
+            !(v["event"] == "disconnected" && v["client"] == healthy_id.as_str()),
+            "{v}"
+        );
+    }
+    signal(&frozen.child, "-CONT");
+    drop(frozen);
+    drop(healthy);
+}
+
 #[test]
 fn nodes_with_a_key_file_hear_each_other_and_reload_it_on_sighup() {
     let dir = tempfile::tempdir().unwrap();

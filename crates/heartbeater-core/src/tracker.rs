@@ -16,8 +16,11 @@
 //!
 //! Each transition is reported exactly once: a client is connected once until
 //! it is disconnected, and a disconnected client is forgotten, so its next
-//! valid answer reports it connected again. Deactivation is the driver
-//! dropping the tracker; a new tracker starts with no clients and no open
+//! valid answer reports it connected again. A client the driver knows to be
+//! gone for another reason (its stream was dropped for being too slow) is
+//! forgotten through [`ClientConnectionTracker::forget`], which reports it
+//! disconnected at once if it was connected, and only then. Deactivation is
+//! the driver dropping the tracker; a new tracker starts with no clients and no open
 //! request, so a late answer to a request of the old one is discarded.
 
 use std::collections::{HashMap, VecDeque};
@@ -200,6 +203,18 @@ impl<C: Copy + Eq + Hash> ClientConnectionTracker<C> {
         }
     }
 
+    /// The driver dropped `client` for a reason of its own (its stream was
+    /// too slow to keep): forgets it now instead of waiting for its checks to
+    /// run out. Returns `Disconnected` if it was connected, `None` if it was
+    /// not (never answered, or already reported disconnected), so each
+    /// transition is still reported once. A later valid answer reports it
+    /// connected again, as after any disconnection.
+    pub fn forget(&mut self, client: &C) -> Option<ConnectionChange<C>> {
+        self.clients.remove(client)?;
+        self.order.retain(|c| c != client);
+        Some(ConnectionChange::Disconnected(*client))
+    }
+
     /// Clients now connected, in the order they were first seen.
     pub fn connected(&self) -> &[C] {
         &self.order
@@ -378,6 +393,46 @@ mod tests {
             fresh.on_response(new_tick.request_id, 1, t0 + ms(20)),
             Some(ConnectionChange::Connected(1))
         );
+    }
+
+    #[test]
+    fn forgetting_a_connected_client_disconnects_it_once_and_at_once() {
+        let t0 = Instant::now();
+        let mut t = tracker(100, 100, 3, t0);
+        let tick = t.on_tick(t0);
+        for c in [1, 2] {
+            t.on_response(tick.request_id, c, t0 + ms(1));
+        }
+        // At 50 ms, long before its 3 checks run out at 300 ms.
+        assert_eq!(t.forget(&1), Some(ConnectionChange::Disconnected(1)));
+        assert_eq!(t.forget(&1), None, "already forgotten: reported once");
+        assert_eq!(t.forget(&7), None, "never connected: nothing to report");
+        assert_eq!(t.connected(), &[2]);
+        // Its checks do not run out later: no second report at 300 ms.
+        let mut downs = Vec::new();
+        for at in [100, 200, 300] {
+            let tick = t.on_tick(t0 + ms(at));
+            downs.extend(tick.disconnected);
+            t.on_response(tick.request_id, 2, t0 + ms(at + 1));
+        }
+        assert!(downs.is_empty(), "{downs:?}");
+        // Answering again (a new stream) connects it again.
+        let tick = t.on_tick(t0 + ms(400));
+        assert_eq!(
+            t.on_response(tick.request_id, 1, t0 + ms(401)),
+            Some(ConnectionChange::Connected(1))
+        );
+        assert_eq!(t.connected(), &[2, 1]);
+    }
+
+    #[test]
+    fn forgetting_a_client_whose_checks_already_ran_out_reports_nothing() {
+        let t0 = Instant::now();
+        let mut t = tracker(100, 100, 1, t0);
+        let tick = t.on_tick(t0);
+        t.on_response(tick.request_id, 4, t0);
+        assert_eq!(t.on_tick(t0 + ms(100)).disconnected, vec![4]);
+        assert_eq!(t.forget(&4), None);
     }
 
     #[test]

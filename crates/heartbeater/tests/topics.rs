@@ -3,8 +3,8 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -99,6 +99,17 @@ fn params(rate_ms: u64) -> HeartbeatParameters {
     HeartbeatParameters::builder()
         .heartbeat_rate(Duration::from_millis(rate_ms))
         .heartbeat_timeout(Duration::from_millis(rate_ms))
+        .max_client_conn_checks(3)
+        .build()
+        .unwrap()
+}
+
+/// Heartbeats whose answers count for 2 s: answers trail the data, and under
+/// a flood a busy subscriber's answers may trail by more than a rate.
+fn patient(rate_ms: u64) -> HeartbeatParameters {
+    HeartbeatParameters::builder()
+        .heartbeat_rate(Duration::from_millis(rate_ms))
+        .heartbeat_timeout(Duration::from_secs(2))
         .max_client_conn_checks(3)
         .build()
         .unwrap()
@@ -347,6 +358,373 @@ async fn subscribing_to_an_unpublished_topic_keeps_retrying_until_it_appears() {
         (counter.received().len() == 1).then_some(())
     })
     .await;
+}
+
+/// A gate a blocking callback waits at until the test opens it.
+#[derive(Clone, Default)]
+struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    fn wait(&self) {
+        let (open, cv) = &*self.0;
+        let mut open = open.lock().unwrap();
+        while !*open {
+            open = cv.wait(open).unwrap();
+        }
+    }
+
+    fn open(&self) {
+        let (open, cv) = &*self.0;
+        *open.lock().unwrap() = true;
+        cv.notify_all();
+    }
+}
+
+/// Opens the gate when dropped, so a failing test does not leave a blocking
+/// thread waiting forever.
+struct OpenOnDrop(Gate);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
+/// A handler that, from its first message on, blocks at a gate (and records
+/// when it got past it).
+#[derive(Clone, Default)]
+struct Stuck {
+    gate: Gate,
+    entered: Arc<AtomicBool>,
+    released_at: Arc<Mutex<Option<Instant>>>,
+}
+
+impl TopicHandler for Stuck {
+    fn on_message(&self, _topic: &str, _payload: &[u8]) {
+        self.entered.store(true, Ordering::SeqCst);
+        self.gate.wait();
+        self.released_at
+            .lock()
+            .unwrap()
+            .get_or_insert_with(Instant::now);
+    }
+}
+
+/// A 1 KiB message that says its number.
+fn numbered(i: usize) -> Vec<u8> {
+    let mut m = format!("{i:06}:").into_bytes();
+    m.resize(1024, b'x');
+    m
+}
+
+/// Enough 1 KiB messages to fill what lies between a publisher and a
+/// handler that stopped: the subscriber's queue and its HTTP/2 window (a few
+/// MiB), then the publisher's queue for it (1024 frames).
+const FLOOD: usize = 8000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_whose_handler_blocks_forever_does_not_stall_the_others_and_is_disconnected() {
+    let node = memory_node().await;
+    let addr = node.local_addr().unwrap();
+    let publisher = node.create_publisher(TOPIC).unwrap();
+    publisher
+        .set_stall_timeout(Duration::from_millis(300))
+        .unwrap();
+    let recorder = Recorder::default();
+    publisher
+        .activate_heartbeats(recorder.clone(), patient(50))
+        .unwrap();
+    let (a, b) = (memory_node().await, memory_node().await);
+    let stuck = Stuck::default();
+    let _release = OpenOnDrop(stuck.gate.clone());
+    let healthy = Counter::new("b");
+    let _sa = a.subscribe(TOPIC, addr, stuck.clone()).unwrap();
+    let _sb = b.subscribe(TOPIC, addr, healthy.clone()).unwrap();
+    recorder.wait_for("connected", a.instance_id()).await;
+    recorder.wait_for("connected", b.instance_id()).await;
+
+    let started = Instant::now();
+    let sending = tokio::time::timeout(PATIENCE * 3, async {
+        for i in 0..FLOOD {
+            publisher.send(numbered(i)).await;
+        }
+    })
+    .await;
+    assert!(
+        sending.is_ok(),
+        "send stalled behind the stuck subscriber ({:?})",
+        started.elapsed()
+    );
+    assert!(stuck.entered.load(Ordering::SeqCst));
+    eventually("b to receive every message", || {
+        (healthy.received().len() == FLOOD).then_some(())
+    })
+    .await;
+    let expected: Vec<Vec<u8>> = (0..FLOOD).map(numbered).collect();
+    assert!(
+        healthy.received() == expected,
+        "b lost or reordered messages"
+    );
+    recorder.wait_for("disconnected", a.instance_id()).await;
+    assert_eq!(recorder.count("disconnected", b.instance_id()), 0);
+    assert_eq!(recorder.count("disconnected", a.instance_id()), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_subscriber_is_dropped_after_the_stall_timeout_reported_at_once_and_comes_back() {
+    let node = memory_node().await;
+    let addr = node.local_addr().unwrap();
+    let publisher = node.create_publisher(TOPIC).unwrap();
+    assert_eq!(
+        publisher.stall_timeout(),
+        heartbeater::topic::DEFAULT_STALL_TIMEOUT
+    );
+    assert!(matches!(
+        publisher.set_stall_timeout(Duration::ZERO),
+        Err(TopicError::InvalidStallTimeout(_))
+    ));
+    let stall = Duration::from_millis(200);
+    publisher.set_stall_timeout(stall).unwrap();
+    assert_eq!(publisher.stall_timeout(), stall);
+    // Heartbeat checks that would take 50 s to run out: a disconnection
+    // within the test can only be the stall's.
+    let slow_checks = HeartbeatParameters::builder()
+        .heartbeat_rate(Duration::from_millis(50))
+        .heartbeat_timeout(Duration::from_millis(50))
+        .max_client_conn_checks(1000)
+        .build()
+        .unwrap();
+    let recorder = Recorder::default();
+    publisher
+        .activate_heartbeats(recorder.clone(), slow_checks)
+        .unwrap();
+    let client = memory_node().await;
+    let stuck = Stuck::default();
+    let _release = OpenOnDrop(stuck.gate.clone());
+    let sub = client.subscribe(TOPIC, addr, stuck.clone()).unwrap();
+    recorder.wait_for("connected", client.instance_id()).await;
+
+    let started = Instant::now();
+    let mut delivered = Vec::new();
+    let flood = tokio::time::timeout(PATIENCE * 3, async {
+        for i in 0..FLOOD {
+            delivered.push(publisher.send(numbered(i)).await);
+        }
+    });
+    assert!(
+        flood.await.is_ok(),
+        "send stalled behind the stuck subscriber"
+    );
+    let took = started.elapsed();
+    let dropped = recorder
+        .wait_for("disconnected", client.instance_id())
+        .await;
+    assert!(
+        dropped - started < PATIENCE,
+        "reported {:?} after the flood began, long before its checks ran out",
+        dropped - started
+    );
+    let before_drop = delivered.iter().take_while(|n| **n == 1).count();
+    assert!(
+        before_drop > 0 && before_drop < FLOOD && delivered[before_drop..].iter().all(|n| *n == 0),
+        "queued for it until it was dropped, for nobody after"
+    );
+    assert!(
+        took < stall + PATIENCE,
+        "the stuck subscriber held send up once, for the stall timeout: {took:?}"
+    );
+    assert!(publisher.subscribers().is_empty(), "its stream was dropped");
+
+    // Released, the subscriber reads its stream's end and subscribes again.
+    stuck.gate.open();
+    eventually("the subscriber to come back", || {
+        (recorder.count("connected", client.instance_id()) == 2).then_some(())
+    })
+    .await;
+    assert_eq!(publisher.subscribers(), vec![client.instance_id()]);
+    assert_eq!(recorder.count("disconnected", client.instance_id()), 1);
+    drop(sub);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_is_answered_only_after_the_messages_before_it_reached_the_handler() {
+    let node = memory_node().await;
+    let publisher = node.create_publisher(TOPIC).unwrap();
+    let recorder = Recorder::default();
+    // A long timeout, so that only the held message, not a busy machine,
+    // can leave three ticks in a row without an answer.
+    publisher
+        .activate_heartbeats(recorder.clone(), patient(100))
+        .unwrap();
+    let client = memory_node().await;
+    let stuck = Stuck::default();
+    let _release = OpenOnDrop(stuck.gate.clone());
+    let sub = client
+        .subscribe(TOPIC, node.local_addr().unwrap(), stuck.clone())
+        .unwrap();
+    recorder.wait_for("connected", client.instance_id()).await;
+
+    // One message the handler holds on to: the heartbeats behind it wait.
+    assert_eq!(publisher.send("hold").await, 1);
+    recorder
+        .wait_for("disconnected", client.instance_id())
+        .await;
+    assert!(
+        sub.is_connected(),
+        "the stream is fine: only the handler is behind"
+    );
+    assert!(stuck.released_at.lock().unwrap().is_none());
+
+    stuck.gate.open();
+    let again = eventually("connected again", || {
+        recorder
+            .all()
+            .iter()
+            .filter(|(k, c, _)| *k == "connected" && *c == client.instance_id())
+            .nth(1)
+            .map(|e| e.2)
+    })
+    .await;
+    let released = stuck.released_at.lock().unwrap().unwrap();
+    assert!(
+        again >= released,
+        "an answer counted before the handler was done with the message"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_hundred_subscriptions_leave_the_blocking_threads_free() {
+    const SUBSCRIPTIONS: usize = 600;
+    let node = memory_node().await;
+    let addr = node.local_addr().unwrap();
+    let publisher = node.create_publisher(TOPIC).unwrap();
+    let recorder = Recorder::default();
+    publisher
+        .activate_heartbeats(recorder.clone(), params(200))
+        .unwrap();
+    let client = memory_node().await;
+    let counters: Vec<Counter> = (0..SUBSCRIPTIONS).map(|_| Counter::new("c")).collect();
+    let _subs: Vec<_> = counters
+        .iter()
+        .map(|c| client.subscribe(TOPIC, addr, c.clone()).unwrap())
+        .collect();
+    eventually("every subscription to open", || {
+        (publisher.subscribers().len() == SUBSCRIPTIONS).then_some(())
+    })
+    .await;
+    recorder.wait_for("connected", client.instance_id()).await;
+    assert_eq!(publisher.send("to all").await, SUBSCRIPTIONS);
+    eventually("every handler to get the message", || {
+        counters
+            .iter()
+            .all(|c| c.received().len() == 1)
+            .then_some(())
+    })
+    .await;
+
+    // The runtime has 512 blocking threads: 600 subscriptions each holding
+    // one would leave this job queued forever.
+    let job = tokio::time::timeout(PATIENCE, tokio::task::spawn_blocking(|| 42)).await;
+    assert_eq!(job.ok().map(Result::unwrap), Some(42));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deactivating_never_waits_for_a_running_callback() {
+    #[derive(Clone, Default)]
+    struct Blocking {
+        gate: Gate,
+        entered: Arc<AtomicUsize>,
+        returned: Arc<AtomicUsize>,
+    }
+    impl ClientConnectionListener for Blocking {
+        fn on_client_connected(&self, _: &str, _: Uuid) {
+            self.entered.fetch_add(1, Ordering::SeqCst);
+            self.gate.wait();
+            self.returned.fetch_add(1, Ordering::SeqCst);
+        }
+        fn on_client_disconnected(&self, _: &str, _: Uuid) {
+            self.entered.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    /// Runs `f` on a thread of its own; whether it returned within a second.
+    fn returns_promptly(f: impl FnOnce() + Send + 'static) -> bool {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            f();
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(1)).is_ok()
+    }
+
+    let node = memory_node().await;
+    let publisher = node.create_publisher(TOPIC).unwrap();
+    let client = memory_node().await;
+    let _sub = client
+        .subscribe(TOPIC, node.local_addr().unwrap(), Counter::new("c"))
+        .unwrap();
+    let entered = |l: &Blocking| {
+        let l = l.clone();
+        eventually("the callback to block", move || {
+            (l.entered.load(Ordering::SeqCst) == 1).then_some(())
+        })
+    };
+
+    // Plain deactivation returns while the callback still blocks.
+    let first = Blocking::default();
+    let _release = OpenOnDrop(first.gate.clone());
+    publisher
+        .activate_heartbeats(first.clone(), params(10))
+        .unwrap();
+    entered(&first).await;
+    let p = publisher.clone();
+    assert!(
+        returns_promptly(move || p.deactivate_heartbeats()),
+        "deactivate_heartbeats waited for the listener"
+    );
+    assert_eq!(first.returned.load(Ordering::SeqCst), 0);
+    first.gate.open();
+
+    // The async variant waits, without holding a thread, until it returned.
+    let second = Blocking::default();
+    let _release = OpenOnDrop(second.gate.clone());
+    publisher
+        .activate_heartbeats(second.clone(), params(10))
+        .unwrap();
+    entered(&second).await;
+    let waiting = tokio::spawn({
+        let p = publisher.clone();
+        async move { p.deactivate_heartbeats_and_wait().await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "returned while a callback ran");
+    assert!(!publisher.is_heartbeats_active());
+    second.gate.open();
+    tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.returned.load(Ordering::SeqCst), 1);
+
+    // Dropping the publisher does not wait either; nothing starts afterwards.
+    let third = Blocking::default();
+    let _release = OpenOnDrop(third.gate.clone());
+    publisher
+        .activate_heartbeats(third.clone(), params(10))
+        .unwrap();
+    entered(&third).await;
+    assert!(
+        returns_promptly(move || drop(publisher)),
+        "dropping the publisher waited for the listener"
+    );
+    third.gate.open();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for l in [&first, &second, &third] {
+        assert_eq!(
+            l.entered.load(Ordering::SeqCst),
+            1,
+            "a callback started after deactivation"
+        );
+    }
 }
 
 #[allow(dead_code)]

@@ -4,12 +4,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::Stream;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
-use super::hub::{Topics, SUBSCRIBER_QUEUE};
+use super::hub::Topics;
 use super::types::validate_topic;
 use crate::access::{Access, Gate};
 use crate::proto::topic_service_server::TopicService;
@@ -71,21 +69,24 @@ impl TopicService for TopicGrpc {
             ))
         })?;
 
-        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
-        let conn = hub.add_subscriber(instance, tx);
+        let (conn, frames) = hub.add_subscriber(instance);
         tokio::spawn(async move {
             // Answers are attributed to the instance that subscribed, not to
             // whatever a frame's header claims.
             while let Ok(Some(frame)) = inbound.message().await {
                 let request_id = frame.header.as_ref().map_or(0, |h| h.request_id);
                 match kind_of(&frame) {
-                    FrameKind::HeartbeatResponse => hub.on_heartbeat_response(request_id, instance),
-                    FrameKind::Response => hub.on_response(request_id, instance, frame.payload),
+                    FrameKind::HeartbeatResponse => {
+                        hub.on_heartbeat_response(conn, request_id, instance)
+                    }
+                    FrameKind::Response => {
+                        hub.on_response(conn, request_id, instance, frame.payload)
+                    }
                     _ => {}
                 }
             }
             hub.remove_subscriber(conn);
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(frames)))
     }
 }

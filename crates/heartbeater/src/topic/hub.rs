@@ -6,18 +6,35 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use futures_util::future::join_all;
+use heartbeater_core::ValidationError;
 use tokio::sync::mpsc;
 use tonic::Status;
 use uuid::Uuid;
 
-use super::activation::{Activation, HeartbeatOutlet};
+use super::activation::{Activation, HeartbeatOutlet, Stopped};
+use super::queue::{subscriber_queue, PushError, QueueLimits, QueueStream, SubscriberQueue};
 use super::types::{validate_topic, ClientConnectionListener, HeartbeatParameters, TopicError};
 use crate::proto::{FrameHeader, FrameKind, TopicFrame};
 
 /// Frames queued per subscriber before `send` waits for it.
 pub(crate) const SUBSCRIBER_QUEUE: usize = 1024;
 
-pub(crate) type FrameSender = mpsc::Sender<Result<TopicFrame, Status>>;
+/// Bytes (encoded frames) queued per subscriber before `send` waits for it.
+/// With 1024 frames of up to 4 MiB each, a frame count alone would let one
+/// stuck subscriber pin 4 GiB; this keeps it to 4 MiB (a frame bigger than
+/// that is still sent, alone).
+pub(crate) const SUBSCRIBER_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+
+/// How long `send` waits for room in one subscriber's queue before that
+/// subscriber is dropped as stuck, unless
+/// [`TopicPublisher::set_stall_timeout`] says otherwise.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+const LIMITS: QueueLimits = QueueLimits {
+    frames: SUBSCRIBER_QUEUE,
+    bytes: SUBSCRIBER_QUEUE_BYTES,
+};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section here is a plain map or vector update that
@@ -52,6 +69,7 @@ impl Topics {
             heartbeats: Mutex::new(None),
             next_heartbeat_request: AtomicU64::new(1),
             heartbeats_sent: AtomicU64::new(0),
+            stall_timeout: Mutex::new(DEFAULT_STALL_TIMEOUT),
             topics: Arc::downgrade(self),
         });
         hubs.insert(topic.to_owned(), hub.clone());
@@ -84,7 +102,7 @@ impl Topics {
 struct Subscriber {
     conn: u64,
     instance: Uuid,
-    tx: FrameSender,
+    queue: SubscriberQueue,
 }
 
 /// One answer to [`TopicPublisher::request`].
@@ -107,6 +125,7 @@ pub(crate) struct TopicHub {
     heartbeats: Mutex<Option<Activation>>,
     next_heartbeat_request: AtomicU64,
     heartbeats_sent: AtomicU64,
+    stall_timeout: Mutex<Duration>,
     topics: Weak<Topics>,
 }
 
@@ -129,44 +148,110 @@ impl TopicHub {
         }
     }
 
-    pub(crate) fn add_subscriber(&self, instance: Uuid, tx: FrameSender) -> u64 {
+    /// A new subscription stream from `instance`: its connection number and
+    /// the frames to send it.
+    pub(crate) fn add_subscriber(&self, instance: Uuid) -> (u64, QueueStream) {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        lock(&self.subscribers).push(Subscriber { conn, instance, tx });
+        let (queue, stream) = subscriber_queue(LIMITS);
+        lock(&self.subscribers).push(Subscriber {
+            conn,
+            instance,
+            queue,
+        });
         tracing::debug!(topic = %self.topic, %instance, conn, "subscriber joined");
-        conn
+        (conn, stream)
     }
 
     pub(crate) fn remove_subscriber(&self, conn: u64) {
-        lock(&self.subscribers).retain(|s| s.conn != conn);
-        tracing::debug!(topic = %self.topic, conn, "subscriber left");
+        let mut subscribers = lock(&self.subscribers);
+        if let Some(i) = subscribers.iter().position(|s| s.conn == conn) {
+            subscribers.remove(i).queue.close();
+            tracing::debug!(topic = %self.topic, conn, "subscriber left");
+        }
     }
 
-    fn senders(&self) -> Vec<FrameSender> {
-        lock(&self.subscribers)
-            .iter()
-            .map(|s| s.tx.clone())
-            .collect()
+    /// Whether stream `conn` is still one of the topic's subscribers (not
+    /// gone, and not dropped for being too slow).
+    fn is_subscribed(&self, conn: u64) -> bool {
+        lock(&self.subscribers).iter().any(|s| s.conn == conn)
     }
 
-    /// Queues `frame` for every subscriber without waiting: a subscriber whose
-    /// queue is full misses it. Used for heartbeats, which must never wait
-    /// for a slow subscriber (and a subscriber too slow to take one is, for
-    /// the heartbeat's purpose, not receiving).
+    /// Queues heartbeat `frame` for every subscriber without waiting: it
+    /// goes behind the data already queued (with a little slack past a full
+    /// queue), and a subscriber without room even for that misses it.
+    /// Heartbeats must never wait for a slow subscriber, and one that has
+    /// stopped taking frames is, for the heartbeat's purpose, not receiving.
     pub(crate) fn offer_to_all(&self, frame: &TopicFrame) -> usize {
         lock(&self.subscribers)
             .iter()
-            .filter(|s| s.tx.try_send(Ok(frame.clone())).is_ok())
+            .filter(|s| s.queue.try_push_heartbeat(frame.clone()).is_ok())
             .count()
     }
 
+    /// Queues `frame` for every subscriber; returns for how many it was
+    /// queued. Waits while queues are full, for all of them at once and for
+    /// at most the stall timeout: a subscriber still without room by then is
+    /// dropped (see [`TopicHub::drop_stalled`]), so one stuck subscriber
+    /// holds `send` up once, for the stall timeout, and never again.
     async fn send_to_all(&self, frame: TopicFrame) -> usize {
+        let targets: Vec<(u64, Uuid, SubscriberQueue)> = lock(&self.subscribers)
+            .iter()
+            .map(|s| (s.conn, s.instance, s.queue.clone()))
+            .collect();
         let mut delivered = 0;
-        for tx in self.senders() {
-            if tx.send(Ok(frame.clone())).await.is_ok() {
-                delivered += 1;
+        let mut full = Vec::new();
+        for (conn, instance, queue) in targets {
+            match queue.try_push(frame.clone()) {
+                Ok(()) => delivered += 1,
+                Err(PushError::Full(_)) => full.push((conn, instance, queue)),
+                Err(PushError::Gone) => {}
+            }
+        }
+        if full.is_empty() {
+            return delivered;
+        }
+        let stall = *lock(&self.stall_timeout);
+        let waits = full.into_iter().map(|(conn, instance, queue)| {
+            let frame = frame.clone();
+            async move {
+                let waited = tokio::time::timeout(stall, queue.push(frame)).await;
+                (conn, instance, waited)
+            }
+        });
+        for (conn, instance, waited) in join_all(waits).await {
+            match waited {
+                Ok(Ok(())) => delivered += 1,
+                Ok(Err(_gone)) => {}
+                Err(_elapsed) => self.drop_stalled(conn, instance, stall),
             }
         }
         delivered
+    }
+
+    /// Drops stream `conn`, whose queue stayed full for `stall`: its frames
+    /// are freed, its stream ends with `RESOURCE_EXHAUSTED` (its library
+    /// subscribes again), its answers no longer count, and, with heartbeats
+    /// active, `instance` is reported disconnected if it was connected and
+    /// has no other stream open.
+    fn drop_stalled(&self, conn: u64, instance: Uuid, stall: Duration) {
+        let still_there = {
+            let mut subscribers = lock(&self.subscribers);
+            let Some(i) = subscribers.iter().position(|s| s.conn == conn) else {
+                // Left, or dropped by a concurrent send, in the meantime.
+                return;
+            };
+            let dropped = subscribers.remove(i);
+            dropped.queue.end_with(Status::resource_exhausted(format!(
+                "subscriber too slow: its queue stayed full for {stall:?}; subscribe again"
+            )));
+            subscribers.iter().any(|s| s.instance == instance)
+        };
+        tracing::warn!(topic = %self.topic, %instance, conn, ?stall, "dropped a subscriber too slow to keep up");
+        if !still_there {
+            if let Some(activation) = lock(&self.heartbeats).as_ref() {
+                activation.forget(instance);
+            }
+        }
     }
 
     pub(crate) fn heartbeat_frame(&self, request_id: u64) -> TopicFrame {
@@ -174,7 +259,11 @@ impl TopicHub {
         self.frame(FrameKind::HeartbeatRequest, request_id, Vec::new())
     }
 
-    pub(crate) fn on_response(&self, request_id: u64, instance: Uuid, payload: Vec<u8>) {
+    /// An answer to request `request_id` on stream `conn` of `instance`.
+    pub(crate) fn on_response(&self, conn: u64, request_id: u64, instance: Uuid, payload: Vec<u8>) {
+        if !self.is_subscribed(conn) {
+            return;
+        }
         if let Some(tx) = lock(&self.requests).get(&request_id) {
             let _ = tx.send(TopicResponse {
                 client_instance_id: instance,
@@ -183,7 +272,13 @@ impl TopicHub {
         }
     }
 
-    pub(crate) fn on_heartbeat_response(&self, request_id: u64, instance: Uuid) {
+    /// A heartbeat answer on stream `conn` of `instance`. A stream dropped
+    /// for being too slow no longer counts, so its late answers cannot undo
+    /// the disconnection it was reported for.
+    pub(crate) fn on_heartbeat_response(&self, conn: u64, request_id: u64, instance: Uuid) {
+        if !self.is_subscribed(conn) {
+            return;
+        }
         if let Some(activation) = lock(&self.heartbeats).as_ref() {
             activation.on_response(request_id, instance);
         }
@@ -191,20 +286,34 @@ impl TopicHub {
 
     fn close(&self) {
         self.deactivate();
-        lock(&self.subscribers).clear();
+        for s in lock(&self.subscribers).drain(..) {
+            s.queue.close();
+        }
     }
 
-    fn deactivate(&self) {
+    fn deactivate(&self) -> Option<Stopped> {
         let taken = lock(&self.heartbeats).take();
-        if let Some(activation) = taken {
+        taken.map(|activation| {
+            let stopped = activation.stop();
             self.next_heartbeat_request
-                .store(activation.stop(), Ordering::Relaxed);
-        }
+                .store(stopped.next_request, Ordering::Relaxed);
+            stopped
+        })
     }
 }
 
 /// Publishes one topic from a node: sends messages and requests to every
 /// subscriber, and can heartbeat them to learn which are connected.
+///
+/// Every subscriber has a queue of its own, bounded to 1024 frames and
+/// 4 MiB: `send` waits (backpressure) while a subscriber's queue is full,
+/// for every full queue at once, but for at most the stall timeout
+/// ([`TopicPublisher::set_stall_timeout`], default
+/// [`DEFAULT_STALL_TIMEOUT`]). A subscriber whose queue is still full then
+/// is stuck: it is dropped (its stream ends with `RESOURCE_EXHAUSTED`, and
+/// the subscriber library subscribes again), reported disconnected to the
+/// listener if heartbeats are active and it was connected, and never holds
+/// `send` up again. A subscriber that keeps up loses nothing.
 ///
 /// Clones share the publisher. When the last clone is dropped, the topic is
 /// unpublished: heartbeats stop and every subscription stream ends.
@@ -232,6 +341,7 @@ impl std::fmt::Debug for TopicPublisher {
         f.debug_struct("TopicPublisher")
             .field("topic", &self.inner.hub.topic)
             .field("heartbeats_active", &self.is_heartbeats_active())
+            .field("stall_timeout", &self.stall_timeout())
             .finish()
     }
 }
@@ -242,16 +352,21 @@ impl TopicPublisher {
         &self.inner.hub.topic
     }
 
-    /// Sends one message to every current subscriber, waiting while a
-    /// subscriber's queue (1024 frames) is full. Returns how many
+    /// Sends one message to every current subscriber. Returns how many
     /// subscribers it was queued for.
+    ///
+    /// Waits while subscribers' queues are full, at most the stall timeout;
+    /// the subscribers still full then are dropped as stuck and not counted
+    /// (see [`TopicPublisher`]).
     pub async fn send(&self, payload: impl Into<Vec<u8>>) -> usize {
         let frame = self.inner.hub.frame(FrameKind::Data, 0, payload.into());
         self.inner.hub.send_to_all(frame).await
     }
 
     /// Sends a request to every subscriber and collects the responses that
-    /// arrive within `timeout`, from however many clients answer.
+    /// arrive within `timeout`, from however many clients answer. Queueing
+    /// the request waits like [`TopicPublisher::send`], and that wait is not
+    /// part of `timeout`.
     pub async fn request(
         &self,
         payload: impl Into<Vec<u8>>,
@@ -274,9 +389,37 @@ impl TopicPublisher {
         responses
     }
 
+    /// How long `send` waits for room in a subscriber's queue before dropping
+    /// that subscriber as stuck (1 ms to 1 hour; default
+    /// [`DEFAULT_STALL_TIMEOUT`], 5 s). Shorter frees the other subscribers
+    /// sooner from a stuck one, but drops a subscriber whose handler pauses
+    /// for longer than this (it subscribes again, and may miss messages sent
+    /// meanwhile). Applies to sends that start after the call.
+    pub fn set_stall_timeout(&self, timeout: Duration) -> Result<(), TopicError> {
+        const MIN: Duration = Duration::from_millis(1);
+        const MAX: Duration = Duration::from_secs(3600);
+        if !(MIN..=MAX).contains(&timeout) {
+            return Err(TopicError::InvalidStallTimeout(ValidationError::new(
+                "stall_timeout",
+                format!("{timeout:?}; must be 1 ms to 1 hour"),
+            )));
+        }
+        *lock(&self.inner.hub.stall_timeout) = timeout;
+        Ok(())
+    }
+
+    /// The stall timeout in force; see [`TopicPublisher::set_stall_timeout`].
+    pub fn stall_timeout(&self) -> Duration {
+        *lock(&self.inner.hub.stall_timeout)
+    }
+
     /// Starts heartbeating every subscriber at `params.heartbeat_rate`, and
     /// reporting to `listener` which clients connect and disconnect. Must be
     /// called within a tokio runtime.
+    ///
+    /// The listener's callbacks run on the runtime's blocking threads, one
+    /// at a time, in the order the transitions happened; a thread is taken
+    /// only while callbacks run, so idle activations hold none.
     pub fn activate_heartbeats(
         &self,
         listener: impl ClientConnectionListener,
@@ -306,11 +449,28 @@ impl TopicPublisher {
         Ok(())
     }
 
-    /// Stops heartbeats and connection checks. No callback runs after this
-    /// returns (one already running finishes), late answers are ignored, and
-    /// no `disconnected` is reported for the clients that were connected.
+    /// Stops heartbeats and connection checks, without waiting for anything:
+    /// it never blocks on a listener callback, so it is safe on a runtime
+    /// thread and from inside a callback. No callback starts after this
+    /// returns, late answers are ignored, and no `disconnected` is reported
+    /// for the clients that were connected. A callback already running when
+    /// it is called is not interrupted and may still be running when it
+    /// returns; [`TopicPublisher::deactivate_heartbeats_and_wait`] also waits
+    /// for it. Dropping the publisher and stopping the node deactivate the
+    /// same way.
     pub fn deactivate_heartbeats(&self) {
         self.inner.hub.deactivate();
+    }
+
+    /// [`TopicPublisher::deactivate_heartbeats`], then waits (asynchronously)
+    /// until the callback that was running, if any, has returned: once this
+    /// completes, no callback of the activation is running and none will
+    /// start. Do not await it from inside a callback, which would wait for
+    /// itself. Returns at once when heartbeats were not active.
+    pub async fn deactivate_heartbeats_and_wait(&self) {
+        if let Some(stopped) = self.inner.hub.deactivate() {
+            stopped.callbacks_finished().await;
+        }
     }
 
     /// Whether heartbeats are active.

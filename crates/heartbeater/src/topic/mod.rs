@@ -8,24 +8,32 @@
 //! client instance id (the subscribing node's identity).
 //!
 //! Differences from the original, on purpose:
-//! - nothing is reported after `deactivate_heartbeats` returns (late answers
-//!   are ignored, queued callbacks are dropped); deactivation itself reports
-//!   no disconnections, as in the original;
+//! - no callback starts after `deactivate_heartbeats` returns (late answers
+//!   are ignored, queued callbacks are dropped; one already running finishes,
+//!   and `deactivate_heartbeats_and_wait` waits for it); deactivation itself
+//!   reports no disconnections, as in the original;
 //! - activating again starts from scratch: no client is known, and answers to
 //!   requests of the earlier activation are discarded;
 //! - every transition is reported exactly once;
-//! - listener callbacks run on a thread of their own, in order, so a slow
-//!   listener never delays the heartbeat timer.
+//! - listener callbacks run on a blocking thread, one at a time and in
+//!   order, so a slow listener never delays the heartbeat timer; stopping
+//!   never waits for a callback;
+//! - a heartbeat is answered only after every message that arrived before it
+//!   was handled, so an answered heartbeat proves delivery, not just a live
+//!   connection;
+//! - a subscriber that stops reading cannot stall the others: it is dropped
+//!   after the publisher's stall timeout and reported disconnected.
 
 mod activation;
 mod grpc;
 mod hub;
+mod queue;
 mod subscriber;
 mod types;
 
 pub(crate) use grpc::TopicGrpc;
 pub(crate) use hub::Topics;
-pub use hub::{TopicPublisher, TopicResponse};
+pub use hub::{TopicPublisher, TopicResponse, DEFAULT_STALL_TIMEOUT};
 pub(crate) use subscriber::subscribe;
 pub use subscriber::TopicSubscriber;
 pub use types::{

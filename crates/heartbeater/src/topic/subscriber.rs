@@ -1,14 +1,30 @@
 //! The subscriber's side: one stream per subscription to the publisher's
 //! node, re-opened after a failure for as long as the subscription lives.
+//!
+//! Two tasks per subscription: the session reads the stream and puts every
+//! message, request and heartbeat, in order, on one bounded queue; the
+//! delivery task takes them off in batches, hands the handler's share of a
+//! batch to a blocking thread (the handler is user code and may block), and
+//! sends the answers once it is back. A heartbeat is answered only once the
+//! messages before it have been handled, so an answer proves delivery. When
+//! the handler falls behind, the queue fills, the session stops reading, and
+//! HTTP/2 flow control pushes back on the publisher; memory stays bounded.
+//!
+//! The delivery task takes a blocking thread per batch, not one for the
+//! subscription's life: a `spawn_blocking` loop per subscription would hold
+//! one of the runtime's blocking threads (512 by default) for as long as the
+//! subscription lives, so a few hundred subscriptions would starve
+//! everything else that needs one, and a thread per subscription would cost
+//! a thread even while idle.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
 
 use super::types::{validate_topic, TopicError, TopicHandler};
@@ -18,6 +34,15 @@ use crate::proto::{FrameHeader, FrameKind, TopicFrame};
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 const LAST_RETRY: Duration = Duration::from_secs(2);
 const OUTBOUND_QUEUE: usize = 1024;
+/// Frames (messages, requests, heartbeats) read but not yet handled, per
+/// subscription, before the stream stops being read.
+const HANDLER_QUEUE: usize = 256;
+/// Payload bytes read but not yet handled, per subscription: with frames of
+/// up to 4 MiB, a frame count alone would allow 1 GiB. A bigger payload is
+/// still taken, alone.
+const HANDLER_QUEUE_BYTES: u32 = 8 * 1024 * 1024;
+/// Frames handed to one blocking job at most.
+const HANDLER_BATCH: usize = 64;
 
 /// A live subscription. Dropping it unsubscribes: the stream closes, and the
 /// publisher stops hearing this client's heartbeat answers.
@@ -26,6 +51,7 @@ pub struct TopicSubscriber {
     topic: String,
     publisher: SocketAddr,
     connected: Arc<AtomicBool>,
+    stopped: Arc<AtomicBool>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -55,21 +81,40 @@ impl TopicSubscriber {
         self.connected.load(Ordering::SeqCst)
     }
 
-    /// Unsubscribes (the same as dropping it).
+    /// Unsubscribes (the same as dropping it). A handler call already
+    /// running finishes; no other starts.
     pub fn unsubscribe(self) {}
 }
 
 impl Drop for TopicSubscriber {
     fn drop(&mut self) {
+        // Frames already queued for the handler are not delivered any more.
+        self.stopped.store(true, Ordering::SeqCst);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
     }
 }
 
+/// What the session read, in the order it arrived.
 enum Work {
+    /// For the handler; holds its share of the queue's byte budget until
+    /// handled.
+    Call(Call, OwnedSemaphorePermit),
+    /// Answered once everything before it was handled.
+    Heartbeat {
+        request_id: u64,
+        reply: mpsc::Sender<TopicFrame>,
+    },
+}
+
+enum Call {
     Message(Vec<u8>),
-    Request(u64, Vec<u8>, mpsc::Sender<TopicFrame>),
+    Request {
+        request_id: u64,
+        payload: Vec<u8>,
+        reply: mpsc::Sender<TopicFrame>,
+    },
 }
 
 /// Subscribes node `instance` to `topic` at `publisher`.
@@ -83,40 +128,29 @@ pub(crate) fn subscribe(
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| TopicError::NoRuntime)?;
     let (stop_tx, stop_rx) = oneshot::channel();
     let connected = Arc::new(AtomicBool::new(false));
-
-    // The handler runs on a thread of its own, so a slow handler never
-    // delays heartbeat answers.
-    let (work_tx, work_rx) = std_mpsc::channel::<Work>();
-    {
-        let topic = topic.to_owned();
-        let instance_id = instance.to_string();
-        runtime.spawn_blocking(move || {
-            while let Ok(work) = work_rx.recv() {
-                match work {
-                    Work::Message(payload) => handler.on_message(&topic, &payload),
-                    Work::Request(id, payload, reply) => {
-                        if let Some(answer) = handler.on_request(&topic, &payload) {
-                            let frame =
-                                frame(FrameKind::Response, id, &instance_id, &topic, answer);
-                            let _ = reply.blocking_send(frame);
-                        }
-                    }
-                }
-            }
-        });
-    }
+    let stopped = Arc::new(AtomicBool::new(false));
+    let (work_tx, work_rx) = mpsc::channel(HANDLER_QUEUE);
+    let delivery = Delivery {
+        topic: topic.into(),
+        instance_id: instance.to_string().into(),
+        handler,
+        stopped: stopped.clone(),
+    };
+    runtime.spawn(delivery.run(work_rx));
     let session = Session {
         instance,
         topic: topic.to_owned(),
         publisher,
         connected: connected.clone(),
         work: work_tx,
+        budget: Arc::new(Semaphore::new(HANDLER_QUEUE_BYTES as usize)),
     };
     runtime.spawn(session.run(stop_rx));
     Ok(TopicSubscriber {
         topic: topic.to_owned(),
         publisher,
         connected,
+        stopped,
         stop: Some(stop_tx),
     })
 }
@@ -139,12 +173,113 @@ fn frame(
     }
 }
 
+/// Hands a subscription's frames to its handler, in order, and answers.
+struct Delivery {
+    topic: Arc<str>,
+    instance_id: Arc<str>,
+    handler: Arc<dyn TopicHandler>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl Delivery {
+    /// Until the session is gone and the queue drained, or unsubscribed.
+    async fn run(self, mut work: mpsc::Receiver<Work>) {
+        let mut batch = Vec::with_capacity(HANDLER_BATCH);
+        while work.recv_many(&mut batch, HANDLER_BATCH).await > 0 {
+            let mut calls = Vec::new();
+            for item in batch.drain(..) {
+                match item {
+                    Work::Call(call, permit) => calls.push((call, permit)),
+                    Work::Heartbeat { request_id, reply } => {
+                        // Everything that arrived before it, handled first.
+                        self.handle(std::mem::take(&mut calls)).await;
+                        let answer = frame(
+                            FrameKind::HeartbeatResponse,
+                            request_id,
+                            &self.instance_id,
+                            &self.topic,
+                            Vec::new(),
+                        );
+                        // A full queue means the publisher is not reading: the
+                        // missing answer is then exactly the right signal.
+                        let _ = reply.try_send(answer);
+                    }
+                }
+            }
+            self.handle(calls).await;
+            if self.stopped.load(Ordering::SeqCst) {
+                return;
+            }
+        }
+    }
+
+    /// Runs `calls` on a blocking thread, then sends the requests' answers.
+    async fn handle(&self, calls: Vec<(Call, OwnedSemaphorePermit)>) {
+        if calls.is_empty() || self.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        let (topic, instance_id) = (self.topic.clone(), self.instance_id.clone());
+        let (handler, stopped) = (self.handler.clone(), self.stopped.clone());
+        let job = tokio::task::spawn_blocking(move || {
+            let mut answers = Vec::new();
+            for (call, _permit) in calls {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                match call {
+                    Call::Message(payload) => handler.on_message(&topic, &payload),
+                    Call::Request {
+                        request_id,
+                        payload,
+                        reply,
+                    } => {
+                        if let Some(answer) = handler.on_request(&topic, &payload) {
+                            let answer = frame(
+                                FrameKind::Response,
+                                request_id,
+                                &instance_id,
+                                &topic,
+                                answer,
+                            );
+                            answers.push((reply, answer));
+                        }
+                    }
+                }
+            }
+            answers
+        });
+        match job.await {
+            Ok(answers) => {
+                for (reply, answer) in answers {
+                    // Fails only when that stream is gone: nobody to answer.
+                    let _ = reply.send(answer).await;
+                }
+            }
+            Err(e) if e.is_panic() => {
+                tracing::error!(topic = %self.topic, "a TopicHandler call panicked; the rest of its batch is lost");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Opens the channel to the publisher's node.
+async fn connect(publisher: SocketAddr) -> Result<Channel, tonic::Status> {
+    Endpoint::from_shared(format!("http://{publisher}"))
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))
+}
+
 struct Session {
     instance: Uuid,
     topic: String,
     publisher: SocketAddr,
     connected: Arc<AtomicBool>,
-    work: std_mpsc::Sender<Work>,
+    work: mpsc::Sender<Work>,
+    budget: Arc<Semaphore>,
 }
 
 impl Session {
@@ -155,8 +290,14 @@ impl Session {
                 _ = &mut stop => break,
                 result = self.stream(&mut retry) => {
                     self.connected.store(false, Ordering::SeqCst);
-                    if let Err(status) = result {
-                        tracing::debug!(topic = %self.topic, publisher = %self.publisher, %status, "subscription stream failed");
+                    match result {
+                        Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                            tracing::warn!(topic = %self.topic, publisher = %self.publisher, %status, "the publisher dropped this subscription as too slow; subscribing again");
+                        }
+                        Err(status) => {
+                            tracing::debug!(topic = %self.topic, publisher = %self.publisher, %status, "subscription stream failed");
+                        }
+                        Ok(()) => {}
                     }
                 }
             }
@@ -169,15 +310,18 @@ impl Session {
         self.connected.store(false, Ordering::SeqCst);
     }
 
+    /// Queues `item` for the delivery task, waiting while the queue is full:
+    /// that wait is what pushes back on the publisher.
+    async fn queue(&self, item: Work) -> Result<(), tonic::Status> {
+        self.work
+            .send(item)
+            .await
+            .map_err(|_| tonic::Status::cancelled("the subscription's delivery has ended"))
+    }
+
     /// One stream, until it ends.
     async fn stream(&self, retry: &mut Duration) -> Result<(), tonic::Status> {
-        let channel = Endpoint::from_shared(format!("http://{}", self.publisher))
-            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let mut client = TopicServiceClient::new(channel);
+        let mut client = TopicServiceClient::new(connect(self.publisher).await?);
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
         let instance_id = self.instance.to_string();
         let hello = frame(
@@ -203,32 +347,43 @@ impl Session {
                 // Only answer for the topic this stream subscribes to.
                 continue;
             }
-            match FrameKind::try_from(header.kind).unwrap_or(FrameKind::Unspecified) {
+            let call = match FrameKind::try_from(header.kind).unwrap_or(FrameKind::Unspecified) {
                 FrameKind::HeartbeatRequest => {
-                    let answer = frame(
-                        FrameKind::HeartbeatResponse,
-                        header.request_id,
-                        &instance_id,
-                        &self.topic,
-                        Vec::new(),
-                    );
-                    // A full queue means the publisher is not reading: the
-                    // missing answer is then exactly the right signal.
-                    let _ = out_tx.try_send(answer);
+                    self.queue(Work::Heartbeat {
+                        request_id: header.request_id,
+                        reply: out_tx.clone(),
+                    })
+                    .await?;
+                    continue;
                 }
-                FrameKind::Data => {
-                    let _ = self.work.send(Work::Message(frame_in.payload));
-                }
-                FrameKind::Request => {
-                    let _ = self.work.send(Work::Request(
-                        header.request_id,
-                        frame_in.payload,
-                        out_tx.clone(),
-                    ));
-                }
-                _ => {}
-            }
+                FrameKind::Data => Call::Message(frame_in.payload),
+                FrameKind::Request => Call::Request {
+                    request_id: header.request_id,
+                    payload: frame_in.payload,
+                    reply: out_tx.clone(),
+                },
+                _ => continue,
+            };
+            let permit = self.reserve(&call).await?;
+            self.queue(Work::Call(call, permit)).await?;
         }
         Ok(())
+    }
+
+    /// Takes `call`'s share of the byte budget, waiting while it is spent.
+    async fn reserve(&self, call: &Call) -> Result<OwnedSemaphorePermit, tonic::Status> {
+        let len = match call {
+            Call::Message(payload) | Call::Request { payload, .. } => payload.len(),
+        };
+        // At least 1, so every call counts; at most the whole budget, so a
+        // big payload waits for an empty queue instead of forever.
+        let cost = u32::try_from(len)
+            .unwrap_or(u32::MAX)
+            .clamp(1, HANDLER_QUEUE_BYTES);
+        self.budget
+            .clone()
+            .acquire_many_owned(cost)
+            .await
+            .map_err(|_| tonic::Status::cancelled("the subscription's delivery has ended"))
     }
 }

@@ -10,18 +10,30 @@ use uuid::Uuid;
 /// Longest topic name, in bytes.
 pub const MAX_TOPIC_BYTES: usize = 256;
 
-/// Hears which clients of a topic are connected. Callbacks run on a thread
-/// of their own, one at a time, in the order the transitions happened.
+/// Hears which clients of a topic are connected. Callbacks run on the
+/// runtime's blocking threads (never on a thread that drives the heartbeats),
+/// one at a time, in the order the transitions happened; they may block, at
+/// the price of delaying the callbacks after them.
 pub trait ClientConnectionListener: Send + Sync + 'static {
     /// `client_instance_id` answered a heartbeat: it receives the topic's messages.
     fn on_client_connected(&self, topic: &str, client_instance_id: Uuid);
-    /// `client_instance_id` left `max_client_conn_checks` heartbeats unanswered.
+    /// `client_instance_id` left `max_client_conn_checks` heartbeats
+    /// unanswered, or its stream was dropped because it stopped reading (see
+    /// [`crate::TopicPublisher::set_stall_timeout`]).
     fn on_client_disconnected(&self, topic: &str, client_instance_id: Uuid);
 }
 
 /// Receives a subscription's messages and requests. Heartbeats never reach
-/// it: the library answers them. Calls run on a thread of the subscription,
-/// one at a time, in order.
+/// it: the library answers them, each once every message that arrived before
+/// it has been handled, so an answered heartbeat proves delivery.
+///
+/// Calls run on the runtime's blocking threads, one at a time, in the order
+/// the frames arrived. The frames waiting for the handler are bounded: a
+/// handler slower than the publisher stops the subscription reading its
+/// stream, which pushes back on the publisher (whose `send` then waits, up to
+/// its stall timeout, after which it drops this subscription, which then
+/// subscribes again). A handler may block, but while it does, heartbeats go
+/// unanswered.
 pub trait TopicHandler: Send + Sync + 'static {
     /// One message of the topic.
     fn on_message(&self, topic: &str, payload: &[u8]);
@@ -52,6 +64,10 @@ pub enum TopicError {
     /// A heartbeat parameter is out of range.
     #[error("invalid heartbeat parameters: {0}")]
     InvalidParameters(ValidationError),
+    /// The stall timeout given to `set_stall_timeout` is out of range; the
+    /// one in force is unchanged.
+    #[error("invalid stall timeout: {0}")]
+    InvalidStallTimeout(ValidationError),
     /// This node already has a publisher for the topic.
     #[error("this node already publishes topic {0:?}")]
     PublisherExists(String),
