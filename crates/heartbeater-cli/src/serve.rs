@@ -93,7 +93,7 @@ pub struct ServeArgs {
     /// RESOURCE_EXHAUSTED [default: 4194304].
     #[arg(long, value_name = "BYTES")]
     max_request_bytes: Option<usize>,
-    /// The most connections one client IP address may hold open [default: 256].
+    /// The most connections one client IP address may hold open [default: 1024].
     #[arg(long, value_name = "N")]
     max_connections_per_address: Option<usize>,
     /// The most calls in progress on one connection [default: 128].

@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,6 +12,7 @@ use tokio::io::AsyncBufReadExt;
 
 use crate::address::HostPort;
 use crate::output;
+use crate::security::{read_tokens, ClientSecurityArgs, ServerTlsFiles};
 
 /// Options of `publish`.
 #[derive(Debug, clap::Args)]
@@ -38,6 +40,18 @@ pub struct PublishArgs {
     /// [default: 5s].
     #[arg(long, value_parser = humantime::parse_duration)]
     stall_timeout: Option<Duration>,
+    /// Serve subscribers over TLS with this certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: only subscribers with a certificate of this CA (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Subscribers must present a bearer token from FILE (one per line).
+    #[arg(long, value_name = "FILE")]
+    auth_token_file: Option<PathBuf>,
     /// JSON lines instead of text.
     #[arg(long)]
     json: bool,
@@ -81,11 +95,25 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         .heartbeat_timeout(args.heartbeat_timeout.unwrap_or(args.heartbeat_rate))
         .max_client_conn_checks(args.max_client_conn_checks)
         .build()?;
-    let server = HeartbeatServer::builder()
+    let mut builder = HeartbeatServer::builder()
         .server_host(args.listen.host.clone())
         .server_port(args.listen.port)
-        .in_memory()
-        .build()?;
+        .in_memory();
+    let tls_files = ServerTlsFiles {
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
+        client_ca: args.tls_client_ca.clone(),
+        ca: None,
+    };
+    if let Some(tls) = tls_files.server()? {
+        builder = builder.tls(tls);
+    }
+    if let Some(path) = &args.auth_token_file {
+        // Subscribing is the only call a publisher serves that matters: a
+        // token on a publisher guards reads.
+        builder = builder.auth_tokens(read_tokens(path)?.1).auth_reads(true);
+    }
+    let server = builder.build()?;
     let publisher = server.create_publisher(&args.topic)?;
     if let Some(stall) = args.stall_timeout {
         publisher.set_stall_timeout(stall)?;
@@ -142,6 +170,8 @@ pub struct SubscribeArgs {
     /// JSON lines instead of the bare messages.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    security: ClientSecurityArgs,
 }
 
 pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
@@ -153,7 +183,14 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--publisher {}: resolves to no address", args.publisher))?;
     // A node of our own, only for its identity (the client instance id the
     // publisher sees); it needs no listener.
-    let node = HeartbeatServer::builder().in_memory().build()?;
+    let mut builder = HeartbeatServer::builder().in_memory();
+    if let Some(tls) = args.security.tls()? {
+        builder = builder.peer_tls(tls);
+    }
+    if let Some(token) = args.security.token()? {
+        builder = builder.peer_token(token);
+    }
+    let node = builder.build()?;
     let json = args.json;
     let subscription = node.subscribe(&args.topic, publisher, move |topic: &str, payload: &[u8]| {
         let text = String::from_utf8_lossy(payload);

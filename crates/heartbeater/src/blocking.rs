@@ -122,6 +122,12 @@ impl HeartbeatServerBuilder {
             inner: self.inner.auth_tokens(tokens),
         }
     }
+    /// See [`crate::HeartbeatServerBuilder::peer_token`].
+    pub fn peer_token(self, token: impl Into<String>) -> Self {
+        Self {
+            inner: self.inner.peer_token(token),
+        }
+    }
     /// See [`crate::HeartbeatServerBuilder::auth_reads`].
     pub fn auth_reads(self, required: bool) -> Self {
         Self {

@@ -52,7 +52,7 @@ pub const DEFAULT_MIN_NETWORK_FREQ: Duration = Duration::from_millis(10);
 /// Default largest request message, in bytes.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// Default most connections open at once from one client IP address.
-pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 1024;
 /// Default most concurrent calls (HTTP/2 streams) on one connection.
 pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 128;
 /// Default most `WatchPeers` streams open at once.
@@ -85,6 +85,7 @@ pub struct HeartbeatServerBuilder {
     tls: Option<TlsServerConfig>,
     peer_tls: Option<TlsClientConfig>,
     tokens: Option<AuthTokens>,
+    peer_token: Option<String>,
     auth_reads: bool,
     max_request_bytes: usize,
     max_connections_per_address: usize,
@@ -107,6 +108,7 @@ impl Default for HeartbeatServerBuilder {
             tls: None,
             peer_tls: None,
             tokens: None,
+            peer_token: None,
             auth_reads: false,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
@@ -229,6 +231,14 @@ impl HeartbeatServerBuilder {
         self
     }
 
+    /// The token this node sends on the calls it makes itself (heartbeats
+    /// over gRPC, topic subscriptions), when it is not the first of its own
+    /// [`HeartbeatServerBuilder::auth_tokens`] (or the node accepts none).
+    pub fn peer_token(mut self, token: impl Into<String>) -> Self {
+        self.peer_token = Some(token.into());
+        self
+    }
+
     /// Require the token on reads too: `Heartbeat`, `ListPeers`,
     /// `WatchPeers`, topic subscriptions, health and reflection (default:
     /// no, they stay open). Nodes that heartbeat this one over gRPC then
@@ -246,7 +256,7 @@ impl HeartbeatServerBuilder {
     }
 
     /// The most connections one client IP address may hold open (default
-    /// 256); one more is closed as soon as it is accepted.
+    /// 1024: a node opens one per subscription); one more is closed as soon as it is accepted.
     pub fn max_connections_per_address(mut self, connections: usize) -> Self {
         self.max_connections_per_address = connections;
         self
@@ -373,7 +383,18 @@ impl HeartbeatServerBuilder {
             counters,
             limits,
         });
-        let outbound = Outbound::new(self.peer_tls, self.tokens.as_ref().map(|t| t.primary()));
+        if let Some(token) = &self.peer_token {
+            crate::access::validate_token(token).map_err(|reason| ServerError::InvalidConfig {
+                field: "peer_token",
+                reason: reason.into(),
+            })?;
+        }
+        let outbound = Outbound::new(
+            self.peer_tls,
+            self.peer_token
+                .as_deref()
+                .or(self.tokens.as_ref().map(|t| t.primary())),
+        );
         Ok(HeartbeatServer {
             instance,
             host,
@@ -820,7 +841,9 @@ impl HeartbeatServer {
     }
 
     /// Subscribes this node to `topic` published by the node at `publisher`
-    /// (which may be this node). The client instance id the publisher sees is
+    /// (which may be this node), over TLS and with this node's token when
+    /// it has them ([`HeartbeatServerBuilder::peer_tls`],
+    /// [`HeartbeatServerBuilder::auth_tokens`]). The client instance id the publisher sees is
     /// this node's identity. Must be called within a tokio runtime; the
     /// subscription reconnects after failures until the returned handle is
     /// dropped.
@@ -830,7 +853,13 @@ impl HeartbeatServer {
         publisher: SocketAddr,
         handler: impl TopicHandler,
     ) -> Result<TopicSubscriber, TopicError> {
-        crate::topic::subscribe(self.instance, topic, publisher, Arc::new(handler))
+        crate::topic::subscribe(
+            self.instance,
+            topic,
+            publisher,
+            Arc::new(handler),
+            self.outbound.clone(),
+        )
     }
 
     /// The node's identity as a UUID: the client instance id of its subscriptions.

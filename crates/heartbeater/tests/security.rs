@@ -352,3 +352,51 @@ fn bad_tls_material_is_a_typed_error_naming_the_file() {
     let e = TlsClientConfig::from_file(&garbage).unwrap_err();
     assert!(e.to_string().contains("garbage.pem"), "{e}");
 }
+
+/// A topic stream over mutual TLS, with a token: the subscription made
+/// with the node's peer TLS and token receives; one without either does not.
+#[tokio::test]
+async fn topic_subscriptions_go_over_mutual_tls_with_the_nodes_token() {
+    use std::sync::{Arc, Mutex};
+    let ca = Ca::new("cluster CA");
+    let publisher_node = start(
+        HeartbeatServer::builder()
+            .tls(server_tls(&ca.leaf("publisher"), Some(&ca)))
+            .auth_tokens(AuthTokens::new(["topic-token"]).unwrap())
+            .auth_reads(true),
+    )
+    .await;
+    let publisher = publisher_node.create_publisher("news").unwrap();
+    let addr = publisher_node.local_addr().unwrap();
+    let leaf = ca.leaf("reader");
+    let reader = start(
+        HeartbeatServer::builder()
+            .peer_tls(client_tls(&ca, Some(&leaf)))
+            .peer_token("topic-token"),
+    )
+    .await;
+    let outsider = start(HeartbeatServer::builder()).await;
+    let got = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+    let outsider_got = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+    let sink = |into: Arc<Mutex<Vec<Vec<u8>>>>| {
+        move |_: &str, payload: &[u8]| into.lock().unwrap().push(payload.to_vec())
+    };
+    let _reading = reader.subscribe("news", addr, sink(got.clone())).unwrap();
+    let _outside = outsider
+        .subscribe("news", addr, sink(outsider_got.clone()))
+        .unwrap();
+    common::eventually("the TLS subscriber on the publisher", || {
+        publisher
+            .subscribers()
+            .contains(&reader.instance_id())
+            .then_some(())
+    })
+    .await;
+    publisher.send(b"hello".to_vec()).await;
+    common::eventually("the message", || {
+        (!got.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(publisher.subscribers(), vec![reader.instance_id()]);
+    assert!(outsider_got.lock().unwrap().is_empty());
+}

@@ -24,10 +24,11 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use uuid::Uuid;
 
 use super::types::{validate_topic, TopicError, TopicHandler};
+use crate::outbound::Outbound;
 use crate::proto::topic_service_client::TopicServiceClient;
 use crate::proto::{FrameHeader, FrameKind, TopicFrame};
 
@@ -123,6 +124,7 @@ pub(crate) fn subscribe(
     topic: &str,
     publisher: SocketAddr,
     handler: Arc<dyn TopicHandler>,
+    outbound: Outbound,
 ) -> Result<TopicSubscriber, TopicError> {
     validate_topic(topic)?;
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| TopicError::NoRuntime)?;
@@ -144,6 +146,7 @@ pub(crate) fn subscribe(
         connected: connected.clone(),
         work: work_tx,
         budget: Arc::new(Semaphore::new(HANDLER_QUEUE_BYTES as usize)),
+        outbound,
     };
     runtime.spawn(session.run(stop_rx));
     Ok(TopicSubscriber {
@@ -263,11 +266,12 @@ impl Delivery {
     }
 }
 
-/// Opens the channel to the publisher's node.
-async fn connect(publisher: SocketAddr) -> Result<Channel, tonic::Status> {
-    Endpoint::from_shared(format!("http://{publisher}"))
-        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
-        .tcp_nodelay(true)
+/// Opens the channel to the publisher's node, with the subscribing node's
+/// TLS configuration as it is now.
+async fn connect(publisher: SocketAddr, outbound: &Outbound) -> Result<Channel, tonic::Status> {
+    outbound
+        .endpoint(&publisher.ip().to_string(), publisher.port())
+        .map_err(tonic::Status::invalid_argument)?
         .connect()
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))
@@ -280,6 +284,7 @@ struct Session {
     connected: Arc<AtomicBool>,
     work: mpsc::Sender<Work>,
     budget: Arc<Semaphore>,
+    outbound: Outbound,
 }
 
 impl Session {
@@ -321,7 +326,7 @@ impl Session {
 
     /// One stream, until it ends.
     async fn stream(&self, retry: &mut Duration) -> Result<(), tonic::Status> {
-        let mut client = TopicServiceClient::new(connect(self.publisher).await?);
+        let mut client = TopicServiceClient::new(connect(self.publisher, &self.outbound).await?);
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
         let instance_id = self.instance.to_string();
         let hello = frame(
@@ -333,10 +338,11 @@ impl Session {
         );
         // The queue is empty: this cannot fail for lack of room.
         let _ = out_tx.try_send(hello);
-        let mut inbound = client
-            .subscribe(ReceiverStream::new(out_rx))
-            .await?
-            .into_inner();
+        let mut request = tonic::Request::new(ReceiverStream::new(out_rx));
+        if let Some(token) = self.outbound.token() {
+            request.metadata_mut().insert("authorization", token);
+        }
+        let mut inbound = client.subscribe(request).await?.into_inner();
         self.connected.store(true, Ordering::SeqCst);
         *retry = FIRST_RETRY;
         while let Some(frame_in) = inbound.message().await? {
