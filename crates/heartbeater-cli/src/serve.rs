@@ -9,6 +9,15 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::address::HostPort;
+
+/// `println!` that ignores a closed stdout: a node outlives whoever reads
+/// its output (`serve | head -1` must not stop it at the next event).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 use crate::output;
 use crate::security::{read_tokens, ServerTlsFiles};
 
@@ -153,9 +162,9 @@ fn reloaded(json: bool, what: &str, text: String, fields: serde_json::Value) {
         if let (Some(line), serde_json::Value::Object(fields)) = (line.as_object_mut(), fields) {
             line.extend(fields);
         }
-        println!("{line}");
+        say!("{line}");
     } else {
-        println!("{} reloaded: {text}", what.replace('_', " "));
+        say!("{} reloaded: {text}", what.replace('_', " "));
     }
 }
 
@@ -337,7 +346,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .auth_tokens(read_tokens(path)?.1)
             .auth_reads(auth_reads);
     }
-    let server = builder.build()?;
+    let server = builder.build_async().await?;
     let mut events = server.events();
     let addr = server.start().await?;
     let storage = if in_memory {
@@ -347,7 +356,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let identity = server.identity();
     if args.json {
-        println!(
+        say!(
             "{}",
             json!({
                 "event": "started",
@@ -364,22 +373,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             })
         );
     } else {
-        println!("heartbeater node started");
-        println!("  listen    {addr}");
-        println!("  identity  {identity}");
-        println!("  epoch     {}", server.epoch());
-        println!("  data dir  {storage}");
-        println!("  peers     {} restored", server.peers().await.len());
+        say!("heartbeater node started");
+        say!("  listen    {addr}");
+        say!("  identity  {identity}");
+        say!("  epoch     {}", server.epoch());
+        say!("  data dir  {storage}");
+        say!("  peers     {} restored", server.peers().await.len());
         if keyed {
-            println!("  datagrams authenticated with the cluster keys");
+            say!("  datagrams authenticated with the cluster keys");
         }
         match (tls.is_some(), mutual) {
-            (true, true) => println!("  gRPC      TLS, client certificates required"),
-            (true, false) => println!("  gRPC      TLS"),
+            (true, true) => say!("  gRPC      TLS, client certificates required"),
+            (true, false) => say!("  gRPC      TLS"),
             _ => {}
         }
         if token_file.is_some() {
-            println!(
+            say!(
                 "  token     required for {}",
                 if auth_reads { "every call" } else { "changes" }
             );
@@ -400,21 +409,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 let Some(event) = event else { break };
                 let e = event.to_proto(&identity);
                 if args.json {
-                    println!("{}", output::event_json(&e));
+                    say!("{}", output::event_json(&e));
                 } else {
-                    println!("{}", output::event_text(&e));
+                    say!("{}", output::event_text(&e));
                 }
             }
         }
     }
     server.stop().await?;
     if args.json {
-        println!(
+        say!(
             "{}",
             json!({"event": "stopped", "identity": identity, "timestamp": output::now_rfc3339()})
         );
     } else {
-        println!("heartbeater node stopped");
+        say!("heartbeater node stopped");
     }
     Ok(())
 }

@@ -17,33 +17,80 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_heartbeater"))
 }
 
-/// A `serve --json` child, killed on drop; its start line already read.
+/// A `serve --json` child, killed on drop; its start line already read,
+/// the lines after it on a channel.
 struct Serve {
     child: Child,
     addr: String,
     identity: String,
+    lines: std::sync::mpsc::Receiver<Value>,
+    stderr: std::sync::mpsc::Receiver<String>,
 }
 
 impl Serve {
     fn start(args: &[&str]) -> Serve {
+        Self::start_at("127.0.0.1:0", args)
+    }
+
+    fn start_at(listen: &str, args: &[&str]) -> Serve {
         let mut child = bin()
-            .args(["serve", "--json", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--json", "--listen", listen])
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("start line");
-        let v: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|_| panic!("serve {args:?} did not start: {line:?}"));
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if tx.send(v).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let (etx, stderr) = std::sync::mpsc::channel();
+        let err = BufReader::new(child.stderr.take().expect("stderr"));
+        std::thread::spawn(move || {
+            for line in err.lines().map_while(Result::ok) {
+                let _ = etx.send(line);
+            }
+        });
+        let v = lines
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("serve {args:?} did not start"));
         Serve {
             child,
             addr: v["listen"].as_str().expect("listen").to_owned(),
             identity: v["identity"].as_str().expect("identity").to_owned(),
+            lines,
+            stderr,
         }
+    }
+
+    /// Waits for the next line whose `event` is `name`.
+    fn expect(&self, name: &str) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let v = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {name} line"));
+            if v["event"] == name {
+                return v;
+            }
+        }
+    }
+
+    fn hup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("kill -HUP");
+        assert!(status.success());
     }
 }
 
@@ -223,4 +270,52 @@ fn mutual_tls_and_a_token_from_the_command_line() {
         assert!(start.elapsed() < PATIENCE, "B never ALIVE on A: {out}");
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // Rotation: a new token first, the old one kept, SIGHUP; then the old
+    // one dropped, SIGHUP: it is refused from the next call on.
+    std::fs::write(&tokens, "n3w-token\ns3cret-token\n").unwrap();
+    a.hup();
+    assert_eq!(a.expect("auth_tokens_reloaded")["tokens"], 2);
+    let deregister = |token: &str| {
+        let mut args = vec![
+            "deregister",
+            "--server",
+            a.addr.as_str(),
+            "--peer-id",
+            &b.identity,
+        ];
+        args.extend_from_slice(&tls);
+        args.extend_from_slice(&["--token", token]);
+        run(&args)
+    };
+    std::fs::write(&tokens, "n3w-token\n").unwrap();
+    a.hup();
+    assert_eq!(a.expect("auth_tokens_reloaded")["tokens"], 1);
+    let refused = deregister("s3cret-token");
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unauthenticated"));
+    // A broken token file keeps the tokens in use.
+    std::fs::write(&tokens, "has a space\n").unwrap();
+    a.hup();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(deregister("n3w-token").status.success());
+}
+
+#[test]
+fn listening_beyond_loopback_with_no_protection_warns() {
+    let node = Serve::start_at("0.0.0.0:0", &["--in-memory"]);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = node.stderr.recv_timeout(left).expect("a warning on stderr");
+        if line.contains("neither TLS nor a token") {
+            break;
+        }
+    }
+    let quiet = Serve::start(&["--in-memory"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        quiet.stderr.try_iter().all(|l| !l.contains("neither TLS")),
+        "loopback needs no warning"
+    );
 }

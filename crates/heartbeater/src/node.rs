@@ -203,6 +203,16 @@ impl Node {
         self.store.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
+    /// [`Node::close_store`] from async code: closing RocksDB waits for its
+    /// background work and files, so the last reference is dropped on a
+    /// blocking thread, never on a runtime worker.
+    pub(crate) async fn close_store_off_runtime(&self) {
+        let store = self.store.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(store) = store {
+            let _ = tokio::task::spawn_blocking(move || drop(store)).await;
+        }
+    }
+
     /// Answers a heartbeat.
     pub(crate) fn heartbeat(&self, msg: &HeartbeatMessage) -> Result<HeartbeatResponse, NodeError> {
         if msg.client_id.len() > heartbeater_core::config::MAX_PEER_ID_BYTES {

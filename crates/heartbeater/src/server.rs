@@ -282,8 +282,18 @@ impl HeartbeatServerBuilder {
         self
     }
 
+    /// [`HeartbeatServerBuilder::build`] from async code: opening RocksDB
+    /// and syncing the new epoch run on a blocking thread, so no runtime
+    /// worker waits on the disk.
+    pub async fn build_async(self) -> Result<HeartbeatServer, ServerError> {
+        tokio::task::spawn_blocking(move || self.build())
+            .await
+            .map_err(|e| ServerError::Internal(format!("build: {e}")))?
+    }
+
     /// Validates the settings, opens the registry and settles identity and
-    /// epoch (the new epoch is stored before this returns). Blocks on disk IO.
+    /// epoch (the new epoch is stored before this returns). Blocks on disk
+    /// IO: from async code, use [`HeartbeatServerBuilder::build_async`].
     pub fn build(self) -> Result<HeartbeatServer, ServerError> {
         let host =
             validate_host("server_host", &self.host).map_err(|e| ServerError::InvalidConfig {
@@ -706,7 +716,7 @@ impl HeartbeatServer {
             self.node.park(table);
         }
         let _ = running.epochs.await;
-        self.node.close_store();
+        self.node.close_store_off_runtime().await;
         *self.lifecycle() = Lifecycle::Stopped;
         tracing::info!(identity = %self.identity(), "node stopped");
         match served {

@@ -400,3 +400,35 @@ async fn topic_subscriptions_go_over_mutual_tls_with_the_nodes_token() {
     assert_eq!(publisher.subscribers(), vec![reader.instance_id()]);
     assert!(outsider_got.lock().unwrap().is_empty());
 }
+
+/// A watcher that stops reading never silently misses events: once it has
+/// fallen past the node's buffer, its stream ends with RESOURCE_EXHAUSTED.
+#[tokio::test]
+async fn a_watcher_that_falls_behind_is_told_so() {
+    use futures_util::StreamExt;
+    let node = start(HeartbeatServer::builder()).await;
+    let client = HeartbeatClient::new("127.0.0.1", port(&node), DEADLINE).unwrap();
+    let mut events = Box::pin(client.watch_peers(false).await.unwrap());
+    for chunk in (0..20_000).collect::<Vec<usize>>().chunks(1000) {
+        let registrations = chunk
+            .iter()
+            .map(|i| node.register_peer(some_peer(&format!("{i:0>250}"))));
+        for r in futures_util::future::join_all(registrations).await {
+            r.unwrap();
+        }
+    }
+    let mut delivered = 0;
+    let ended = loop {
+        match tokio::time::timeout(common::PATIENCE, events.next()).await {
+            Ok(Some(Ok(_))) => delivered += 1,
+            Ok(Some(Err(e))) => break e,
+            Ok(None) => panic!("the stream ended without saying it lagged"),
+            Err(_) => panic!("no lag signal after {delivered} events"),
+        }
+    };
+    assert!(
+        matches!(&ended, ClientError::ResourceExhausted(m) if m.contains("behind")),
+        "{ended:?}"
+    );
+    assert!(delivered < 20_000, "{delivered}");
+}
