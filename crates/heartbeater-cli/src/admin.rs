@@ -26,6 +26,28 @@ fn client(args: &ServerArgs) -> anyhow::Result<HeartbeatClient> {
         .with_context(|| format!("--server {}", args.server))
 }
 
+/// A failed call, with what to try when the cause is likely the caller's
+/// TLS or token settings.
+fn explain(e: heartbeater::ClientError, args: &ServerArgs) -> anyhow::Error {
+    use heartbeater::ClientError;
+    let hint = match &e {
+        ClientError::Unavailable { .. } if args.security.tls_ca.is_none() => Some(
+            "if the node serves TLS, pass --tls-ca (and --tls-cert/--tls-key if it requires client certificates)",
+        ),
+        ClientError::Unavailable { .. } if args.security.tls_cert.is_none() => Some(
+            "if the node requires client certificates (mutual TLS), pass --tls-cert and --tls-key",
+        ),
+        ClientError::Unauthenticated(_) if args.security.token_file.is_none() && args.security.token.is_none() => {
+            Some("pass --token-file FILE or set HEARTBEATER_TOKEN")
+        }
+        _ => None,
+    };
+    match hint {
+        Some(hint) => anyhow::anyhow!("{e} ({hint})"),
+        None => e.into(),
+    }
+}
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -68,7 +90,8 @@ pub async fn register(args: RegisterArgs) -> anyhow::Result<()> {
             timeout_millis: args.timeout.map(millis),
             max_missed: args.max_missed,
         })
-        .await?;
+        .await
+        .map_err(|e| explain(e, &args.server))?;
     if args.json {
         println!(
             "{}",
@@ -113,7 +136,8 @@ pub async fn deregister(args: DeregisterArgs) -> anyhow::Result<()> {
         .deregister_peer(DeregisterPeerRequest {
             peer_id: args.peer_id.clone(),
         })
-        .await?;
+        .await
+        .map_err(|e| explain(e, &args.server))?;
     if args.json {
         println!(
             "{}",
@@ -141,7 +165,7 @@ pub struct PeersArgs {
 
 pub async fn peers(args: PeersArgs) -> anyhow::Result<()> {
     let c = client(&args.server)?;
-    let response = c.list_peers().await?;
+    let response = c.list_peers().await.map_err(|e| explain(e, &args.server))?;
     if args.json {
         for p in &response.peers {
             println!("{}", output::peer_json(p));
@@ -169,7 +193,10 @@ pub struct WatchArgs {
 
 pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     let c = client(&args.server)?;
-    let mut events = c.watch_peers(args.snapshot).await?;
+    let mut events = c
+        .watch_peers(args.snapshot)
+        .await
+        .map_err(|e| explain(e, &args.server))?;
     let stop = crate::interrupted();
     tokio::pin!(stop);
     loop {
@@ -211,7 +238,8 @@ pub async fn heartbeat(args: HeartbeatArgs) -> anyhow::Result<()> {
             client_id: args.client_id,
             client_epoch: 0,
         })
-        .await?;
+        .await
+        .map_err(|e| explain(e, &args.server))?;
     let rtt = started.elapsed();
     if args.json {
         println!(

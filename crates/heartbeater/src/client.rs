@@ -240,10 +240,14 @@ impl HeartbeatClient {
     fn map_status(&self, status: &Status) -> ClientError {
         let message = status.message().to_owned();
         match status.code() {
-            Code::Unavailable | Code::Unknown if is_transport(status) => ClientError::Unavailable {
-                target: self.target.clone(),
-                message: transport_message(status),
-            },
+            // Internal with a transport cause: the connection broke under
+            // HTTP/2 (plain text sent to a TLS node, say), not the node.
+            Code::Unavailable | Code::Unknown | Code::Internal if is_transport(status) => {
+                ClientError::Unavailable {
+                    target: self.target.clone(),
+                    message: transport_message(status),
+                }
+            }
             Code::Unavailable => ClientError::Unavailable {
                 target: self.target.clone(),
                 message,
