@@ -23,6 +23,7 @@ use crate::scenarios::Settings;
 /// Scenarios in the order they run.
 const SCENARIOS: &[&str] = &[
     "rpc",
+    "tls",
     "peer-path",
     "register",
     "restore",
@@ -66,6 +67,9 @@ enum Role {
         /// Heartbeat peers over gRPC only.
         #[arg(long)]
         no_udp: bool,
+        /// Serve TLS with `cert.pem` and `key.pem` from this directory.
+        #[arg(long)]
+        tls_dir: Option<PathBuf>,
     },
     /// A plain tonic echo server.
     #[command(hide = true)]
@@ -91,6 +95,7 @@ enum Role {
 async fn scenario(name: &str, settings: &Settings) -> anyhow::Result<Vec<Row>> {
     match name {
         "rpc" => scenarios::rpc::run(settings).await,
+        "tls" => scenarios::tls::run(settings).await,
         "peer-path" => scenarios::peer_path::run(settings).await,
         "topic" => scenarios::topic::run(settings).await,
         "register" => scenarios::register::run(settings).await,
@@ -106,7 +111,11 @@ async fn scenario(name: &str, settings: &Settings) -> anyhow::Result<Vec<Row>> {
 
 async fn main_async(cli: Cli) -> anyhow::Result<()> {
     match cli.role {
-        Some(Role::Node { data_dir, no_udp }) => return roles::node(data_dir, !no_udp).await,
+        Some(Role::Node {
+            data_dir,
+            no_udp,
+            tls_dir,
+        }) => return roles::node(data_dir, !no_udp, tls_dir).await,
         Some(Role::Echo) => return roles::echo().await,
         Some(Role::Responders { count }) => return roles::responders(count).await,
         Some(Role::Subscribers {

@@ -41,7 +41,11 @@ async fn commands(mut on: impl FnMut(&str) -> serde_json::Value) -> anyhow::Resu
 /// A Heartbeater node on 127.0.0.1:0 (in memory unless a data dir is given).
 /// Commands: `counts` (peers per state), `mark` (start a lateness window),
 /// `lateness` (the window's figures).
-pub async fn node(data_dir: Option<PathBuf>, udp: bool) -> anyhow::Result<()> {
+pub async fn node(
+    data_dir: Option<PathBuf>,
+    udp: bool,
+    tls_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
     // The peer path is measured at 1 ms periods, registered over gRPC.
     let builder = HeartbeatServer::builder()
         .server_port(0)
@@ -53,6 +57,14 @@ pub async fn node(data_dir: Option<PathBuf>, udp: bool) -> anyhow::Result<()> {
     };
     let builder = match bench_keyring()? {
         Some(keyring) => builder.cluster_keys(keyring),
+        None => builder,
+    };
+    let builder = match tls_dir {
+        Some(dir) => builder.tls(heartbeater::TlsServerConfig::from_files(
+            dir.join("cert.pem"),
+            dir.join("key.pem"),
+            None,
+        )?),
         None => builder,
     };
     let server = builder.build()?;

@@ -172,16 +172,20 @@ impl Quiet {
 
 /// Accepts connections on `listener` until `shutdown`, and yields them
 /// ready for HTTP/2: within `max_per_address` per client IP, through the
-/// TLS handshake when `tls` holds a configuration at accept time.
+/// TLS handshake when `tls` holds a configuration at accept time. The task
+/// owns the listener: once it has ended, the port is free again.
 pub(crate) fn incoming(
     listener: TcpListener,
     tls: TlsSlot,
     max_per_address: usize,
     counters: Arc<ListenerCounters>,
     mut shutdown: watch::Receiver<bool>,
-) -> ReceiverStream<Result<Conn, io::Error>> {
+) -> (
+    ReceiverStream<Result<Conn, io::Error>>,
+    tokio::task::JoinHandle<()>,
+) {
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
+    let accepting = tokio::spawn(async move {
         let per_address = Arc::new(PerAddress::default());
         let refused_log = Arc::new(Quiet(Mutex::new(None)));
         let failed_log = Arc::new(Quiet(Mutex::new(None)));
@@ -252,5 +256,5 @@ pub(crate) fn incoming(
             });
         }
     });
-    ReceiverStream::new(rx)
+    (ReceiverStream::new(rx), accepting)
 }

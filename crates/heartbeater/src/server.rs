@@ -467,6 +467,8 @@ struct Running {
     addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     serve: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The accept loop; it holds the listening socket.
+    accepting: JoinHandle<()>,
     driver: JoinHandle<PeerTable>,
     epochs: JoinHandle<()>,
     health: HealthReporter,
@@ -589,7 +591,7 @@ impl HeartbeatServer {
             tracing::warn!(%addr, "listening beyond this host with neither TLS nor a token: anyone who reaches the port can register and deregister peers (see docs/SECURITY.md)");
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let incoming = crate::listener::incoming(
+        let (incoming, accepting) = crate::listener::incoming(
             listener,
             self.tls.clone(),
             self.grpc_limits.max_connections_per_address,
@@ -674,6 +676,7 @@ impl HeartbeatServer {
             addr,
             shutdown,
             serve,
+            accepting,
             driver,
             epochs,
             health,
@@ -712,6 +715,9 @@ impl HeartbeatServer {
                 serve.await
             }
         };
+        // The port is free once the accept loop has let go of it: a node
+        // restarted on the same port right after must be able to bind.
+        let _ = running.accepting.await;
         if let Ok(table) = running.driver.await {
             self.node.park(table);
         }

@@ -6,6 +6,7 @@ pub mod peer_path;
 pub mod register;
 pub mod restore;
 pub mod rpc;
+pub mod tls;
 pub mod topic;
 
 use std::time::Duration;

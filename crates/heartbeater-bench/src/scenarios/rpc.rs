@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use heartbeater::proto::heartbeat_service_client::HeartbeatServiceClient;
 use heartbeater::proto::HeartbeatMessage;
+use tonic::transport::Channel;
 
 use super::{median, percentile, raw_client, Settings};
 use crate::child::Helper;
@@ -21,7 +23,15 @@ fn message() -> HeartbeatMessage {
 }
 
 pub async fn throughput(addr: &str, in_flight: usize, window: Duration) -> anyhow::Result<f64> {
-    let client = raw_client(addr).await?;
+    throughput_with(raw_client(addr).await?, in_flight, window).await
+}
+
+/// Calls/s of `in_flight` concurrent callers on one connection.
+pub async fn throughput_with(
+    client: HeartbeatServiceClient<Channel>,
+    in_flight: usize,
+    window: Duration,
+) -> anyhow::Result<f64> {
     let calls = Arc::new(AtomicU64::new(0));
     let warmup = Instant::now() + Duration::from_millis(300);
     let end = warmup + window;
@@ -49,7 +59,14 @@ pub async fn throughput(addr: &str, in_flight: usize, window: Duration) -> anyho
 }
 
 async fn latencies(addr: &str, window: Duration) -> anyhow::Result<Vec<u64>> {
-    let mut client = raw_client(addr).await?;
+    latencies_with(raw_client(addr).await?, window).await
+}
+
+/// Round-trip times of one caller at a time, in microseconds.
+pub async fn latencies_with(
+    mut client: HeartbeatServiceClient<Channel>,
+    window: Duration,
+) -> anyhow::Result<Vec<u64>> {
     for _ in 0..200 {
         client.heartbeat(message()).await?;
     }
