@@ -25,6 +25,10 @@ use crate::tls::TlsSlot;
 
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most TLS handshakes in progress at once: connections that have not
+/// finished theirs are the cheapest thing for a flood to pile up, from any
+/// number of addresses, so they get a bound of their own.
+pub(crate) const MAX_HANDSHAKES: usize = 1024;
 /// Refused connections and failed handshakes log at most this often.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -146,6 +150,15 @@ impl AsyncWrite for Conn {
     }
 }
 
+/// Gives back a handshake's place when its task ends, however it ends.
+struct Decrement(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Decrement {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// What the listener has refused since the node started.
 #[derive(Default)]
 pub(crate) struct ListenerCounters {
@@ -178,6 +191,7 @@ pub(crate) fn incoming(
     listener: TcpListener,
     tls: TlsSlot,
     max_per_address: usize,
+    max_handshakes: usize,
     counters: Arc<ListenerCounters>,
     mut shutdown: watch::Receiver<bool>,
 ) -> (
@@ -189,6 +203,7 @@ pub(crate) fn incoming(
         let per_address = Arc::new(PerAddress::default());
         let refused_log = Arc::new(Quiet(Mutex::new(None)));
         let failed_log = Arc::new(Quiet(Mutex::new(None)));
+        let handshaking = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => return,
@@ -230,8 +245,18 @@ pub(crate) fn incoming(
                 }
                 continue;
             };
+            if handshaking.load(Ordering::Acquire) >= max_handshakes {
+                counters.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                if failed_log.due() {
+                    tracing::warn!(client = %remote, "refused a connection: {max_handshakes} TLS handshakes are in progress");
+                }
+                continue;
+            }
+            handshaking.fetch_add(1, Ordering::AcqRel);
             let (tx, counters, failed_log) = (tx.clone(), counters.clone(), failed_log.clone());
+            let handshaking = handshaking.clone();
             tokio::spawn(async move {
+                let _done = Decrement(handshaking);
                 let acceptor = tokio_rustls::TlsAcceptor::from(config.rustls());
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
                     Ok(Ok(stream)) => {
@@ -257,4 +282,56 @@ pub(crate) fn incoming(
         }
     });
     (ReceiverStream::new(rx), accepting)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn tls() -> crate::tls::TlsServerConfig {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        crate::tls::TlsServerConfig::from_pem(
+            cert.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+            None,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn silent_connections_hold_at_most_the_handshake_bound() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counters = Arc::new(ListenerCounters::default());
+        let (_stop, shutdown) = watch::channel(false);
+        let (_incoming, _task) = incoming(
+            listener,
+            TlsSlot::new(Some(tls())),
+            100,
+            4,
+            counters.clone(),
+            shutdown,
+        );
+        // Six clients connect and say nothing: four handshakes wait, two
+        // connections are closed at once.
+        let mut silent = Vec::new();
+        for _ in 0..6 {
+            silent.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let start = tokio::time::Instant::now();
+        while counters.handshakes_failed.load(Ordering::Relaxed) < 2 {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "no connection refused"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(counters.handshakes_failed.load(Ordering::Relaxed), 2);
+    }
 }

@@ -595,6 +595,7 @@ impl HeartbeatServer {
             listener,
             self.tls.clone(),
             self.grpc_limits.max_connections_per_address,
+            crate::listener::MAX_HANDSHAKES,
             self.listener_counters.clone(),
             shutdown_rx.clone(),
         );
