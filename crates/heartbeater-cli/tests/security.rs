@@ -3,103 +3,15 @@
 
 #[path = "../../heartbeater/tests/common/certs.rs"]
 mod certs;
+mod common;
 
-use std::io::{BufRead, BufReader};
+use common::{bin, Serve, PATIENCE};
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-const PATIENCE: Duration = Duration::from_secs(20);
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_heartbeater"))
-}
-
-/// A `serve --json` child, killed on drop; its start line already read,
-/// the lines after it on a channel.
-struct Serve {
-    child: Child,
-    addr: String,
-    identity: String,
-    lines: std::sync::mpsc::Receiver<Value>,
-    stderr: std::sync::mpsc::Receiver<String>,
-}
-
-impl Serve {
-    fn start(args: &[&str]) -> Serve {
-        Self::start_at("127.0.0.1:0", args)
-    }
-
-    fn start_at(listen: &str, args: &[&str]) -> Serve {
-        let mut child = bin()
-            .args(["serve", "--json", "--listen", listen])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn serve");
-        let (tx, lines) = std::sync::mpsc::channel();
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if tx.send(v).is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        let (etx, stderr) = std::sync::mpsc::channel();
-        let err = BufReader::new(child.stderr.take().expect("stderr"));
-        std::thread::spawn(move || {
-            for line in err.lines().map_while(Result::ok) {
-                let _ = etx.send(line);
-            }
-        });
-        let v = lines
-            .recv_timeout(PATIENCE)
-            .unwrap_or_else(|_| panic!("serve {args:?} did not start"));
-        Serve {
-            child,
-            addr: v["listen"].as_str().expect("listen").to_owned(),
-            identity: v["identity"].as_str().expect("identity").to_owned(),
-            lines,
-            stderr,
-        }
-    }
-
-    /// Waits for the next line whose `event` is `name`.
-    fn expect(&self, name: &str) -> Value {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let v = self
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no {name} line"));
-            if v["event"] == name {
-                return v;
-            }
-        }
-    }
-
-    fn hup(&self) {
-        let status = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status()
-            .expect("kill -HUP");
-        assert!(status.success());
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn run<A: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[A]) -> Output {
     bin().args(args).output().expect("run heartbeater")
