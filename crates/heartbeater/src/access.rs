@@ -7,19 +7,18 @@
 //! accepted token is compared, so neither does which one matched.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, RwLock};
 
 use subtle::ConstantTimeEq;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
+use crate::log_limit::SharedLogLimiter;
+
 /// The most tokens a node accepts at once (a rotation needs two).
 pub const MAX_TOKENS: usize = 16;
 /// The longest token, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 4096;
-/// Rejected calls log at most once per this interval.
-const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why a token list was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -158,7 +157,7 @@ struct GateInner {
     tokens: RwLock<Option<AuthTokens>>,
     auth_reads: bool,
     rejected: AtomicU64,
-    last_log: Mutex<Option<Instant>>,
+    log: SharedLogLimiter,
 }
 
 impl Gate {
@@ -168,7 +167,7 @@ impl Gate {
                 tokens: RwLock::new(tokens),
                 auth_reads,
                 rejected: AtomicU64::new(0),
-                last_log: Mutex::new(None),
+                log: SharedLogLimiter::default(),
             }),
         }
     }
@@ -217,16 +216,10 @@ impl Gate {
     }
 
     fn log(&self, reason: &str) {
-        let now = Instant::now();
-        let mut last = self
-            .inner
-            .last_log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if last.is_none_or(|t| now.duration_since(t) >= LOG_INTERVAL) {
-            *last = Some(now);
+        if let Some(suppressed) = self.inner.log.due() {
             tracing::warn!(
                 reason,
+                suppressed,
                 rejected_total = self.rejected(),
                 "refused a gRPC call without a valid token"
             );

@@ -38,6 +38,7 @@ use crate::event::PeerEvent;
 use crate::fanout::{EventFanout, LearnedEpochs};
 use crate::grpc_pool::{GrpcCall, GrpcPool};
 use crate::lateness::LatenessHistogram;
+use crate::log_limit::LogLimiter;
 use crate::responder::Responder;
 
 /// Datagrams read per wake-up before the timers are looked at again.
@@ -46,8 +47,6 @@ pub(crate) const RECEIVE_BATCH: usize = 64;
 pub(crate) const COMMAND_BATCH: usize = 64;
 /// Commands waiting for the driver before senders wait too.
 const COMMAND_QUEUE: usize = 256;
-/// At most one line per this interval about rejected datagrams.
-const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A change to the table.
 pub(crate) enum TableOp {
@@ -536,29 +535,6 @@ impl Loop {
                 }
             }
         }
-    }
-}
-
-/// One warning per [`LOG_INTERVAL`] about rejected datagrams, with how many
-/// went unlogged: a flood of forged datagrams must not become a flood of
-/// log lines.
-#[derive(Default)]
-struct LogLimiter {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogLimiter {
-    /// Whether a line may be written now; if so, how many were suppressed
-    /// since the last one.
-    fn due(&mut self) -> Option<u64> {
-        let t = Instant::now();
-        if matches!(self.last, Some(last) if t.duration_since(last) < LOG_INTERVAL) {
-            self.suppressed = self.suppressed.saturating_add(1);
-            return None;
-        }
-        self.last = Some(t);
-        Some(std::mem::take(&mut self.suppressed))
     }
 }
 

@@ -53,6 +53,7 @@ mod fanout;
 mod grpc_pool;
 mod lateness;
 mod listener;
+mod log_limit;
 mod node;
 mod outbound;
 mod oversize;

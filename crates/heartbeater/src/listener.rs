@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::log_limit::SharedLogLimiter;
 use crate::tls::TlsSlot;
 
 /// How long a client has to finish the TLS handshake.
@@ -29,8 +30,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// finished theirs are the cheapest thing for a flood to pile up, from any
 /// number of addresses, so they get a bound of their own.
 pub(crate) const MAX_HANDSHAKES: usize = 1024;
-/// Refused connections and failed handshakes log at most this often.
-const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Connections open per client address, shared by the accept loop and the
 /// connections themselves (each gives its slot back when it closes).
@@ -168,21 +167,6 @@ pub(crate) struct ListenerCounters {
     pub(crate) handshakes_failed: AtomicU64,
 }
 
-/// At most one log line per interval, per kind of refusal.
-struct Quiet(Mutex<Option<Instant>>);
-
-impl Quiet {
-    fn due(&self) -> bool {
-        let now = Instant::now();
-        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let due = last.is_none_or(|t| now.duration_since(t) >= LOG_INTERVAL);
-        if due {
-            *last = Some(now);
-        }
-        due
-    }
-}
-
 /// Accepts connections on `listener` until `shutdown`, and yields them
 /// ready for HTTP/2: within `max_per_address` per client IP, through the
 /// TLS handshake when `tls` holds a configuration at accept time. The task
@@ -201,8 +185,8 @@ pub(crate) fn incoming(
     let (tx, rx) = mpsc::channel(64);
     let accepting = tokio::spawn(async move {
         let per_address = Arc::new(PerAddress::default());
-        let refused_log = Arc::new(Quiet(Mutex::new(None)));
-        let failed_log = Arc::new(Quiet(Mutex::new(None)));
+        let refused_log = SharedLogLimiter::default();
+        let failed_log = Arc::new(SharedLogLimiter::default());
         let handshaking = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         loop {
             let accepted = tokio::select! {
@@ -222,7 +206,7 @@ pub(crate) fn incoming(
             };
             let Some(slot) = per_address.take(remote.ip(), max_per_address) else {
                 counters.over_limit.fetch_add(1, Ordering::Relaxed);
-                if refused_log.due() {
+                if refused_log.due().is_some() {
                     tracing::warn!(client = %remote.ip(), limit = max_per_address,
                         refused_total = counters.over_limit.load(Ordering::Relaxed),
                         "refused a connection: this address has its share of connections open");
@@ -247,7 +231,7 @@ pub(crate) fn incoming(
             };
             if handshaking.load(Ordering::Acquire) >= max_handshakes {
                 counters.handshakes_failed.fetch_add(1, Ordering::Relaxed);
-                if failed_log.due() {
+                if failed_log.due().is_some() {
                     tracing::warn!(client = %remote, "refused a connection: {max_handshakes} TLS handshakes are in progress");
                 }
                 continue;
@@ -269,7 +253,7 @@ pub(crate) fn incoming(
                     }
                     outcome => {
                         counters.handshakes_failed.fetch_add(1, Ordering::Relaxed);
-                        if failed_log.due() {
+                        if failed_log.due().is_some() {
                             let reason = match outcome {
                                 Ok(Err(e)) => e.to_string(),
                                 _ => "timed out".to_owned(),

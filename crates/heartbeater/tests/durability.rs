@@ -9,14 +9,10 @@ use std::sync::Arc;
 use futures_util::future::join_all;
 use heartbeater::{DeregisterPeerRequest, HeartbeatServer, RegisterPeerRequest, RocksDbStore};
 
+mod common;
+
 fn peer(i: usize) -> RegisterPeerRequest {
-    RegisterPeerRequest {
-        peer_id: format!("peer-{i}"),
-        peer_host: "127.0.0.1".into(),
-        peer_port: 9,
-        heartbeat_freq_millis: 3_600_000,
-        ..Default::default()
-    }
+    common::idle_peer(&format!("peer-{i}"))
 }
 
 async fn node_on(store: Arc<RocksDbStore>) -> HeartbeatServer {

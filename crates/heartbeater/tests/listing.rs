@@ -8,13 +8,7 @@ use futures_util::future::join_all;
 use heartbeater::{ClientError, HeartbeatClient, RegisterPeerRequest, DEFAULT_PAGE_SIZE};
 
 fn peer(i: usize) -> RegisterPeerRequest {
-    RegisterPeerRequest {
-        peer_id: format!("peer-{i}"),
-        peer_host: "127.0.0.1".into(),
-        peer_port: 9,
-        heartbeat_freq_millis: 3_600_000,
-        ..Default::default()
-    }
+    common::idle_peer(&format!("peer-{i}"))
 }
 
 #[tokio::test]

@@ -52,13 +52,7 @@ fn hello() -> HeartbeatMessage {
 }
 
 fn some_peer(id: &str) -> RegisterPeerRequest {
-    RegisterPeerRequest {
-        peer_id: id.into(),
-        peer_host: "127.0.0.1".into(),
-        peer_port: 9,
-        heartbeat_freq_millis: 60_000,
-        ..Default::default()
-    }
+    common::idle_peer(id)
 }
 
 #[tokio::test]

@@ -45,6 +45,18 @@ pub fn registration(peer: &HeartbeatServer, freq_ms: i64) -> RegisterPeerRequest
     }
 }
 
+/// A registration of `id` at the discard port, heartbeated once an hour:
+/// a peer that costs the node nothing, for tests about the registry.
+pub fn idle_peer(id: &str) -> RegisterPeerRequest {
+    RegisterPeerRequest {
+        peer_id: id.into(),
+        peer_host: "127.0.0.1".into(),
+        peer_port: 9,
+        heartbeat_freq_millis: 3_600_000,
+        ..Default::default()
+    }
+}
+
 /// Polls `f` every few milliseconds until it returns `Some`, or panics with
 /// `what` after `PATIENCE`.
 pub async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
