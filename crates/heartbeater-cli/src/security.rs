@@ -68,10 +68,7 @@ impl ClientSecurityArgs {
     /// The token to send, if any.
     pub fn token(&self) -> anyhow::Result<Option<String>> {
         match (&self.token_file, &self.token) {
-            (Some(path), _) => {
-                let tokens = read_tokens(path)?;
-                Ok(Some(tokens.0))
-            }
+            (Some(path), _) => Ok(Some(read_tokens(path)?.primary().to_owned())),
             (None, Some(token)) => Ok(Some(token.trim().to_owned())),
             (None, None) => Ok(None),
         }
@@ -88,20 +85,12 @@ pub fn warn_if_shared(path: &Path, what: &str) {
     }
 }
 
-/// A token file: its first token (the one to send) and every token it holds.
-pub fn read_tokens(path: &Path) -> anyhow::Result<(String, AuthTokens)> {
+/// A token file, checked: every token it holds, the first one to send.
+pub fn read_tokens(path: &Path) -> anyhow::Result<AuthTokens> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read token file {}", path.display()))?;
     warn_if_shared(path, "token file");
-    let tokens =
-        AuthTokens::parse(&text).with_context(|| format!("token file {}", path.display()))?;
-    let first = text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with('#'))
-        .unwrap_or_default()
-        .to_owned();
-    Ok((first, tokens))
+    AuthTokens::parse(&text).with_context(|| format!("token file {}", path.display()))
 }
 
 /// The node's own TLS files, as `serve` and `publish` take them.

@@ -214,7 +214,7 @@ async fn reload(
     }
     if let Some(path) = token_file {
         match read_tokens(path) {
-            Ok((_, tokens)) => {
+            Ok(tokens) => {
                 let n = tokens.len();
                 server.set_auth_tokens(Some(tokens));
                 reloaded(
@@ -343,7 +343,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = &token_file {
         builder = builder
-            .auth_tokens(read_tokens(path)?.1)
+            .auth_tokens(read_tokens(path)?)
             .auth_reads(auth_reads);
     }
     let server = builder.build_async().await?;

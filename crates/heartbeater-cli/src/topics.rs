@@ -111,7 +111,7 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.auth_token_file {
         // Subscribing is the only call a publisher serves that matters: a
         // token on a publisher guards reads.
-        builder = builder.auth_tokens(read_tokens(path)?.1).auth_reads(true);
+        builder = builder.auth_tokens(read_tokens(path)?).auth_reads(true);
     }
     let server = builder.build()?;
     let publisher = server.create_publisher(&args.topic)?;

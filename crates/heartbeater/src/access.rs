@@ -123,8 +123,9 @@ impl AuthTokens {
         self.digests.is_empty()
     }
 
-    /// The token the node sends on its own calls.
-    pub(crate) fn primary(&self) -> &str {
+    /// The first token: the one a node sends on its own calls, and the one
+    /// a client reading a token file sends.
+    pub fn primary(&self) -> &str {
         &self.primary
     }
 
