@@ -175,6 +175,17 @@ pub async fn peers(args: PeersArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", output::peers_table(&response.peers));
     }
+    if !response.quarantined.is_empty() {
+        // On stderr, so a script reading the peers from stdout is unaffected,
+        // but nobody running the command misses it.
+        eprintln!(
+            "warning: {} stored peer(s) quarantined: their records cannot be loaded, so they are not monitored; `heartbeater deregister <peer-id>` removes one",
+            response.quarantined.len()
+        );
+        for q in &response.quarantined {
+            eprintln!("  {}: {}", q.peer_id, q.reason);
+        }
+    }
     Ok(())
 }
 

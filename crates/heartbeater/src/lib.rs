@@ -59,6 +59,7 @@ mod outbound;
 mod oversize;
 mod paging;
 pub mod proto;
+mod quarantine;
 mod responder;
 mod server;
 mod service;
@@ -83,6 +84,7 @@ pub use proto::{
     ListPeersRequest, ListPeersResponse, RegisterPeerRequest, RegisterPeerResponse,
     WatchPeersRequest,
 };
+pub use quarantine::QuarantinedPeer;
 pub use server::{
     HeartbeatServer, HeartbeatServerBuilder, SecurityStats, DEFAULT_DATA_DIR, DEFAULT_HOST,
     DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_PEERS, DEFAULT_MAX_REQUEST_BYTES,

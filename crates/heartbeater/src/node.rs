@@ -13,7 +13,7 @@
 //! task of its own, not a caller's future, so a client that hangs up cannot
 //! leave a write on disk but missing from the table.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -30,6 +30,7 @@ use crate::proto::{
     DeregisterPeerRequest, DeregisterPeerResponse, HeartbeatMessage, HeartbeatResponse,
     RegisterPeerRequest, RegisterPeerResponse,
 };
+use crate::quarantine::{Quarantine, QuarantinedPeer};
 use crate::store::{PeerRecord, RegistryOp, RegistryStore, StoreError};
 
 /// The most changes one store write carries; a bound on how long the first
@@ -107,6 +108,7 @@ pub(crate) struct Node {
     limits: Limits,
     commits: std::sync::Mutex<CommitQueue>,
     topics: Arc<crate::topic::Topics>,
+    quarantine: Quarantine,
 }
 
 /// What a node is made of, as the server's builder assembles it.
@@ -119,6 +121,8 @@ pub(crate) struct NodeParts {
     pub(crate) events: broadcast::Sender<PeerEvent>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) limits: Limits,
+    /// Stored registrations that could not be loaded.
+    pub(crate) quarantined: Vec<QuarantinedPeer>,
 }
 
 impl Node {
@@ -134,6 +138,7 @@ impl Node {
             events,
             counters,
             limits,
+            quarantined,
         } = parts;
         Arc::new(Self {
             identity,
@@ -146,6 +151,7 @@ impl Node {
             limits,
             commits: std::sync::Mutex::default(),
             topics: Arc::default(),
+            quarantine: Quarantine::new(quarantined),
         })
     }
 
@@ -359,6 +365,8 @@ impl Node {
             },
         };
         let mut registered: HashMap<String, bool> = ids.into_iter().zip(known_before).collect();
+        // Quarantined ids this group overwrites or deletes.
+        let mut cleared: HashSet<String> = HashSet::new();
         let mut ops = Vec::with_capacity(group.len());
         let mut waiting = Vec::with_capacity(group.len());
         for Pending { change, reply } in group {
@@ -375,13 +383,23 @@ impl Node {
                         count += 1;
                     }
                     registered.insert(record.peer_id.clone(), true);
+                    cleared.insert(record.peer_id.clone());
                     ops.push(RegistryOp::Put(record));
                     waiting.push((Some(spec), reply));
                 }
                 Change::Deregister { peer_id } => {
-                    if registered.get(&peer_id).copied().unwrap_or(false) {
+                    // A quarantined record is on disk but not in the table:
+                    // deregistering it is how an operator clears it.
+                    let in_table = registered.get(&peer_id).copied().unwrap_or(false);
+                    let on_disk_only = !in_table
+                        && !cleared.contains(&peer_id)
+                        && self.quarantine.contains(&peer_id);
+                    if in_table || on_disk_only {
+                        if in_table {
+                            count = count.saturating_sub(1);
+                        }
+                        cleared.insert(peer_id.clone());
                         registered.insert(peer_id.clone(), false);
-                        count = count.saturating_sub(1);
                         ops.push(RegistryOp::Delete(peer_id));
                         waiting.push((None, reply));
                     } else {
@@ -394,7 +412,15 @@ impl Node {
             return;
         }
         let ops = match blocking(move || store.apply(&ops).map(|()| ops)).await {
-            Ok(ops) => ops,
+            Ok(ops) => {
+                for op in &ops {
+                    match op {
+                        RegistryOp::Put(record) => self.quarantine.release(&record.peer_id),
+                        RegistryOp::Delete(id) => self.quarantine.release(id),
+                    }
+                }
+                ops
+            }
             Err(e) => {
                 for (_, reply) in waiting {
                     let _ = reply.send(Err(e.clone()));
@@ -440,6 +466,12 @@ impl Node {
             Some(table) => Ok(crate::driver::apply(table, ops, crate::driver::now())),
             None => Err(ops),
         }
+    }
+
+    /// The stored registrations that are not monitored because they could
+    /// not be loaded, ordered by id.
+    pub(crate) fn quarantined(&self) -> Vec<QuarantinedPeer> {
+        self.quarantine.list()
     }
 
     /// Every peer's status, ordered by id.

@@ -34,6 +34,7 @@ use crate::proto::topic_service_server::TopicServiceServer;
 use crate::proto::{
     DeregisterPeerRequest, DeregisterPeerResponse, RegisterPeerRequest, RegisterPeerResponse,
 };
+use crate::quarantine::QuarantinedPeer;
 use crate::service::HeartbeatGrpc;
 use crate::store::{MemoryStore, NodeMeta, RegistryStore, RocksDbStore};
 use crate::tls::{TlsClientConfig, TlsServerConfig, TlsSlot};
@@ -362,18 +363,38 @@ impl HeartbeatServerBuilder {
             identity: identity.clone(),
             epoch,
         })?;
-        let records = store.load_peers()?;
+        let loaded = store.load_peers()?;
         let mut table = PeerTable::new();
+        let mut quarantined = Vec::new();
         let now = tokio::time::Instant::now().into_std();
-        for record in records {
+        for record in loaded.records {
             match spec_of_record(&record) {
                 Ok(spec) => {
                     table.restore(spec, record.last_epoch, now);
                 }
-                Err(e) => {
-                    tracing::warn!(peer = %record.peer_id, error = %e, "stored peer is invalid; not monitored")
-                }
+                Err(e) => quarantined.push(QuarantinedPeer {
+                    peer_id: record.peer_id,
+                    reason: format!("invalid registration: {e}"),
+                }),
             }
+        }
+        quarantined.extend(loaded.unreadable.into_iter().map(|u| QuarantinedPeer {
+            peer_id: u.display_id(),
+            reason: u.reason,
+        }));
+        quarantined.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        for peer in quarantined.iter().take(16) {
+            tracing::warn!(
+                peer = %peer.peer_id,
+                reason = %peer.reason,
+                "stored peer cannot be loaded; quarantined, not monitored (deregister it to remove it)"
+            );
+        }
+        if quarantined.len() > 16 {
+            tracing::warn!(
+                count = quarantined.len(),
+                "stored peers quarantined in all; ListPeers lists them"
+            );
         }
         let counters = Arc::new(Counters::default());
         let lateness = Arc::new(LatenessHistogram::default());
@@ -392,6 +413,7 @@ impl HeartbeatServerBuilder {
             events,
             counters,
             limits,
+            quarantined,
         });
         if let Some(token) = &self.peer_token {
             crate::access::validate_token(token).map_err(|reason| ServerError::InvalidConfig {
@@ -768,6 +790,14 @@ impl HeartbeatServer {
     pub async fn peers(&self) -> Vec<PeerStatus> {
         // Only while the node stops is there no table to ask: nothing then.
         self.node.peers().await.unwrap_or_default()
+    }
+
+    /// The stored registrations this node does not monitor because their
+    /// records could not be loaded (they do not decode, or fail
+    /// validation), ordered by id. Each stays on disk untouched until it is
+    /// deregistered or registered again; `ListPeers` reports them too.
+    pub fn quarantined_peers(&self) -> Vec<QuarantinedPeer> {
+        self.node.quarantined()
     }
 
     /// How many registered peers are unknown, alive and unreachable. Cheap

@@ -126,11 +126,26 @@ impl HeartbeatService for HeartbeatGrpc {
             (true, Some(last)) => crate::paging::token_after(&last.peer_id),
             _ => String::new(),
         };
+        // The quarantine rides on the first page, no more of it than a page
+        // of peers, so a damaged directory cannot make one answer huge.
+        let quarantined = if request.page_token.is_empty() {
+            let mut list = self.node.quarantined();
+            list.truncate(crate::paging::DEFAULT_PAGE_SIZE);
+            list.into_iter()
+                .map(|q| proto::QuarantinedPeer {
+                    peer_id: q.peer_id,
+                    reason: q.reason,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Response::new(proto::ListPeersResponse {
             peers: page.into_iter().map(status_to_proto).collect(),
             server_id: self.node.identity().to_owned(),
             server_epoch: self.node.epoch(),
             next_page_token,
+            quarantined,
         }))
     }
 

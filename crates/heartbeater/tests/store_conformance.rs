@@ -62,6 +62,7 @@ fn peers_round_trip_in_id_order(h: &dyn Harness) {
     let ids: Vec<_> = s
         .load_peers()
         .unwrap()
+        .records
         .into_iter()
         .map(|p| p.peer_id)
         .collect();
@@ -74,11 +75,11 @@ fn put_replaces_and_delete_removes(h: &dyn Harness) {
     let s = h.open();
     s.put_peer(&record("p", 1)).unwrap();
     s.put_peer(&record("p", 2)).unwrap();
-    assert_eq!(s.load_peers().unwrap(), vec![record("p", 2)]);
+    assert_eq!(s.load_peers().unwrap().records, vec![record("p", 2)]);
     assert!(s.delete_peer("p").unwrap());
     assert!(!s.delete_peer("p").unwrap(), "second delete finds nothing");
     drop(s);
-    assert!(h.open().load_peers().unwrap().is_empty());
+    assert!(h.open().load_peers().unwrap().records.is_empty());
 }
 
 fn epochs_are_remembered_for_registered_peers_only(h: &dyn Harness) {
@@ -94,7 +95,7 @@ fn epochs_are_remembered_for_registered_peers_only(h: &dyn Harness) {
     );
     // An update keeps the epoch; a deregistration forgets it.
     s.put_peer(&record("p", 5)).unwrap();
-    assert_eq!(s.load_peers().unwrap()[0].last_epoch, Some(7));
+    assert_eq!(s.load_peers().unwrap().records[0].last_epoch, Some(7));
     drop(s);
     let s = h.open();
     assert_eq!(s.get_peer("p").unwrap().unwrap().last_epoch, Some(7));
@@ -116,7 +117,7 @@ fn many_concurrent_writers_all_land(h: &dyn Harness) {
         }
     });
     drop(s);
-    assert_eq!(h.open().load_peers().unwrap().len(), 400);
+    assert_eq!(h.open().load_peers().unwrap().records.len(), 400);
 }
 
 fn a_group_write_applies_in_order_and_survives_a_reopen(h: &dyn Harness) {
@@ -136,7 +137,7 @@ fn a_group_write_applies_in_order_and_survives_a_reopen(h: &dyn Harness) {
     ])
     .unwrap();
     drop(s);
-    let peers = h.open().load_peers().unwrap();
+    let peers = h.open().load_peers().unwrap().records;
     let summary: Vec<_> = peers
         .iter()
         .map(|p| (p.peer_id.as_str(), p.port, p.last_epoch))
@@ -157,7 +158,7 @@ fn an_empty_group_write_changes_nothing(h: &dyn Harness) {
     let s = h.open();
     s.put_peer(&record("p", 1)).unwrap();
     s.apply(&[]).unwrap();
-    assert_eq!(s.load_peers().unwrap(), vec![record("p", 1)]);
+    assert_eq!(s.load_peers().unwrap().records, vec![record("p", 1)]);
 }
 
 macro_rules! conformance {

@@ -54,7 +54,7 @@ pub fn run() -> anyhow::Result<Vec<Row>> {
 
     let t = Instant::now();
     let store = RocksDbStore::open(dir.path())?;
-    let n = store.load_peers()?.len();
+    let n = store.load_peers()?.records.len();
     let raw = t.elapsed();
     drop(store);
     anyhow::ensure!(n == PEERS, "populated {n} peers");

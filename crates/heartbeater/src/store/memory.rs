@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::registry::{NodeMeta, PeerRecord, RegistryOp, RegistryStore, StoreError};
+use super::registry::{LoadedPeers, NodeMeta, PeerRecord, RegistryOp, RegistryStore, StoreError};
 
 /// One peer as kept here: the record without its id (the map's key holds
 /// it) and with the remembered epoch inline. A node monitoring 10,000 peers
@@ -123,9 +123,12 @@ impl RegistryStore for MemoryStore {
         Ok(self.lock().peers.get(peer_id).map(|p| p.record(peer_id)))
     }
 
-    fn load_peers(&self) -> Result<Vec<PeerRecord>, StoreError> {
+    fn load_peers(&self) -> Result<LoadedPeers, StoreError> {
         let inner = self.lock();
-        Ok(inner.peers.iter().map(|(id, p)| p.record(id)).collect())
+        Ok(LoadedPeers {
+            records: inner.peers.iter().map(|(id, p)| p.record(id)).collect(),
+            unreadable: Vec::new(),
+        })
     }
 
     fn record_epoch(&self, peer_id: &str, epoch: u64) -> Result<(), StoreError> {

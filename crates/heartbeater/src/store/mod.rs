@@ -15,5 +15,7 @@ mod registry;
 mod rocks;
 
 pub use memory::MemoryStore;
-pub use registry::{NodeMeta, PeerRecord, RegistryOp, RegistryStore, StoreError};
+pub use registry::{
+    LoadedPeers, NodeMeta, PeerRecord, RegistryOp, RegistryStore, StoreError, UnreadablePeer,
+};
 pub use rocks::RocksDbStore;

@@ -34,6 +34,54 @@ pub struct PeerRecord {
     pub last_epoch: Option<u64>,
 }
 
+/// A stored peer record that cannot be monitored: its bytes do not decode
+/// (written by a newer release, or damaged), or they decode to a
+/// registration that fails validation. The rest of the registry loads
+/// without it; the node reports it and lets it be deregistered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadablePeer {
+    /// The record's key, as stored.
+    pub key: Vec<u8>,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl UnreadablePeer {
+    /// The key as a peer id, when it is one (valid UTF-8 and within the
+    /// peer-id rules); only such a record can be deregistered by id.
+    pub fn peer_id(&self) -> Option<&str> {
+        let id = std::str::from_utf8(&self.key).ok()?;
+        heartbeater_core::config::validate_peer_id(id).ok()?;
+        Some(id)
+    }
+
+    /// How the record is named to an operator: its peer id, or the key in
+    /// hex (`0x...`) when the key is not a peer id.
+    pub fn display_id(&self) -> String {
+        match self.peer_id() {
+            Some(id) => id.to_owned(),
+            None => {
+                let mut out = String::with_capacity(2 + 2 * self.key.len());
+                out.push_str("0x");
+                for b in &self.key {
+                    out.push_str(&format!("{b:02x}"));
+                }
+                out
+            }
+        }
+    }
+}
+
+/// Every stored peer: the records that load, ordered by peer id, and the
+/// ones that do not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadedPeers {
+    /// The peers that decode, ordered by peer id.
+    pub records: Vec<PeerRecord>,
+    /// The records that do not decode, ordered by key.
+    pub unreadable: Vec<UnreadablePeer>,
+}
+
 /// One change to the registered peers, for [`RegistryStore::apply`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegistryOp {
@@ -117,8 +165,11 @@ pub trait RegistryStore: Send + Sync + 'static {
     }
     /// One peer.
     fn get_peer(&self, peer_id: &str) -> Result<Option<PeerRecord>, StoreError>;
-    /// Every peer, ordered by peer id.
-    fn load_peers(&self) -> Result<Vec<PeerRecord>, StoreError>;
+    /// Every peer. A record that does not decode is returned in
+    /// [`LoadedPeers::unreadable`] rather than failing the whole load: one
+    /// damaged record must not take the registry down. A store that cannot
+    /// be read at all (a corrupt file) is still an error.
+    fn load_peers(&self) -> Result<LoadedPeers, StoreError>;
     /// Remembers the last epoch seen from a registered peer. Ignored for an
     /// unknown peer; not synced.
     fn record_epoch(&self, peer_id: &str, epoch: u64) -> Result<(), StoreError>;

@@ -14,11 +14,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rocksdb::{
-    ColumnFamily, DBCompressionType, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+    ColumnFamily, DBCompressionType, DBRecoveryMode, IteratorMode, Options, WriteBatch,
+    WriteOptions, DB,
 };
 
 use super::codec;
-use super::registry::{NodeMeta, PeerRecord, RegistryOp, RegistryStore, StoreError};
+use super::registry::{
+    LoadedPeers, NodeMeta, PeerRecord, RegistryOp, RegistryStore, StoreError, UnreadablePeer,
+};
 
 const CF_META: &str = "meta";
 const CF_PEERS: &str = "peers";
@@ -63,6 +66,18 @@ impl RocksDbStore {
         opts.set_max_log_file_size(1 << 20);
         opts.set_max_background_jobs(1);
         opts.set_max_open_files(64);
+        // Every acknowledged change was synced before its answer, so the
+        // only damage a crash can leave in the WAL is an incomplete last
+        // record, one nobody was told about: that is tolerated. Anything
+        // else (a bad checksum before the end) refuses to open. RocksDB's
+        // default, point-in-time recovery, would instead stop replaying at
+        // the damage and open without every acknowledged change after it.
+        opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
+        // Paranoid checks (the default, stated because the corruption tests
+        // count on it) make a bad checksum found while opening an error
+        // rather than a record skipped. A truncated SST file is caught by
+        // RocksDB's own size check against the MANIFEST at open.
+        opts.set_paranoid_checks(true);
         // Counters only (no timers, no histograms): the WAL sync count is
         // how a test proves that every acknowledged change was synced.
         opts.enable_statistics();
@@ -79,6 +94,16 @@ impl RocksDbStore {
             .get_ticker_count(rocksdb::statistics::Ticker::WalFileSynced)
     }
 
+    /// Writes everything in memory to SST files and syncs them, so the
+    /// directory no longer needs its WAL to hold the registry: before a
+    /// file-level backup, and in tests that damage SST files.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        for name in [CF_META, CF_PEERS, CF_EPOCHS] {
+            self.db.flush_cf(self.cf(name)?).map_err(|e| self.io(e))?;
+        }
+        Ok(())
+    }
+
     /// The data directory.
     pub fn path(&self) -> &Path {
         &self.path
@@ -92,9 +117,16 @@ impl RocksDbStore {
     }
 
     fn io(&self, e: rocksdb::Error) -> StoreError {
+        let detail = e.to_string();
+        if e.kind() == rocksdb::ErrorKind::Corruption {
+            return StoreError::Corrupt {
+                path: self.path.clone(),
+                detail,
+            };
+        }
         StoreError::Io {
             path: self.path.clone(),
-            detail: e.to_string(),
+            detail,
         }
     }
 
@@ -220,20 +252,44 @@ impl RegistryStore for RocksDbStore {
         Ok(Some(record))
     }
 
-    fn load_peers(&self) -> Result<Vec<PeerRecord>, StoreError> {
-        let mut out = Vec::new();
+    fn load_peers(&self) -> Result<LoadedPeers, StoreError> {
+        let mut out = LoadedPeers::default();
         for item in self.db.iterator_cf(self.cf(CF_PEERS)?, IteratorMode::Start) {
-            let (_key, value) = item.map_err(|e| self.io(e))?;
-            out.push(codec::decode_peer(&value).map_err(|d| self.corrupt(d))?);
+            // An error here is RocksDB failing to read a block (a checksum
+            // or an I/O error): the store itself is damaged, and a partial
+            // registry would silently drop peers, so the load fails.
+            let (key, value) = item.map_err(|e| self.io(e))?;
+            match codec::decode_peer(&value) {
+                Ok(record) if record.peer_id.as_bytes() == &*key => out.records.push(record),
+                Ok(record) => out.unreadable.push(UnreadablePeer {
+                    key: key.into_vec(),
+                    reason: format!("record names peer {:?}, not its key", record.peer_id),
+                }),
+                Err(reason) => out.unreadable.push(UnreadablePeer {
+                    key: key.into_vec(),
+                    reason,
+                }),
+            }
         }
         for item in self
             .db
             .iterator_cf(self.cf(CF_EPOCHS)?, IteratorMode::Start)
         {
             let (key, value) = item.map_err(|e| self.io(e))?;
-            let epoch = codec::decode_epoch(&value).map_err(|d| self.corrupt(d))?;
-            if let Ok(i) = out.binary_search_by(|p| p.peer_id.as_bytes().cmp(&key)) {
-                out[i].last_epoch = Some(epoch);
+            // A remembered epoch is advisory (it may be lost in a crash
+            // anyway): a bad one is forgotten, not fatal.
+            let Ok(epoch) = codec::decode_epoch(&value) else {
+                tracing::warn!(
+                    peer = %String::from_utf8_lossy(&key),
+                    "stored peer epoch does not decode; forgotten"
+                );
+                continue;
+            };
+            if let Ok(i) = out
+                .records
+                .binary_search_by(|p| p.peer_id.as_bytes().cmp(&key))
+            {
+                out.records[i].last_epoch = Some(epoch);
             }
         }
         Ok(out)
