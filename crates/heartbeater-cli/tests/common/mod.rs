@@ -30,7 +30,13 @@ impl Serve {
     }
 
     pub fn start_at(listen: &str, args: &[&str]) -> Serve {
-        let mut child = bin()
+        Self::start_with(bin(), listen, args)
+    }
+
+    /// `serve` through `cmd`: `bin()`, or a wrapper such as `ip netns exec
+    /// NS <heartbeater>` that execs it (so the child is the node itself).
+    pub fn start_with(mut cmd: Command, listen: &str, args: &[&str]) -> Serve {
+        let mut child = cmd
             .args(["serve", "--json", "--listen", listen])
             .args(args)
             .stdout(Stdio::piped())

@@ -1,0 +1,586 @@
+//! Two `serve` processes on a real network: each in its own network
+//! namespace, joined by a veth pair, with the link impaired by `ip` and
+//! `nft` (loss, partitions, UDP blocked) and by a relay of the test's own
+//! for delay and jitter (this kernel has no `netem`).
+//!
+//! Needs root, `ip` and (for the impairments) `nft`. Without them each test
+//! says on stderr that it was skipped and why, and passes without checking
+//! anything; `HEARTBEATER_NETNS=require` turns a skip into a failure. The
+//! namespaces and processes are removed on every exit path, a panic
+//! included (drop order), and namespaces left by a killed earlier run are
+//! removed at the next.
+//!
+//! `HEARTBEATER_NETNS_SECS` sets how long the lossy-link run lasts (default
+//! 20 s; the full run is 60).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use common::Serve;
+
+const A_IP: &str = "10.231.0.1";
+const B_IP: &str = "10.231.0.2";
+const PORT: u16 = 7070;
+const FREQ: &str = "100ms";
+/// `max_missed x frequency + timeout` with the defaults at 100 ms.
+const BOUND: Duration = Duration::from_millis(400);
+/// What the test allows beyond the bound, for the time `ip` or `nft` takes
+/// to apply the cut and for a node late on a busy machine: less than a
+/// period, so that one miss more than the rule allows can show.
+/// Both ends are the machine's clock: the node's event timestamp, and the
+/// test's clock just before the cut.
+const SLACK: Duration = Duration::from_millis(60);
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn run(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn ip(args: &[&str]) -> Result<String, String> {
+    run(Command::new("ip").args(args))
+}
+
+/// Two namespaces joined by a veth pair; deleted on drop.
+struct Net {
+    a: String,
+    b: String,
+    veth_a: String,
+    veth_b: String,
+}
+
+impl Net {
+    /// The pair, or why it cannot be made here (then the caller skips).
+    fn pair() -> Result<Net, String> {
+        let pid = std::process::id();
+        remove_stale_namespaces();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let net = Net {
+            a: format!("hbt-{pid}-{n}-a"),
+            b: format!("hbt-{pid}-{n}-b"),
+            // Interface names: at most 15 bytes.
+            veth_a: format!("hv{}{n}a", pid % 100_000),
+            veth_b: format!("hv{}{n}b", pid % 100_000),
+        };
+        ip(&["netns", "add", &net.a])?;
+        ip(&["netns", "add", &net.b])?;
+        ip(&[
+            "link",
+            "add",
+            &net.veth_a,
+            "netns",
+            &net.a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &net.veth_b,
+            "netns",
+            &net.b,
+        ])?;
+        for (ns, dev, addr) in [(&net.a, &net.veth_a, A_IP), (&net.b, &net.veth_b, B_IP)] {
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(net)
+    }
+
+    /// `ip netns exec NS` with `program` after it.
+    fn exec(ns: &str, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, program]);
+        cmd
+    }
+
+    fn serve(&self, ns: &str, addr: &str) -> Serve {
+        Serve::start_with(
+            Net::exec(ns, env!("CARGO_BIN_EXE_heartbeater")),
+            &format!("{addr}:{PORT}"),
+            &["--in-memory"],
+        )
+    }
+
+    /// Registers `peer` (at `peer_addr`) on the node in namespace `a`.
+    fn register(&self, peer: &Serve, peer_addr: &str) {
+        let out = Net::exec(&self.a, env!("CARGO_BIN_EXE_heartbeater"))
+            .args(["register", "--server", &format!("{A_IP}:{PORT}")])
+            .args(["--peer-id", &peer.identity, "--peer", peer_addr])
+            .args(["--freq", FREQ])
+            .output()
+            .expect("register");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Loads an nft ruleset into namespace `ns`.
+    fn nft(ns: &str, script: &str) {
+        let mut child = Net::exec(ns, "nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("nft");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())
+            .expect("nft script");
+        assert!(child.wait().expect("nft").success(), "nft -f: {script}");
+    }
+
+    /// The packets counted by the rules of table `inet hbt` in `ns`.
+    fn nft_counted(ns: &str) -> u64 {
+        let out = run(Net::exec(ns, "nft").args(["list", "table", "inet", "hbt"])).expect("nft");
+        out.split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] == "packets")
+            .filter_map(|w| w[1].parse::<u64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veth end inside it, and so the
+        // pair. The nodes are dropped (killed) before this, being declared
+        // after the `Net`.
+        let _ = ip(&["netns", "del", &self.a]);
+        let _ = ip(&["netns", "del", &self.b]);
+    }
+}
+
+/// Namespaces named by a test process that is no longer running.
+fn remove_stale_namespaces() {
+    let Ok(list) = ip(&["netns", "list"]) else {
+        return;
+    };
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(pid) = name
+            .strip_prefix("hbt-")
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = ip(&["netns", "del", name]);
+        }
+    }
+}
+
+/// The namespaces, or `None` after saying on stderr why the test is
+/// skipped; with `HEARTBEATER_NETNS=require`, a panic instead.
+fn net_or_skip(test: &str, needs_nft: bool) -> Option<Net> {
+    let why = match Net::pair() {
+        Ok(net) if !needs_nft || Command::new("nft").arg("--version").output().is_ok() => {
+            return Some(net)
+        }
+        Ok(_) => "nft is not installed (Debian: apt-get install nftables)".to_owned(),
+        Err(e) => format!("cannot create network namespaces (needs root and `ip`): {e}"),
+    };
+    if std::env::var("HEARTBEATER_NETNS").as_deref() == Ok("require") {
+        panic!("{test}: {why}");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+    None
+}
+
+fn unix_micros_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Waits for the next event about `peer_id`: its kind and its timestamp
+/// (microseconds since the Unix epoch, the node's clock).
+fn next_event(node: &Serve, peer_id: &str, wait: Duration) -> Option<(String, u64)> {
+    let deadline = Instant::now() + wait;
+    while let Ok(v) = node
+        .lines
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+    {
+        if v["peer_id"] == peer_id {
+            let kind = v["event"].as_str().unwrap_or_default().to_owned();
+            return Some((kind, v["timestamp_micros"].as_u64().unwrap_or(0)));
+        }
+    }
+    None
+}
+
+fn up_pair(net: &Net) -> (Serve, Serve) {
+    let monitor = net.serve(&net.a, A_IP);
+    let peer = net.serve(&net.b, B_IP);
+    net.register(&peer, &format!("{B_IP}:{PORT}"));
+    assert_eq!(
+        monitor.events_for(&peer.identity, Duration::from_secs(2)),
+        ["Registered", "PeerUp"]
+    );
+    (monitor, peer)
+}
+
+/// Cuts the link, measures the detection, heals it, and checks that the
+/// peer comes back with exactly one `PeerUp`.
+/// Three rounds: where a cut falls in the heartbeat period decides how
+/// close detection comes to the bound, and a rule one miss too lax shows
+/// only in some of those phases.
+fn partition_and_heal(net: &Net, cut: impl Fn(), heal: impl Fn(), what: &str) {
+    let (monitor, peer) = up_pair(net);
+    for round in 1..=3 {
+        partition_round(
+            &monitor,
+            &peer,
+            &cut,
+            &heal,
+            &format!("{what}, round {round}"),
+        );
+    }
+}
+
+fn partition_round(monitor: &Serve, peer: &Serve, cut: &impl Fn(), heal: &impl Fn(), what: &str) {
+    let cut_at = unix_micros_now();
+    cut();
+    let (kind, at) = next_event(&monitor, &peer.identity, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("{what}: no event after the partition"));
+    assert_eq!(kind, "PeerDown", "{what}");
+    let detected = Duration::from_micros(at.saturating_sub(cut_at));
+    eprintln!(
+        "{what}: PeerDown {} ms after the cut (bound {} ms)",
+        detected.as_millis(),
+        BOUND.as_millis()
+    );
+    assert!(
+        detected <= BOUND + SLACK,
+        "{what}: detected after {detected:?}, bound {BOUND:?} (+{SLACK:?} for the test)"
+    );
+    // Still partitioned: nothing more to say.
+    assert_eq!(
+        monitor.events_for(&peer.identity, Duration::from_secs(1)),
+        Vec::<String>::new()
+    );
+    heal();
+    assert_eq!(
+        monitor.events_for(&peer.identity, Duration::from_secs(3)),
+        ["PeerUp"],
+        "{what}: healing brings the peer back once, without flapping"
+    );
+}
+
+#[test]
+fn a_link_down_is_detected_within_the_bound_and_healing_brings_one_peer_up() {
+    let Some(net) = net_or_skip("link down", false) else {
+        return;
+    };
+    let down = || ip(&["-n", &net.a, "link", "set", &net.veth_a, "down"]).expect("link down");
+    let up = || ip(&["-n", &net.a, "link", "set", &net.veth_a, "up"]).expect("link up");
+    partition_and_heal(&net, || drop(down()), || drop(up()), "link down");
+}
+
+#[test]
+fn a_silent_partition_is_detected_within_the_bound_and_heals_once() {
+    let Some(net) = net_or_skip("silent partition", true) else {
+        return;
+    };
+    // Every packet between the two dropped, in both namespaces, without
+    // an error to either side: what a failed switch looks like.
+    let cut = || {
+        for (ns, dev) in [(&net.a, &net.veth_a), (&net.b, &net.veth_b)] {
+            Net::nft(
+                ns,
+                &format!(
+                    "table inet hbt {{\n chain out {{\n type filter hook output priority 0;\n oifname \"{dev}\" counter drop\n }}\n chain in {{\n type filter hook input priority 0;\n iifname \"{dev}\" counter drop\n }}\n}}\n"
+                ),
+            );
+        }
+    };
+    let heal = || {
+        for ns in [&net.a, &net.b] {
+            Net::nft(ns, "delete table inet hbt\n");
+        }
+    };
+    partition_and_heal(&net, cut, heal, "silent partition");
+}
+
+#[test]
+fn with_udp_blocked_the_grpc_path_keeps_the_peer_alive() {
+    let Some(net) = net_or_skip("udp blocked", true) else {
+        return;
+    };
+    for (ns, dev) in [(&net.a, &net.veth_a), (&net.b, &net.veth_b)] {
+        Net::nft(
+            ns,
+            &format!(
+                "table inet hbt {{\n chain out {{\n type filter hook output priority 0;\n oifname \"{dev}\" meta l4proto udp counter drop\n }}\n}}\n"
+            ),
+        );
+    }
+    let (monitor, peer) = up_pair(&net);
+    assert_eq!(
+        monitor.events_for(&peer.identity, Duration::from_secs(5)),
+        Vec::<String>::new(),
+        "no PeerDown with UDP blocked"
+    );
+    let dropped = Net::nft_counted(&net.a) + Net::nft_counted(&net.b);
+    assert!(dropped > 0, "the heartbeat datagrams were sent and dropped");
+    eprintln!("udp blocked: {dropped} datagrams dropped, peer stayed alive");
+}
+
+#[test]
+fn five_percent_loss_and_twenty_percent_jitter_give_no_false_disconnect() {
+    let Some(net) = net_or_skip("loss and jitter", true) else {
+        return;
+    };
+    let secs: u64 = std::env::var("HEARTBEATER_NETNS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let monitor = net.serve(&net.a, A_IP);
+    let peer = net.serve(&net.b, B_IP);
+    // 5% of packets lost each way on the link.
+    for (ns, dev) in [(&net.a, &net.veth_a), (&net.b, &net.veth_b)] {
+        Net::nft(
+            ns,
+            &format!(
+                "table inet hbt {{\n chain out {{\n type filter hook output priority 0;\n oifname \"{dev}\" numgen random mod 100 < 5 counter drop\n }}\n}}\n"
+            ),
+        );
+    }
+    // The monitor reaches the peer through a relay in its own namespace
+    // that delays each datagram and each TCP chunk by 0-20 ms (20% of the
+    // period), both ways.
+    let relay = Relay::start(
+        &net.a,
+        format!("{B_IP}:{PORT}").parse().expect("peer address"),
+        Duration::from_millis(20),
+    );
+    net.register(&peer, &relay.addr.to_string());
+    assert_eq!(
+        monitor.events_for(&peer.identity, Duration::from_secs(3)),
+        ["Registered", "PeerUp"]
+    );
+    let events = monitor.events_for(&peer.identity, Duration::from_secs(secs));
+    let dropped = Net::nft_counted(&net.a) + Net::nft_counted(&net.b);
+    eprintln!(
+        "loss and jitter: {secs} s, {dropped} packets dropped, {} relayed, events {events:?}",
+        relay.relayed.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        events,
+        Vec::<String>::new(),
+        "no false disconnect in {secs} s"
+    );
+    assert!(dropped > 0, "the loss rules dropped packets");
+}
+
+/// A UDP and TCP relay from `127.0.0.1:PORT` in a namespace to `upstream`,
+/// each datagram and chunk delayed by a random 0..`jitter`.
+struct Relay {
+    addr: SocketAddr,
+    relayed: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Relay {
+    fn start(ns: &str, upstream: SocketAddr, jitter: Duration) -> Relay {
+        let stop = Arc::new(AtomicBool::new(false));
+        let relayed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (ready_tx, ready) = mpsc::channel();
+        let ns = ns.to_owned();
+        let (stop2, relayed2) = (stop.clone(), relayed.clone());
+        // Sockets belong to the namespace of the thread that creates them,
+        // and threads inherit it from the thread that spawns them: this
+        // thread enters the namespace, and everything it starts is in it.
+        std::thread::spawn(move || {
+            enter_namespace(&ns);
+            let addr = SocketAddr::from(([127, 0, 0, 1], PORT));
+            let udp = UdpSocket::bind(addr).expect("relay udp");
+            let tcp = TcpListener::bind(addr).expect("relay tcp");
+            ready_tx.send(addr).expect("ready");
+            let udp_stop = stop2.clone();
+            let udp_relayed = relayed2.clone();
+            std::thread::spawn(move || relay_udp(udp, upstream, jitter, udp_stop, udp_relayed));
+            tcp.set_nonblocking(true).expect("nonblocking");
+            while !stop2.load(Ordering::Relaxed) {
+                match tcp.accept() {
+                    Ok((client, _)) => {
+                        let Ok(server) = TcpStream::connect(upstream) else {
+                            continue;
+                        };
+                        client.set_nonblocking(false).expect("blocking");
+                        for (from, to) in [
+                            (
+                                client.try_clone().expect("clone"),
+                                server.try_clone().expect("clone"),
+                            ),
+                            (server, client),
+                        ] {
+                            let (stop, relayed) = (stop2.clone(), relayed2.clone());
+                            std::thread::spawn(move || pump(from, to, jitter, stop, relayed));
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        let addr = ready
+            .recv_timeout(Duration::from_secs(5))
+            .expect("relay up");
+        Relay {
+            addr,
+            relayed,
+            stop,
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn enter_namespace(ns: &str) {
+    use std::os::fd::AsFd;
+    let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("namespace file");
+    rustix::thread::move_into_link_name_space(
+        file.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .expect("setns into the namespace");
+}
+
+/// A small xorshift: delays need no more than "varied".
+fn jitter_of(state: &mut u64, jitter: Duration) -> Duration {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    let max = jitter.as_micros().max(1) as u64;
+    Duration::from_micros(*state % max)
+}
+
+fn seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(1);
+    u64::from(nanos) | 1
+}
+
+/// Copies one direction of a TCP connection, each chunk delayed, in order.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    jitter: Duration,
+    stop: Arc<AtomicBool>,
+    relayed: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let mut rng = seed();
+    let mut buf = vec![0u8; 64 * 1024];
+    from.set_read_timeout(Some(Duration::from_millis(200))).ok();
+    while !stop.load(Ordering::Relaxed) {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                std::thread::sleep(jitter_of(&mut rng, jitter));
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                relayed.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+/// Relays datagrams between clients of `listen` and `upstream`, one
+/// upstream socket per client, each datagram delayed on its own.
+fn relay_udp(
+    listen: UdpSocket,
+    upstream: SocketAddr,
+    jitter: Duration,
+    stop: Arc<AtomicBool>,
+    relayed: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let listen = Arc::new(listen);
+    let (delay_tx, delay_rx) = mpsc::channel::<(Instant, Arc<UdpSocket>, SocketAddr, Vec<u8>)>();
+    let sender_stop = stop.clone();
+    std::thread::spawn(move || {
+        let mut due: Vec<(Instant, Arc<UdpSocket>, SocketAddr, Vec<u8>)> = Vec::new();
+        while !sender_stop.load(Ordering::Relaxed) {
+            let wait = due
+                .iter()
+                .map(|d| d.0)
+                .min()
+                .map_or(Duration::from_millis(50), |t| {
+                    t.saturating_duration_since(Instant::now())
+                });
+            if let Ok(item) = delay_rx.recv_timeout(wait) {
+                due.push(item);
+            }
+            let now = Instant::now();
+            due.retain(|(at, socket, to, bytes)| {
+                if *at <= now {
+                    let _ = socket.send_to(bytes, to);
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+    });
+    listen
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .ok();
+    let mut rng = seed();
+    let mut clients: std::collections::HashMap<SocketAddr, Arc<UdpSocket>> = Default::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok((n, client)) = listen.recv_from(&mut buf) {
+            let up = clients.entry(client).or_insert_with(|| {
+                let up = Arc::new(UdpSocket::bind("0.0.0.0:0").expect("upstream socket"));
+                // Answers from upstream go back to this client.
+                let (up2, listen2, tx, stop) =
+                    (up.clone(), listen.clone(), delay_tx.clone(), stop.clone());
+                let mut rng = seed();
+                std::thread::spawn(move || {
+                    up2.set_read_timeout(Some(Duration::from_millis(50))).ok();
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Ok((n, _)) = up2.recv_from(&mut buf) {
+                            let at = Instant::now() + jitter_of(&mut rng, jitter);
+                            let _ = tx.send((at, listen2.clone(), client, buf[..n].to_vec()));
+                        }
+                    }
+                });
+                up
+            });
+            let at = Instant::now() + jitter_of(&mut rng, jitter);
+            let _ = delay_tx.send((at, up.clone(), upstream, buf[..n].to_vec()));
+            relayed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
