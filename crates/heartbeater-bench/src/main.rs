@@ -32,6 +32,10 @@ const SCENARIOS: &[&str] = &[
     "topic",
 ];
 
+/// Scenarios run only when named: they test the node under load rather
+/// than measure it against a baseline, and take a minute.
+const ON_REQUEST: &[&str] = &["load"];
+
 #[derive(Debug, Parser)]
 #[command(
     name = "heartbeater-bench",
@@ -46,8 +50,9 @@ struct Cli {
     /// One JSON object per figure, one per line.
     #[arg(long)]
     json: bool,
-    /// Run only these scenarios (rpc, peer-path, register, restore, fanout
-    /// (also gives memory), detect, topic). Default: all.
+    /// Run only these scenarios (rpc, tls, peer-path, register, restore,
+    /// fanout (also gives memory), detect, topic). Default: all of those.
+    /// `load` (a minute under load, see scripts/load.sh) runs only when named.
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
     /// Nodes and responders authenticate every datagram with a cluster key
@@ -102,9 +107,11 @@ async fn scenario(name: &str, settings: &Settings) -> anyhow::Result<Vec<Row>> {
         "restore" => tokio::task::spawn_blocking(scenarios::restore::run).await?,
         "fanout" | "memory" => scenarios::fanout::run(settings).await,
         "detect" => scenarios::detect::run().await,
+        "load" => scenarios::load::run(settings).await,
         other => anyhow::bail!(
-            "unknown scenario {other:?}; known: {}",
-            SCENARIOS.join(", ")
+            "unknown scenario {other:?}; known: {}, and on request {}",
+            SCENARIOS.join(", "),
+            ON_REQUEST.join(", ")
         ),
     }
 }

@@ -260,7 +260,7 @@ fn partition_and_heal(net: &Net, cut: impl Fn(), heal: impl Fn(), what: &str) {
 fn partition_round(monitor: &Serve, peer: &Serve, cut: &impl Fn(), heal: &impl Fn(), what: &str) {
     let cut_at = unix_micros_now();
     cut();
-    let (kind, at) = next_event(&monitor, &peer.identity, Duration::from_secs(10))
+    let (kind, at) = next_event(monitor, &peer.identity, Duration::from_secs(10))
         .unwrap_or_else(|| panic!("{what}: no event after the partition"));
     assert_eq!(kind, "PeerDown", "{what}");
     let detected = Duration::from_micros(at.saturating_sub(cut_at));

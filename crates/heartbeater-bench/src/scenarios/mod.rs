@@ -2,6 +2,7 @@
 
 pub mod detect;
 pub mod fanout;
+pub mod load;
 pub mod peer_path;
 pub mod register;
 pub mod restore;

@@ -66,6 +66,13 @@ impl RocksDbStore {
         opts.set_max_log_file_size(1 << 20);
         opts.set_max_background_jobs(1);
         opts.set_max_open_files(64);
+        // Memtables: RocksDB's default is 64 MiB per column family (two of
+        // them each before a stall), sized for bulk stores. A registry under
+        // steady registration churn would hold ~100 MiB of memtables it
+        // never needs; 4 MiB each, 16 MiB across all, flushes small files
+        // instead.
+        opts.set_write_buffer_size(4 << 20);
+        opts.set_db_write_buffer_size(16 << 20);
         // Every acknowledged change was synced before its answer, so the
         // only damage a crash can leave in the WAL is an incomplete last
         // record, one nobody was told about: that is tolerated. Anything
