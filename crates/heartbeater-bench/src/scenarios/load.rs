@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use heartbeater::proto::{HeartbeatMessage, PeerEventKind};
-use heartbeater::{DeregisterPeerRequest, RegisterPeerRequest};
+use heartbeater::DeregisterPeerRequest;
 
 use super::{node_client, raw_client, register_all, responders, wait_all_alive, Settings};
 use crate::child::Helper;
@@ -87,14 +87,7 @@ async fn churn(
                 let client = client.clone();
                 async move {
                     client
-                        .register_peer(RegisterPeerRequest {
-                            peer_id: id,
-                            peer_host: "127.0.0.1".into(),
-                            peer_port: u32::from(port),
-                            heartbeat_freq_millis: FREQ_MS,
-                            timeout_millis: None,
-                            max_missed: None,
-                        })
+                        .register_peer(super::registration(port, id, FREQ_MS))
                         .await
                         .map(|_| ())
                 }

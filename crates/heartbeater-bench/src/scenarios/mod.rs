@@ -62,6 +62,18 @@ pub fn node_client(addr: &str) -> anyhow::Result<HeartbeatClient> {
     )?)
 }
 
+/// The registration of the responder socket on `port` answering as `id`.
+pub fn registration(port: u16, id: String, freq_ms: i64) -> RegisterPeerRequest {
+    RegisterPeerRequest {
+        peer_id: id,
+        peer_host: "127.0.0.1".into(),
+        peer_port: u32::from(port),
+        heartbeat_freq_millis: freq_ms,
+        timeout_millis: None,
+        max_missed: None,
+    }
+}
+
 /// Registers every `(port, identity)` responder on the node, 64 at a time.
 pub async fn register_all(
     client: &HeartbeatClient,
@@ -72,18 +84,7 @@ pub async fn register_all(
     let results: Vec<_> = futures_util::stream::iter(peers.iter().cloned())
         .map(|(port, id)| {
             let client = client.clone();
-            async move {
-                client
-                    .register_peer(RegisterPeerRequest {
-                        peer_id: id,
-                        peer_host: "127.0.0.1".into(),
-                        peer_port: u32::from(port),
-                        heartbeat_freq_millis: freq_ms,
-                        timeout_millis: None,
-                        max_missed: None,
-                    })
-                    .await
-            }
+            async move { client.register_peer(registration(port, id, freq_ms)).await }
         })
         .buffer_unordered(64)
         .collect()
