@@ -73,6 +73,12 @@ pub struct ServeArgs {
     /// millisecond to a third party [default: 10ms].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     min_network_freq: Option<std::time::Duration>,
+    /// The local-pause guard: when this node did not run for longer than
+    /// this (stopped, starved, frozen), no peer is judged on the gap.
+    /// `auto` is half the shortest heartbeat period (at least 20ms), `off`
+    /// counts every heartbeat [default: auto].
+    #[arg(long, value_name = "auto|off|DURATION", value_parser = parse_pause_threshold)]
+    pause_threshold: Option<heartbeater::PauseThreshold>,
     /// Serve gRPC over TLS with this certificate chain (PEM, the node's
     /// own certificate first). SIGHUP re-reads it.
     #[arg(long, value_name = "FILE", env = "HEARTBEATER_TLS_CERT")]
@@ -127,6 +133,7 @@ struct ConfigFile {
     cluster_key_file: Option<PathBuf>,
     max_peers: Option<usize>,
     min_network_freq: Option<String>,
+    pause_threshold: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
@@ -285,6 +292,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(min) = min_freq {
         builder = builder.min_network_heartbeat_freq(min);
     }
+    let pause = match (args.pause_threshold, &file.pause_threshold) {
+        (Some(p), _) => Some(p),
+        (None, Some(text)) => Some(
+            parse_pause_threshold(text)
+                .map_err(|e| anyhow::anyhow!("config file: pause_threshold: {e}"))?,
+        ),
+        (None, None) => None,
+    };
+    if let Some(pause) = pause {
+        builder = builder.pause_threshold(pause);
+    }
     let key_file = args.cluster_key_file.or(file.cluster_key_file);
     let keyring = match (&key_file, &args.cluster_keys) {
         (Some(path), _) => Some(read_keys(path)?),
@@ -426,4 +444,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         say!("heartbeater node stopped");
     }
     Ok(())
+}
+
+/// `auto`, `off`, or a duration such as `200ms`.
+fn parse_pause_threshold(text: &str) -> Result<heartbeater::PauseThreshold, String> {
+    match text.trim() {
+        "auto" => Ok(heartbeater::PauseThreshold::Auto),
+        "off" => Ok(heartbeater::PauseThreshold::Off),
+        other => humantime::parse_duration(other)
+            .map(heartbeater::PauseThreshold::Fixed)
+            .map_err(|e| {
+                format!("{other:?}: expected auto, off or a duration such as 200ms ({e})")
+            }),
+    }
 }

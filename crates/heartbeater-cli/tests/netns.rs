@@ -15,13 +15,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use common::relay::Relay;
 use common::Serve;
 
 const A_IP: &str = "10.231.0.1";
@@ -369,8 +368,9 @@ fn five_percent_loss_and_twenty_percent_jitter_give_no_false_disconnect() {
     // that delays each datagram and each TCP chunk by 0-20 ms (20% of the
     // period), both ways.
     let relay = Relay::start(
-        &net.a,
+        Some(&net.a),
         format!("{B_IP}:{PORT}").parse().expect("peer address"),
+        Duration::ZERO,
         Duration::from_millis(20),
     );
     net.register(&peer, &relay.addr.to_string());
@@ -390,197 +390,4 @@ fn five_percent_loss_and_twenty_percent_jitter_give_no_false_disconnect() {
         "no false disconnect in {secs} s"
     );
     assert!(dropped > 0, "the loss rules dropped packets");
-}
-
-/// A UDP and TCP relay from `127.0.0.1:PORT` in a namespace to `upstream`,
-/// each datagram and chunk delayed by a random 0..`jitter`.
-struct Relay {
-    addr: SocketAddr,
-    relayed: Arc<std::sync::atomic::AtomicU64>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Relay {
-    fn start(ns: &str, upstream: SocketAddr, jitter: Duration) -> Relay {
-        let stop = Arc::new(AtomicBool::new(false));
-        let relayed = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (ready_tx, ready) = mpsc::channel();
-        let ns = ns.to_owned();
-        let (stop2, relayed2) = (stop.clone(), relayed.clone());
-        // Sockets belong to the namespace of the thread that creates them,
-        // and threads inherit it from the thread that spawns them: this
-        // thread enters the namespace, and everything it starts is in it.
-        std::thread::spawn(move || {
-            enter_namespace(&ns);
-            let addr = SocketAddr::from(([127, 0, 0, 1], PORT));
-            let udp = UdpSocket::bind(addr).expect("relay udp");
-            let tcp = TcpListener::bind(addr).expect("relay tcp");
-            ready_tx.send(addr).expect("ready");
-            let udp_stop = stop2.clone();
-            let udp_relayed = relayed2.clone();
-            std::thread::spawn(move || relay_udp(udp, upstream, jitter, udp_stop, udp_relayed));
-            tcp.set_nonblocking(true).expect("nonblocking");
-            while !stop2.load(Ordering::Relaxed) {
-                match tcp.accept() {
-                    Ok((client, _)) => {
-                        let Ok(server) = TcpStream::connect(upstream) else {
-                            continue;
-                        };
-                        client.set_nonblocking(false).expect("blocking");
-                        for (from, to) in [
-                            (
-                                client.try_clone().expect("clone"),
-                                server.try_clone().expect("clone"),
-                            ),
-                            (server, client),
-                        ] {
-                            let (stop, relayed) = (stop2.clone(), relayed2.clone());
-                            std::thread::spawn(move || pump(from, to, jitter, stop, relayed));
-                        }
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        let addr = ready
-            .recv_timeout(Duration::from_secs(5))
-            .expect("relay up");
-        Relay {
-            addr,
-            relayed,
-            stop,
-        }
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn enter_namespace(ns: &str) {
-    use std::os::fd::AsFd;
-    let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("namespace file");
-    rustix::thread::move_into_link_name_space(
-        file.as_fd(),
-        Some(rustix::thread::LinkNameSpaceType::Network),
-    )
-    .expect("setns into the namespace");
-}
-
-/// A small xorshift: delays need no more than "varied".
-fn jitter_of(state: &mut u64, jitter: Duration) -> Duration {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    let max = jitter.as_micros().max(1) as u64;
-    Duration::from_micros(*state % max)
-}
-
-fn seed() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(1);
-    u64::from(nanos) | 1
-}
-
-/// Copies one direction of a TCP connection, each chunk delayed, in order.
-fn pump(
-    mut from: TcpStream,
-    mut to: TcpStream,
-    jitter: Duration,
-    stop: Arc<AtomicBool>,
-    relayed: Arc<std::sync::atomic::AtomicU64>,
-) {
-    let mut rng = seed();
-    let mut buf = vec![0u8; 64 * 1024];
-    from.set_read_timeout(Some(Duration::from_millis(200))).ok();
-    while !stop.load(Ordering::Relaxed) {
-        match from.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                std::thread::sleep(jitter_of(&mut rng, jitter));
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-                relayed.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut => {}
-            Err(_) => break,
-        }
-    }
-    let _ = to.shutdown(std::net::Shutdown::Both);
-}
-
-/// Relays datagrams between clients of `listen` and `upstream`, one
-/// upstream socket per client, each datagram delayed on its own.
-fn relay_udp(
-    listen: UdpSocket,
-    upstream: SocketAddr,
-    jitter: Duration,
-    stop: Arc<AtomicBool>,
-    relayed: Arc<std::sync::atomic::AtomicU64>,
-) {
-    let listen = Arc::new(listen);
-    let (delay_tx, delay_rx) = mpsc::channel::<(Instant, Arc<UdpSocket>, SocketAddr, Vec<u8>)>();
-    let sender_stop = stop.clone();
-    std::thread::spawn(move || {
-        let mut due: Vec<(Instant, Arc<UdpSocket>, SocketAddr, Vec<u8>)> = Vec::new();
-        while !sender_stop.load(Ordering::Relaxed) {
-            let wait = due
-                .iter()
-                .map(|d| d.0)
-                .min()
-                .map_or(Duration::from_millis(50), |t| {
-                    t.saturating_duration_since(Instant::now())
-                });
-            if let Ok(item) = delay_rx.recv_timeout(wait) {
-                due.push(item);
-            }
-            let now = Instant::now();
-            due.retain(|(at, socket, to, bytes)| {
-                if *at <= now {
-                    let _ = socket.send_to(bytes, to);
-                    false
-                } else {
-                    true
-                }
-            });
-        }
-    });
-    listen
-        .set_read_timeout(Some(Duration::from_millis(50)))
-        .ok();
-    let mut rng = seed();
-    let mut clients: std::collections::HashMap<SocketAddr, Arc<UdpSocket>> = Default::default();
-    let mut buf = vec![0u8; 64 * 1024];
-    while !stop.load(Ordering::Relaxed) {
-        if let Ok((n, client)) = listen.recv_from(&mut buf) {
-            let up = clients.entry(client).or_insert_with(|| {
-                let up = Arc::new(UdpSocket::bind("0.0.0.0:0").expect("upstream socket"));
-                // Answers from upstream go back to this client.
-                let (up2, listen2, tx, stop) =
-                    (up.clone(), listen.clone(), delay_tx.clone(), stop.clone());
-                let mut rng = seed();
-                std::thread::spawn(move || {
-                    up2.set_read_timeout(Some(Duration::from_millis(50))).ok();
-                    let mut buf = vec![0u8; 64 * 1024];
-                    while !stop.load(Ordering::Relaxed) {
-                        if let Ok((n, _)) = up2.recv_from(&mut buf) {
-                            let at = Instant::now() + jitter_of(&mut rng, jitter);
-                            let _ = tx.send((at, listen2.clone(), client, buf[..n].to_vec()));
-                        }
-                    }
-                });
-                up
-            });
-            let at = Instant::now() + jitter_of(&mut rng, jitter);
-            let _ = delay_tx.send((at, up.clone(), upstream, buf[..n].to_vec()));
-            relayed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 }

@@ -27,6 +27,13 @@ pub trait FailureDetector: Send + 'static {
 
     /// Forgets all evidence, as after the peer's registration changed.
     fn reset(&mut self);
+
+    /// The monitor itself was paused until `now` (see [`crate::pause`]):
+    /// time that passed without a chance to hear the peer is not evidence.
+    /// A time-based detector restarts its clock here; counting detectors
+    /// need nothing, as the heartbeats in flight across the pause are voided
+    /// before they could count.
+    fn on_local_pause(&mut self, _now: Instant) {}
 }
 
 /// Makes the detector of each peer a [`crate::PeerTable`] monitors, from the

@@ -11,6 +11,7 @@
 //! - [`config`]: validated peer registrations and detector settings.
 //! - [`detector`]: the [`FailureDetector`] trait and the seeds' miss counter.
 //! - [`liveness`]: one peer's state machine (`Unknown`, `Alive`, `Unreachable`).
+//! - [`pause`]: the local-pause guard: no verdict on time the monitor lost.
 //! - [`probe`]: the names of peers and heartbeats, and each peer's window of
 //!   heartbeats in flight, against which every reply is checked.
 //! - [`table`]: all peers and the single schedule of their heartbeats.
@@ -26,6 +27,7 @@ pub mod datagram;
 pub mod detector;
 pub mod liveness;
 pub mod pages;
+pub mod pause;
 pub mod probe;
 pub mod table;
 pub mod tracker;
@@ -35,6 +37,7 @@ pub use config::{DetectorConfig, PeerSpec, ValidationError};
 pub use detector::{DetectorFactory, FailureDetector, MissCountDetector, MissCounting};
 pub use liveness::{Change, PeerLiveness, PeerState, Reply, ReplyVerdict};
 pub use pages::Pages;
+pub use pause::{Pause, PauseGuard, PauseThreshold};
 pub use probe::{Path, Paths, PeerKey, ProbeId, PROBE_WINDOW};
 pub use table::{
     EventKind, Expired, LivenessEvent, PeerStatus, PeerTable, Probe, StateCounts, Upsert,

@@ -319,6 +319,23 @@ impl<D: FailureDetector> PeerLiveness<D> {
     pub fn reconfigure(&mut self, config: DetectorConfig, detector: D) {
         self.timeout = config.timeout;
         self.detector = detector;
+        self.void_in_flight();
+    }
+
+    /// The monitor was paused until `now`: the heartbeats in flight get no
+    /// outcome (a late reply to one is not in flight any more, and its
+    /// silence is not a miss), and the detector is told. Returns how many
+    /// were voided.
+    pub fn on_local_pause(&mut self, now: Instant) -> usize {
+        let voided = self.window.len();
+        self.void_in_flight();
+        self.detector.on_local_pause(now);
+        voided
+    }
+
+    fn void_in_flight(&mut self) {
+        // No reply to a heartbeat up to here may count any more, nor its
+        // silence: the same cut-off `count_miss` applies to answered ones.
         self.last_acked_seq = self.window.next_seq().saturating_sub(1);
         self.window.clear();
     }

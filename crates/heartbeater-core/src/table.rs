@@ -17,7 +17,7 @@
 //! from there, rather than a burst of the heartbeats it missed.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -182,6 +182,9 @@ pub struct PeerTable<F: DetectorFactory = MissCounting> {
     expiries: BinaryHeap<Reverse<Expiry>>,
     events: Vec<LivenessEvent>,
     changes: Vec<Change>,
+    /// How many peers have each heartbeat period: the shortest one sizes
+    /// the pause guard.
+    periods: BTreeMap<Duration, u32>,
 }
 
 impl<F: DetectorFactory> std::fmt::Debug for PeerTable<F> {
@@ -220,6 +223,7 @@ impl<F: DetectorFactory> PeerTable<F> {
             expiries: BinaryHeap::new(),
             events: Vec::new(),
             changes: Vec::new(),
+            periods: BTreeMap::new(),
         }
     }
 
@@ -250,11 +254,15 @@ impl<F: DetectorFactory> PeerTable<F> {
             }
             let generation = self.bump_generation(slot_no);
             let detector = self.detectors.build(&spec.detector);
+            let new_period = spec.detector.heartbeat_freq;
             if let Some(slot) = self.slot_mut(slot_no) {
+                let old_period = slot.spec.detector.heartbeat_freq;
                 slot.liveness.reconfigure(spec.detector, detector);
                 slot.spec = spec;
                 slot.generation = generation;
                 slot.next_due = now;
+                self.forget_period(old_period);
+                self.count_period(new_period);
                 self.push_event(slot_no, EventKind::Registered);
                 self.timers.push(Reverse((now, slot_no, generation)));
                 return Upsert::Updated(PeerKey {
@@ -293,6 +301,7 @@ impl<F: DetectorFactory> PeerTable<F> {
         let generation = self.bump_generation(slot_no);
         self.index.insert(spec.peer_id.clone(), slot_no);
         let detector = self.detectors.build(&spec.detector);
+        self.count_period(spec.detector.heartbeat_freq);
         let liveness = PeerLiveness::with_detector(spec.detector, detector, known_epoch);
         self.slots.set(
             slot_no as usize,
@@ -332,10 +341,53 @@ impl<F: DetectorFactory> PeerTable<F> {
 
     fn remove_slot(&mut self, slot_no: u32) {
         if let Some(slot) = self.slots.take(slot_no as usize) {
+            self.forget_period(slot.spec.detector.heartbeat_freq);
             self.index.remove(&slot.spec.peer_id);
             self.bump_generation(slot_no);
             self.free.push(slot_no);
         }
+    }
+
+    fn count_period(&mut self, period: Duration) {
+        *self.periods.entry(period).or_insert(0) += 1;
+    }
+
+    fn forget_period(&mut self, period: Duration) {
+        if let Some(n) = self.periods.get_mut(&period) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.periods.remove(&period);
+            }
+        }
+    }
+
+    /// The shortest heartbeat period of any peer; `None` without peers.
+    pub fn shortest_period(&self) -> Option<Duration> {
+        self.periods.keys().next().copied()
+    }
+
+    /// The monitor was paused until `now` (the driver's [`crate::PauseGuard`]
+    /// saw it): every heartbeat in flight is voided, neither answered nor
+    /// missed, and each peer that had one is due a fresh heartbeat now, so
+    /// that its verdict rests on what happens after the pause only. Returns
+    /// how many heartbeats were voided.
+    pub fn on_local_pause(&mut self, now: Instant) -> usize {
+        let mut voided = 0;
+        for slot_no in 0..self.generations.len() {
+            let slot_no = u32::try_from(slot_no).unwrap_or(u32::MAX);
+            let Some(slot) = self.slot_mut(slot_no) else {
+                continue;
+            };
+            let n = slot.liveness.on_local_pause(now);
+            if n == 0 {
+                continue;
+            }
+            voided += n;
+            slot.next_due = now;
+            let generation = slot.generation;
+            self.timers.push(Reverse((now, slot_no, generation)));
+        }
+        voided
     }
 
     /// When the driver must next call [`PeerTable::poll_expired`] and

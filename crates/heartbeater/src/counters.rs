@@ -1,5 +1,6 @@
-//! Counters of the datagram path, shared by the driver (which writes them)
-//! and whoever reports them (which reads them): relaxed atomics, no lock.
+//! Counters of the datagram path and of the driver's local pauses, shared by
+//! the driver (which writes them) and whoever reports them (which reads
+//! them): relaxed atomics, no lock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -12,6 +13,27 @@ pub(crate) struct Counters {
     pub(crate) not_answered_too_short: AtomicU64,
     pub(crate) forged_tokens: AtomicU64,
     pub(crate) unmatched_pongs: AtomicU64,
+    pub(crate) pauses: AtomicU64,
+    pub(crate) pause_longest_micros: AtomicU64,
+    pub(crate) pause_total_micros: AtomicU64,
+    pub(crate) pause_voided: AtomicU64,
+}
+
+/// The local pauses a node's own scheduler went through
+/// ([`crate::HeartbeatServer::pause_stats`]): times it did not run for longer
+/// than the pause threshold (stopped, starved, frozen), so that no peer was
+/// judged on that gap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PauseStats {
+    /// Pauses seen since the node was built.
+    pub pauses: u64,
+    /// The longest one.
+    pub longest: std::time::Duration,
+    /// All of them together.
+    pub total: std::time::Duration,
+    /// Heartbeats in flight across a pause, voided (neither answered nor
+    /// missed).
+    pub voided_heartbeats: u64,
 }
 
 /// A snapshot of a node's datagram counters
@@ -41,6 +63,26 @@ pub struct DatagramStats {
 impl Counters {
     pub(crate) fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_pause(&self, length: std::time::Duration, voided: usize) {
+        let micros = u64::try_from(length.as_micros()).unwrap_or(u64::MAX);
+        self.pauses.fetch_add(1, Ordering::Relaxed);
+        self.pause_longest_micros
+            .fetch_max(micros, Ordering::Relaxed);
+        self.pause_total_micros.fetch_add(micros, Ordering::Relaxed);
+        self.pause_voided
+            .fetch_add(u64::try_from(voided).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    pub(crate) fn pause_snapshot(&self) -> PauseStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        PauseStats {
+            pauses: get(&self.pauses),
+            longest: std::time::Duration::from_micros(get(&self.pause_longest_micros)),
+            total: std::time::Duration::from_micros(get(&self.pause_total_micros)),
+            voided_heartbeats: get(&self.pause_voided),
+        }
     }
 
     pub(crate) fn snapshot(&self) -> DatagramStats {

@@ -26,8 +26,8 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use heartbeater_core::datagram::{Datagram, DecodeError, Kind, MAX_DATAGRAM};
 use heartbeater_core::{
-    Expired, Keyring, Path, PeerSpec, PeerStatus, PeerTable, Probe, ProbeSealer, Reply,
-    StateCounts, Upsert,
+    Expired, Keyring, Path, PauseGuard, PauseThreshold, PeerSpec, PeerStatus, PeerTable, Probe,
+    ProbeSealer, Reply, StateCounts, Upsert,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -162,6 +162,8 @@ pub(crate) struct DriverConfig {
     pub(crate) keyring: Option<Keyring>,
     /// TLS and token for heartbeats over gRPC.
     pub(crate) outbound: crate::outbound::Outbound,
+    /// The local-pause guard's threshold.
+    pub(crate) pause: PauseThreshold,
 }
 
 /// A driver not yet running: the receiving end of the commands, and the
@@ -238,6 +240,8 @@ impl Driver {
             expired: Vec::new(),
             buf: vec![0; MAX_DATAGRAM + 1],
             rejected_log: LogLimiter::default(),
+            guard: PauseGuard::new(config.pause),
+            pause_log: LogLimiter::default(),
         };
         // One timer, re-armed only when the earliest deadline moves: a pong
         // must not cost a timer registration. A timer that fired must be
@@ -250,7 +254,12 @@ impl Driver {
         tokio::pin!(sleep);
         let mut armed = Armed::Fired;
         loop {
-            let next = state.table.next_deadline();
+            // The guard needs a wake-up every half threshold, work or not:
+            // a pause shows as a wake-up later than that.
+            let next = match (state.table.next_deadline(), state.guard.next_check()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let current = match (next, armed) {
                 (Some(t), Armed::At(a)) => t == a,
                 (None, Armed::Idle) => true,
@@ -299,6 +308,9 @@ impl Driver {
             // due (more heartbeats than the machine can send) cannot hold
             // back the replies or the node's requests.
             let t = now();
+            // Before anything is judged: if the driver itself was not
+            // running, nothing in flight across that gap may count.
+            state.check_pause(t);
             let due = state.table.next_deadline().is_some_and(|d| d <= t);
             let sent = if due { state.send_due(t) } else { 0 };
             // As many replies as heartbeats just went out, and a batch more:
@@ -367,6 +379,8 @@ struct Loop {
     expired: Vec<Expired>,
     buf: Vec<u8>,
     rejected_log: LogLimiter,
+    guard: PauseGuard,
+    pause_log: LogLimiter,
 }
 
 impl Loop {
@@ -435,6 +449,27 @@ impl Loop {
             if let Some(p) = self.path.as_mut() {
                 p.on_expired(&e);
             }
+        }
+    }
+
+    /// Hands the wake-up at `t` to the pause guard; after a pause, voids
+    /// every heartbeat in flight across it.
+    fn check_pause(&mut self, t: Instant) {
+        let Some(pause) = self.guard.observe(t, self.table.shortest_period()) else {
+            return;
+        };
+        let voided = self.table.on_local_pause(t);
+        self.counters.record_pause(pause.length(), voided);
+        if let Some(suppressed) = self.pause_log.due() {
+            tracing::warn!(
+                paused_ms = pause.length().as_millis() as u64,
+                threshold_ms = pause.threshold.as_millis() as u64,
+                voided_heartbeats = voided,
+                similar_suppressed = suppressed,
+                "this node did not run for longer than its pause threshold (stopped, starved or \
+                 frozen); the heartbeats in flight across the pause are voided and no peer is \
+                 judged on it"
+            );
         }
     }
 

@@ -70,11 +70,12 @@ pub mod udp;
 
 pub use access::{AuthTokens, TokenError, MAX_TOKENS, MAX_TOKEN_BYTES};
 pub use client::{HeartbeatClient, HeartbeatClientBuilder};
-pub use counters::DatagramStats;
+pub use counters::{DatagramStats, PauseStats};
 pub use error::{ClientError, ServerError};
 pub use event::{EventStream, PeerEvent, PeerEventKind};
 pub use heartbeater_core::{
-    DetectorConfig, KeyError, KeyId, Keyring, PeerState, PeerStatus, StateCounts, ValidationError,
+    DetectorConfig, KeyError, KeyId, Keyring, PauseThreshold, PeerState, PeerStatus, StateCounts,
+    ValidationError,
 };
 pub use lateness::LatenessSnapshot;
 pub use node::NodeError;

@@ -12,14 +12,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use heartbeater_core::config::validate_host;
-use heartbeater_core::{Keyring, PeerStatus, PeerTable, StateCounts};
+use heartbeater_core::{Keyring, PauseThreshold, PeerStatus, PeerTable, StateCounts};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 use tonic_health::server::HealthReporter;
 
 use crate::access::{Access, AuthTokens, Gate};
-use crate::counters::{Counters, DatagramStats};
+use crate::counters::{Counters, DatagramStats, PauseStats};
 use crate::driver::{Driver, DriverConfig};
 use crate::error::ServerError;
 use crate::event::EventStream;
@@ -92,6 +92,7 @@ pub struct HeartbeatServerBuilder {
     max_connections_per_address: usize,
     max_streams_per_connection: u32,
     max_watchers: usize,
+    pause: PauseThreshold,
 }
 
 impl Default for HeartbeatServerBuilder {
@@ -115,6 +116,7 @@ impl Default for HeartbeatServerBuilder {
             max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             max_watchers: DEFAULT_MAX_WATCHERS,
+            pause: PauseThreshold::Auto,
         }
     }
 }
@@ -274,6 +276,20 @@ impl HeartbeatServerBuilder {
     /// is refused with `RESOURCE_EXHAUSTED`.
     pub fn max_watchers(mut self, watchers: usize) -> Self {
         self.max_watchers = watchers;
+        self
+    }
+
+    /// The local-pause guard (on by default, [`PauseThreshold::Auto`]: half
+    /// the shortest heartbeat period, at least 20 ms). When this node's own
+    /// scheduler did not run for longer than the threshold (the process was
+    /// stopped, starved of CPU, or its machine frozen), the heartbeats in
+    /// flight across the gap are voided instead of counted, each affected
+    /// peer gets a fresh heartbeat, and only what happens after the pause
+    /// counts. Each pause lengthens the detection of a peer that died
+    /// meanwhile by the pause and at most one period.
+    /// [`PauseThreshold::Off`] counts every heartbeat, pauses or not.
+    pub fn pause_threshold(mut self, threshold: PauseThreshold) -> Self {
+        self.pause = threshold;
         self
     }
 
@@ -445,6 +461,7 @@ impl HeartbeatServerBuilder {
             listener_counters: Arc::default(),
             keyring: Mutex::new(self.keyring),
             lateness,
+            pause: self.pause,
             node,
             lifecycle: Mutex::new(Lifecycle::Built {
                 driver: Box::new(driver),
@@ -516,6 +533,7 @@ pub struct HeartbeatServer {
     /// The keyring the driver starts with; the driver owns it once running.
     keyring: Mutex<Option<Keyring>>,
     lateness: Arc<LatenessHistogram>,
+    pause: PauseThreshold,
     node: Arc<Node>,
     lifecycle: Mutex<Lifecycle>,
 }
@@ -687,6 +705,7 @@ impl HeartbeatServer {
                 token_secret,
                 keyring,
                 outbound: self.outbound.clone(),
+                pause: self.pause,
             },
             shutdown_rx.clone(),
         ));
@@ -868,6 +887,12 @@ impl HeartbeatServer {
     /// was built.
     pub fn heartbeats_answered(&self) -> u64 {
         self.node.heartbeats_answered()
+    }
+
+    /// The local pauses this node went through since it was built (see
+    /// [`HeartbeatServerBuilder::pause_threshold`]).
+    pub fn pause_stats(&self) -> PauseStats {
+        self.node.counters().pause_snapshot()
     }
 
     /// How late the scheduler has sent heartbeats against their schedule

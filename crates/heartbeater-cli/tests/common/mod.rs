@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod relay;
+
 /// Generous bound for anything that should happen soon.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
