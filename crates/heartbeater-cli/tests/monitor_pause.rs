@@ -21,16 +21,12 @@ use common::{bin, Serve};
 const LINK_DELAY: Duration = Duration::from_millis(275);
 
 fn register(monitor: &Serve, peer: &Serve, via: &Relay) {
-    let out = bin()
-        .args(["register", "--server", &monitor.addr])
-        .args(["--peer-id", &peer.identity, "--peer", &via.addr.to_string()])
-        .args(["--freq", "100ms", "--timeout", "700ms"])
-        .output()
-        .expect("register");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::run_register(
+        bin(),
+        &monitor.addr,
+        &peer.identity,
+        &via.addr.to_string(),
+        &["--freq", "100ms", "--timeout", "700ms"],
     );
 }
 

@@ -119,16 +119,12 @@ impl Net {
 
     /// Registers `peer` (at `peer_addr`) on the node in namespace `a`.
     fn register(&self, peer: &Serve, peer_addr: &str) {
-        let out = Net::exec(&self.a, env!("CARGO_BIN_EXE_heartbeater"))
-            .args(["register", "--server", &format!("{A_IP}:{PORT}")])
-            .args(["--peer-id", &peer.identity, "--peer", peer_addr])
-            .args(["--freq", FREQ])
-            .output()
-            .expect("register");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        common::run_register(
+            Net::exec(&self.a, env!("CARGO_BIN_EXE_heartbeater")),
+            &format!("{A_IP}:{PORT}"),
+            &peer.identity,
+            peer_addr,
+            &["--freq", FREQ],
         );
     }
 

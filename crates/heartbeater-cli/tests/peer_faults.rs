@@ -8,24 +8,7 @@ use std::time::Duration;
 use common::{bin, Serve};
 
 fn register(monitor: &Serve, peer_id: &str, peer_addr: &str, freq: &str) {
-    let out = bin()
-        .args([
-            "register",
-            "--server",
-            &monitor.addr,
-            "--peer-id",
-            peer_id,
-            "--peer",
-            peer_addr,
-        ])
-        .args(["--freq", freq])
-        .output()
-        .expect("register");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_register(bin(), &monitor.addr, peer_id, peer_addr, &["--freq", freq]);
 }
 
 #[test]

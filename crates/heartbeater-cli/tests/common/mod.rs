@@ -16,6 +16,28 @@ pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_heartbeater"))
 }
 
+/// Runs `cmd` (a `heartbeater register ...`) and fails the test, with its
+/// stderr, if the registration was refused.
+pub fn run_register(
+    mut cmd: Command,
+    server: &str,
+    peer_id: &str,
+    peer_addr: &str,
+    timing: &[&str],
+) {
+    let out = cmd
+        .args(["register", "--server", server])
+        .args(["--peer-id", peer_id, "--peer", peer_addr])
+        .args(timing)
+        .output()
+        .expect("register");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A `serve --json` child, killed on drop; its start line already read,
 /// the lines after it on a channel.
 pub struct Serve {
