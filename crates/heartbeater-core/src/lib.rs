@@ -12,6 +12,7 @@
 //! - [`detector`]: the [`FailureDetector`] trait and the seeds' miss counter.
 //! - [`liveness`]: one peer's state machine (`Unknown`, `Alive`, `Unreachable`).
 //! - [`pause`]: the local-pause guard: no verdict on time the monitor lost.
+//! - [`phi`]: the phi accrual detector, for links whose timing varies.
 //! - [`probe`]: the names of peers and heartbeats, and each peer's window of
 //!   heartbeats in flight, against which every reply is checked.
 //! - [`table`]: all peers and the single schedule of their heartbeats.
@@ -28,6 +29,7 @@ pub mod detector;
 pub mod liveness;
 pub mod pages;
 pub mod pause;
+pub mod phi;
 pub mod probe;
 pub mod table;
 pub mod tracker;
@@ -38,6 +40,7 @@ pub use detector::{DetectorFactory, FailureDetector, MissCountDetector, MissCoun
 pub use liveness::{Change, PeerLiveness, PeerState, Reply, ReplyVerdict};
 pub use pages::Pages;
 pub use pause::{Pause, PauseGuard, PauseThreshold};
+pub use phi::{PhiAccrualDetector, PhiParams};
 pub use probe::{Path, Paths, PeerKey, ProbeId, PROBE_WINDOW};
 pub use table::{
     EventKind, Expired, LivenessEvent, PeerStatus, PeerTable, Probe, StateCounts, Upsert,
