@@ -72,9 +72,32 @@ pub struct DetectorConfig {
     /// frequency. At most [`MAX_TIMEOUT_PERIODS`] times the frequency.
     pub timeout: Duration,
     /// Consecutive heartbeats without a valid reply that make the peer
-    /// unreachable. Higher tolerates more packet loss, detects more slowly.
+    /// unreachable (the count rule). Higher tolerates more packet loss,
+    /// detects more slowly.
     pub max_missed: NonZeroU32,
+    /// How silences are judged: the count rule (the default) or phi accrual.
+    pub kind: DetectorKind,
+    /// Consecutive valid replies that bring an unreachable peer back to
+    /// alive (hysteresis against flapping); 1, the default, is the first.
+    pub rise: NonZeroU32,
 }
+
+/// The rule that convicts a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DetectorKind {
+    /// `max_missed` consecutive heartbeats without a valid reply: the
+    /// seeds' rule, with the exact bound of
+    /// [`DetectorConfig::detection_bound`].
+    #[default]
+    MissCount,
+    /// Phi accrual ([`crate::phi`]): a silence too unlikely given the
+    /// intervals between the peer's past answers.
+    PhiAccrual(crate::phi::PhiParams),
+}
+
+/// Most consecutive valid replies that may be asked for before an
+/// unreachable peer is reported alive.
+pub const MAX_RISE: u32 = 100;
 
 impl DetectorConfig {
     /// Validates wire values: a frequency and an optional timeout in
@@ -119,12 +142,45 @@ impl DetectorConfig {
             heartbeat_freq,
             timeout,
             max_missed,
+            kind: DetectorKind::MissCount,
+            rise: NonZeroU32::MIN,
         })
     }
 
+    /// The same settings, judged by `kind`.
+    pub fn with_kind(mut self, kind: DetectorKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// The same settings, with `rise` consecutive valid replies needed to
+    /// bring an unreachable peer back (1 to [`MAX_RISE`]).
+    pub fn with_rise(mut self, rise: u32) -> Result<Self, ValidationError> {
+        if rise > MAX_RISE {
+            return Err(ValidationError::new(
+                "rise",
+                format!("{rise} is more than the limit of {MAX_RISE}"),
+            ));
+        }
+        self.rise = NonZeroU32::new(rise)
+            .ok_or_else(|| ValidationError::new("rise", "must be at least 1"))?;
+        Ok(self)
+    }
+
     /// The longest a dead peer can go undetected after its last valid reply.
+    ///
+    /// Exact for the count rule: `max_missed x heartbeat_freq + timeout`.
+    /// Phi accrual has no fixed bound (it waits longer when the peer's
+    /// answers were irregular); this is its time for a peer whose answers
+    /// came exactly every period, plus one period (phi is evaluated at each
+    /// heartbeat).
     pub fn detection_bound(&self) -> Duration {
-        self.heartbeat_freq * self.max_missed.get() + self.timeout
+        match self.kind {
+            DetectorKind::MissCount => self.heartbeat_freq * self.max_missed.get() + self.timeout,
+            DetectorKind::PhiAccrual(phi) => {
+                phi.steady_conviction_after(self.heartbeat_freq) + self.heartbeat_freq
+            }
+        }
     }
 }
 

@@ -35,8 +35,10 @@ pub mod table;
 pub mod tracker;
 
 pub use auth::{AuthError, KeyError, KeyId, Keyring, ProbeSealer};
-pub use config::{DetectorConfig, PeerSpec, ValidationError};
-pub use detector::{DetectorFactory, FailureDetector, MissCountDetector, MissCounting};
+pub use config::{DetectorConfig, DetectorKind, PeerSpec, ValidationError};
+pub use detector::{
+    AnyDetector, Configured, DetectorFactory, FailureDetector, MissCountDetector, MissCounting,
+};
 pub use liveness::{Change, PeerLiveness, PeerState, Reply, ReplyVerdict};
 pub use pages::Pages;
 pub use pause::{Pause, PauseGuard, PauseThreshold};

@@ -122,6 +122,10 @@ pub struct PeerLiveness<D = MissCountDetector> {
     /// The one part of the configuration this needs; the rest lives with
     /// the registration, and a copy here would cost every peer 24 bytes.
     timeout: Duration,
+    /// Consecutive valid replies that bring an unreachable peer back.
+    rise: u32,
+    /// Consecutive valid replies since the last miss.
+    streak: u32,
     detector: D,
     state: PeerState,
     epoch: Option<u64>,
@@ -151,6 +155,8 @@ impl<D: FailureDetector> PeerLiveness<D> {
     pub fn with_detector(config: DetectorConfig, detector: D, known_epoch: Option<u64>) -> Self {
         Self {
             timeout: config.timeout,
+            rise: config.rise.get(),
+            streak: 0,
             detector,
             state: PeerState::Unknown,
             epoch: known_epoch,
@@ -238,7 +244,11 @@ impl<D: FailureDetector> PeerLiveness<D> {
             }
         }
         self.epoch = Some(reply.responder_epoch);
-        if self.state != PeerState::Alive {
+        self.streak = self.streak.saturating_add(1);
+        // Hysteresis: an unreachable peer comes back after `rise` valid
+        // replies in a row, not at the first one that gets through.
+        let back = self.state != PeerState::Unreachable || self.streak >= self.rise;
+        if self.state != PeerState::Alive && back {
             self.state = PeerState::Alive;
             out.push(Change::Up);
         }
@@ -301,6 +311,7 @@ impl<D: FailureDetector> PeerLiveness<D> {
         if seq <= self.last_acked_seq {
             return false;
         }
+        self.streak = 0;
         self.detector.on_miss(now);
         self.judge(now, out);
         true
@@ -309,6 +320,7 @@ impl<D: FailureDetector> PeerLiveness<D> {
     fn judge(&mut self, now: Instant, out: &mut Vec<Change>) {
         if self.state != PeerState::Unreachable && self.detector.is_suspect(now) {
             self.state = PeerState::Unreachable;
+            self.streak = 0;
             out.push(Change::Down);
         }
     }
@@ -318,6 +330,8 @@ impl<D: FailureDetector> PeerLiveness<D> {
     /// outcomes no longer count; the state and epoch are kept.
     pub fn reconfigure(&mut self, config: DetectorConfig, detector: D) {
         self.timeout = config.timeout;
+        self.rise = config.rise.get();
+        self.streak = 0;
         self.detector = detector;
         self.void_in_flight();
     }
@@ -428,6 +442,37 @@ mod tests {
 
     fn peer() -> Peer {
         Peer::new(100, 3, None)
+    }
+
+    #[test]
+    fn with_hysteresis_an_unreachable_peer_comes_back_after_rise_replies_in_a_row() {
+        let t0 = Instant::now();
+        let cfg = DetectorConfig::new(ms(100), None, Some(1))
+            .unwrap()
+            .with_rise(3)
+            .unwrap();
+        let mut p = Peer(PeerLiveness::new(cfg, None));
+        // The first reply ever makes it alive at once: rise is about coming
+        // back, not about being seen.
+        let s = p.send(t0);
+        assert_eq!(p.reply(s, t0 + ms(1), 1), vec![Change::Up]);
+        let s = p.send(t0 + ms(100));
+        assert_eq!(p.expire(s, t0 + ms(200)), vec![Change::Down]);
+        // Two good replies, a miss, then three good ones: up at the third.
+        let mut t = t0 + ms(200);
+        let mut ups = Vec::new();
+        for answered in [true, true, false, true, true, true] {
+            let s = p.send(t);
+            let changes = if answered {
+                p.reply(s, t + ms(1), 1)
+            } else {
+                p.expire(s, t + ms(100))
+            };
+            ups.push(changes.contains(&Change::Up));
+            t += ms(100);
+        }
+        assert_eq!(ups, [false, false, false, false, false, true]);
+        assert_eq!(p.0.state(), PeerState::Alive);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{DetectorConfig, PeerSpec};
-use crate::detector::{DetectorFactory, MissCounting};
+use crate::detector::{Configured, DetectorFactory};
 use crate::liveness::{Change, PeerLiveness, PeerState, Reply, ReplyVerdict};
 use crate::pages::Pages;
 pub use crate::probe::{Path, Paths, PeerKey, ProbeId};
@@ -169,8 +169,8 @@ struct Expiry {
 }
 
 /// All monitored peers and their schedule, each judged by a detector from
-/// `F` (the seeds' miss counter by default).
-pub struct PeerTable<F: DetectorFactory = MissCounting> {
+/// `F` (by default, each by the rule its registration names: [`Configured`]).
+pub struct PeerTable<F: DetectorFactory = Configured> {
     detectors: F,
     slots: Pages<Slot<F::Detector>>,
     free: Vec<u32>,
@@ -196,14 +196,14 @@ impl<F: DetectorFactory> std::fmt::Debug for PeerTable<F> {
     }
 }
 
-impl Default for PeerTable<MissCounting> {
+impl Default for PeerTable<Configured> {
     fn default() -> Self {
-        Self::with_detectors(MissCounting)
+        Self::with_detectors(Configured)
     }
 }
 
-impl PeerTable<MissCounting> {
-    /// An empty table judging peers by the seeds' miss counter.
+impl PeerTable<Configured> {
+    /// An empty table judging each peer by the rule its registration names.
     pub fn new() -> Self {
         Self::default()
     }
