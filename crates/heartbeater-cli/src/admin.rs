@@ -72,9 +72,38 @@ pub struct RegisterArgs {
     /// Consecutive misses before the peer is unreachable [default: 3].
     #[arg(long)]
     max_missed: Option<u32>,
+    /// The rule that convicts the peer: `count` (max-missed heartbeats) or
+    /// `phi` (phi accrual) [default: the node's].
+    #[arg(long, value_enum)]
+    detector: Option<DetectorArg>,
+    /// Phi accrual: the phi at which the peer is convicted (1 to 64)
+    /// [default: 8].
+    #[arg(long, value_name = "PHI")]
+    phi_threshold: Option<f64>,
+    /// Phi accrual: how much longer than usual a silence may be before it
+    /// counts [default: one period].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    acceptable_pause: Option<Duration>,
+    /// Phi accrual: the least deviation of the intervals between answers
+    /// assumed [default: a quarter period].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    min_std_dev: Option<Duration>,
+    /// Consecutive valid replies before an unreachable peer is alive again
+    /// (1 to 100) [default: the node's, 1].
+    #[arg(long, value_name = "N")]
+    rise: Option<u32>,
     /// Print the answer as one JSON line.
     #[arg(long)]
     json: bool,
+}
+
+/// The rules `register --detector` names.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DetectorArg {
+    /// max-missed consecutive heartbeats without a valid reply.
+    Count,
+    /// Phi accrual.
+    Phi,
 }
 
 pub async fn register(args: RegisterArgs) -> anyhow::Result<()> {
@@ -89,6 +118,14 @@ pub async fn register(args: RegisterArgs) -> anyhow::Result<()> {
             heartbeat_freq_millis: millis(args.freq),
             timeout_millis: args.timeout.map(millis),
             max_missed: args.max_missed,
+            detector: args.detector.map(|d| match d {
+                DetectorArg::Count => heartbeater::proto::Detector::MissCount as i32,
+                DetectorArg::Phi => heartbeater::proto::Detector::PhiAccrual as i32,
+            }),
+            phi_threshold: args.phi_threshold,
+            acceptable_pause_millis: args.acceptable_pause.map(millis),
+            min_std_dev_millis: args.min_std_dev.map(millis),
+            rise: args.rise,
         })
         .await
         .map_err(|e| explain(e, &args.server))?;

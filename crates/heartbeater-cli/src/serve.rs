@@ -79,6 +79,18 @@ pub struct ServeArgs {
     /// counts every heartbeat [default: auto].
     #[arg(long, value_name = "auto|off|DURATION", value_parser = parse_pause_threshold)]
     pause_threshold: Option<heartbeater::PauseThreshold>,
+    /// The rule for registrations that name none: `count` (max-missed
+    /// heartbeats) or `phi` (phi accrual) [default: count].
+    #[arg(long, value_enum, value_name = "count|phi")]
+    default_detector: Option<crate::admin::DetectorArg>,
+    /// With --default-detector phi: the phi at which peers are convicted
+    /// (1 to 64) [default: 8].
+    #[arg(long, value_name = "PHI")]
+    phi_threshold: Option<f64>,
+    /// Consecutive valid replies before an unreachable peer is alive again,
+    /// for registrations that name none (1 to 100) [default: 1].
+    #[arg(long, value_name = "N")]
+    default_rise: Option<u32>,
     /// Serve gRPC over TLS with this certificate chain (PEM, the node's
     /// own certificate first). SIGHUP re-reads it.
     #[arg(long, value_name = "FILE", env = "HEARTBEATER_TLS_CERT")]
@@ -134,6 +146,9 @@ struct ConfigFile {
     max_peers: Option<usize>,
     min_network_freq: Option<String>,
     pause_threshold: Option<String>,
+    default_detector: Option<String>,
+    phi_threshold: Option<f64>,
+    default_rise: Option<u32>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
@@ -302,6 +317,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     if let Some(pause) = pause {
         builder = builder.pause_threshold(pause);
+    }
+    let default_detector = match (args.default_detector, file.default_detector.as_deref()) {
+        (Some(d), _) => Some(d),
+        (None, Some("count")) => Some(crate::admin::DetectorArg::Count),
+        (None, Some("phi")) => Some(crate::admin::DetectorArg::Phi),
+        (None, Some(other)) => {
+            anyhow::bail!("config file: default_detector: {other:?}; expected \"count\" or \"phi\"")
+        }
+        (None, None) => None,
+    };
+    let phi_threshold = args.phi_threshold.or(file.phi_threshold);
+    match default_detector {
+        Some(crate::admin::DetectorArg::Phi) => {
+            builder = builder.default_detector(heartbeater::DefaultDetector::PhiAccrual {
+                threshold: phi_threshold.unwrap_or(8.0),
+            });
+        }
+        _ if phi_threshold.is_some() => {
+            anyhow::bail!("--phi-threshold / phi_threshold is for --default-detector phi")
+        }
+        _ => {}
+    }
+    if let Some(rise) = args.default_rise.or(file.default_rise) {
+        builder = builder.default_rise(rise);
     }
     let key_file = args.cluster_key_file.or(file.cluster_key_file);
     let keyring = match (&key_file, &args.cluster_keys) {

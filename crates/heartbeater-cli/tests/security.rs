@@ -66,6 +66,8 @@ fn a_hundred_thousand_peers_list_completely_through_pages() {
                     max_missed: 3,
                     registered_at_micros: 0,
                     last_epoch: None,
+                    kind: Default::default(),
+                    rise: 1,
                 })
             })
             .collect();

@@ -31,6 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 max_missed: 3,
                 registered_at_micros: 0,
                 last_epoch: None,
+                kind: Default::default(),
+                rise: 1,
             })
         })
         .collect();

@@ -42,6 +42,12 @@ pub(crate) fn status_to_proto(s: PeerStatus) -> proto::PeerStatus {
         timeout_millis: millis(s.detector.timeout),
         max_missed: s.detector.max_missed.get(),
         missed: s.missed,
+        detector: match s.detector.kind {
+            heartbeater_core::DetectorKind::MissCount => proto::Detector::MissCount,
+            heartbeater_core::DetectorKind::PhiAccrual(_) => proto::Detector::PhiAccrual,
+        }
+        .into(),
+        rise: s.detector.rise.get(),
     }
 }
 

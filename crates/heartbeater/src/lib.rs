@@ -74,11 +74,11 @@ pub use counters::{DatagramStats, PauseStats};
 pub use error::{ClientError, ServerError};
 pub use event::{EventStream, PeerEvent, PeerEventKind};
 pub use heartbeater_core::{
-    DetectorConfig, KeyError, KeyId, Keyring, PauseThreshold, PeerState, PeerStatus, StateCounts,
-    ValidationError,
+    DetectorConfig, DetectorKind, KeyError, KeyId, Keyring, PauseThreshold, PeerState, PeerStatus,
+    PhiParams, StateCounts, ValidationError,
 };
 pub use lateness::LatenessSnapshot;
-pub use node::NodeError;
+pub use node::{DefaultDetector, NodeError};
 pub use paging::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use proto::{
     DeregisterPeerRequest, DeregisterPeerResponse, HeartbeatMessage, HeartbeatResponse,

@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use heartbeater_core::{
-    DetectorConfig, PeerSpec, PeerStatus, PeerTable, StateCounts, ValidationError,
+    DetectorConfig, DetectorKind, PeerSpec, PeerStatus, PeerTable, PhiParams, StateCounts,
+    ValidationError,
 };
 use tokio::sync::{broadcast, oneshot};
 
@@ -40,8 +41,11 @@ const MAX_GROUP: usize = 4096;
 
 /// A registry change waiting for the committer.
 enum Change {
-    Register { record: PeerRecord, spec: PeerSpec },
-    Deregister { peer_id: String },
+    /// Boxed: a registration is ten times the size of a deregistration.
+    Register(Box<(PeerRecord, PeerSpec)>),
+    Deregister {
+        peer_id: String,
+    },
 }
 
 struct Pending {
@@ -82,13 +86,34 @@ pub enum NodeError {
     },
 }
 
-/// What a node accepts from its callers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a node accepts from its callers, and what it assumes when they
+/// leave a setting out.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Limits {
     /// Peers in the registry.
     pub(crate) max_peers: usize,
     /// The shortest heartbeat period a registration over gRPC may ask for.
     pub(crate) min_network_freq: Duration,
+    /// The rule for registrations that name none.
+    pub(crate) default_detector: DefaultDetector,
+    /// The hysteresis for registrations that name none.
+    pub(crate) default_rise: u32,
+}
+
+/// The rule a registration that names none is judged by
+/// ([`crate::HeartbeatServerBuilder::default_detector`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum DefaultDetector {
+    /// The count rule: `max_missed` heartbeats without a valid reply.
+    #[default]
+    MissCount,
+    /// Phi accrual, convicting at `threshold` (Cassandra's and Akka's
+    /// default is 8); the pause and deviation default per peer from its
+    /// period unless the registration sets them.
+    PhiAccrual {
+        /// The phi at which a peer is convicted, 1 to 64.
+        threshold: f64,
+    },
 }
 
 /// One node's shared state. The peer table is here only while no driver
@@ -247,11 +272,7 @@ impl Node {
         req: RegisterPeerRequest,
         from_network: bool,
     ) -> Result<RegisterPeerResponse, NodeError> {
-        let detector = DetectorConfig::from_millis(
-            req.heartbeat_freq_millis,
-            req.timeout_millis,
-            req.max_missed,
-        )?;
+        let detector = detector_of(&req, &self.limits)?;
         let min = self.limits.min_network_freq;
         if from_network && detector.heartbeat_freq < min {
             return Err(ValidationError::new(
@@ -274,8 +295,12 @@ impl Node {
             max_missed: detector.max_missed.get(),
             registered_at_micros: unix_micros(SystemTime::now()),
             last_epoch: None,
+            kind: detector.kind,
+            rise: detector.rise.get(),
         };
-        let updated = self.commit(Change::Register { record, spec }).await?;
+        let updated = self
+            .commit(Change::Register(Box::new((record, spec))))
+            .await?;
         Ok(RegisterPeerResponse {
             server_id: self.identity.clone(),
             server_epoch: self.epoch,
@@ -348,7 +373,7 @@ impl Node {
             .iter()
             .map(|p| match &p.change {
                 Change::Deregister { peer_id } => peer_id.clone(),
-                Change::Register { record, .. } => record.peer_id.clone(),
+                Change::Register(r) => r.0.peer_id.clone(),
             })
             .collect();
         let parked = self.with_parked(|table| crate::driver::known(table, &ids));
@@ -371,7 +396,8 @@ impl Node {
         let mut waiting = Vec::with_capacity(group.len());
         for Pending { change, reply } in group {
             match change {
-                Change::Register { record, spec } => {
+                Change::Register(registration) => {
+                    let (record, spec) = *registration;
                     let known = registered.get(&record.peer_id).copied().unwrap_or(false);
                     if !known && count >= self.limits.max_peers {
                         let _ = reply.send(Err(NodeError::RegistryFull {
@@ -528,7 +554,98 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Rebuilds the validated registration of a stored record.
+/// The detector settings a registration asks for, with the node's defaults
+/// for what it leaves out. Every field is checked and named on error.
+fn detector_of(
+    req: &RegisterPeerRequest,
+    limits: &Limits,
+) -> Result<DetectorConfig, ValidationError> {
+    use crate::proto::Detector;
+    let base = DetectorConfig::from_millis(
+        req.heartbeat_freq_millis,
+        req.timeout_millis,
+        req.max_missed,
+    )?;
+    let asked = match req.detector {
+        None => Detector::Unspecified,
+        Some(v) => Detector::try_from(v)
+            .map_err(|_| ValidationError::new("detector", format!("{v}: not a known detector")))?,
+    };
+    let phi = match (asked, limits.default_detector) {
+        (Detector::PhiAccrual, DefaultDetector::PhiAccrual { threshold }) => Some(threshold),
+        (Detector::PhiAccrual, DefaultDetector::MissCount) => {
+            Some(heartbeater_core::phi::DEFAULT_PHI_THRESHOLD)
+        }
+        (Detector::MissCount, _) => None,
+        (Detector::Unspecified, DefaultDetector::PhiAccrual { threshold }) => Some(threshold),
+        (Detector::Unspecified, DefaultDetector::MissCount) => None,
+    };
+    let kind = match phi {
+        Some(default_threshold) => {
+            let defaults = PhiParams::for_period(base.heartbeat_freq);
+            let pause = duration_field(
+                "acceptable_pause_millis",
+                req.acceptable_pause_millis,
+                0,
+                defaults.acceptable_pause,
+            )?;
+            let std = duration_field(
+                "min_std_dev_millis",
+                req.min_std_dev_millis,
+                1,
+                defaults.min_std_dev,
+            )?;
+            DetectorKind::PhiAccrual(PhiParams::new(
+                req.phi_threshold.unwrap_or(default_threshold),
+                pause,
+                std,
+            )?)
+        }
+        None => {
+            let phi_only = [
+                ("phi_threshold", req.phi_threshold.is_some()),
+                (
+                    "acceptable_pause_millis",
+                    req.acceptable_pause_millis.is_some(),
+                ),
+                ("min_std_dev_millis", req.min_std_dev_millis.is_some()),
+            ];
+            if let Some((field, _)) = phi_only.iter().find(|(_, set)| *set) {
+                return Err(ValidationError::new(
+                    field,
+                    "only for the phi accrual detector (detector: DETECTOR_PHI_ACCRUAL)",
+                ));
+            }
+            DetectorKind::MissCount
+        }
+    };
+    base.with_kind(kind)
+        .with_rise(req.rise.unwrap_or(limits.default_rise))
+}
+
+/// An optional duration in milliseconds, `min_ms` to one hour, or
+/// `default` when unset.
+fn duration_field(
+    field: &'static str,
+    millis: Option<i64>,
+    min_ms: i64,
+    default: Duration,
+) -> Result<Duration, ValidationError> {
+    match millis {
+        None => Ok(default),
+        Some(ms) if (min_ms..=3_600_000).contains(&ms) => {
+            Ok(Duration::from_millis(ms.unsigned_abs()))
+        }
+        Some(ms) => Err(ValidationError::new(
+            field,
+            format!("{ms} ms; must be from {min_ms} ms to 1 hour"),
+        )),
+    }
+}
+
 pub(crate) fn spec_of_record(r: &PeerRecord) -> Result<PeerSpec, ValidationError> {
-    let detector = DetectorConfig::new(r.heartbeat_freq, Some(r.timeout), Some(r.max_missed))?;
+    let detector = DetectorConfig::new(r.heartbeat_freq, Some(r.timeout), Some(r.max_missed))?
+        .with_kind(r.kind)
+        .with_rise(r.rise)?;
     PeerSpec::new(&r.peer_id, &r.host, u32::from(r.port), detector)
 }

@@ -26,7 +26,7 @@ use crate::event::EventStream;
 use crate::fanout::LearnedEpochs;
 use crate::lateness::LatenessHistogram;
 use crate::listener::ListenerCounters;
-use crate::node::{spec_of_record, Limits, Node, NodeError, NodeParts};
+use crate::node::{spec_of_record, DefaultDetector, Limits, Node, NodeError, NodeParts};
 use crate::outbound::Outbound;
 use crate::oversize::OversizeLayer;
 use crate::proto::heartbeat_service_server::HeartbeatServiceServer;
@@ -93,6 +93,8 @@ pub struct HeartbeatServerBuilder {
     max_streams_per_connection: u32,
     max_watchers: usize,
     pause: PauseThreshold,
+    default_detector: DefaultDetector,
+    default_rise: u32,
 }
 
 impl Default for HeartbeatServerBuilder {
@@ -117,6 +119,8 @@ impl Default for HeartbeatServerBuilder {
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             max_watchers: DEFAULT_MAX_WATCHERS,
             pause: PauseThreshold::Auto,
+            default_detector: DefaultDetector::MissCount,
+            default_rise: 1,
         }
     }
 }
@@ -293,6 +297,23 @@ impl HeartbeatServerBuilder {
         self
     }
 
+    /// The rule for registrations that name none (default: the count rule).
+    /// A registration's own `detector` field always wins; peers restored
+    /// from the registry keep the rule they were registered with.
+    pub fn default_detector(mut self, detector: DefaultDetector) -> Self {
+        self.default_detector = detector;
+        self
+    }
+
+    /// Consecutive valid replies before an unreachable peer is reported
+    /// alive again, for registrations that name none (default 1: the first
+    /// reply; 1 to 100). More damps flapping on a lossy link, at the cost
+    /// of reporting a recovery that many periods later.
+    pub fn default_rise(mut self, rise: u32) -> Self {
+        self.default_rise = rise;
+        self
+    }
+
     /// Keep the registry in a store of your own.
     pub fn store(mut self, store: Arc<dyn RegistryStore>) -> Self {
         self.storage = Storage::Custom(store);
@@ -416,9 +437,24 @@ impl HeartbeatServerBuilder {
         let lateness = Arc::new(LatenessHistogram::default());
         let (driver, handle, events, learned_epochs) =
             Driver::new(counters.clone(), lateness.clone());
+        if let DefaultDetector::PhiAccrual { threshold } = self.default_detector {
+            heartbeater_core::PhiParams::new(threshold, Duration::ZERO, Duration::from_millis(1))
+                .map_err(|e| ServerError::InvalidConfig {
+                field: "default_detector",
+                reason: e.reason,
+            })?;
+        }
+        if !(1..=heartbeater_core::config::MAX_RISE).contains(&self.default_rise) {
+            return Err(ServerError::InvalidConfig {
+                field: "default_rise",
+                reason: format!("{}; must be from 1 to 100", self.default_rise),
+            });
+        }
         let limits = Limits {
             max_peers: self.max_peers,
             min_network_freq: self.min_network_freq,
+            default_detector: self.default_detector,
+            default_rise: self.default_rise,
         };
         let node = Node::new(NodeParts {
             identity,

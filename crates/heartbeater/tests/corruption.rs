@@ -24,6 +24,8 @@ fn record(id: &str) -> PeerRecord {
         max_missed: 3,
         registered_at_micros: 1,
         last_epoch: None,
+        kind: Default::default(),
+        rise: 1,
     }
 }
 

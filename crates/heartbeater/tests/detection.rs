@@ -79,6 +79,7 @@ async fn a_peer_that_never_answered_becomes_unreachable() {
             heartbeat_freq_millis: 20,
             timeout_millis: None,
             max_missed: Some(2),
+            ..Default::default()
         })
         .await
         .unwrap();

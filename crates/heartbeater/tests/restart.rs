@@ -152,6 +152,7 @@ async fn concurrent_registrations_are_each_acknowledged_durable_and_in_order() {
         heartbeat_freq_millis: 60_000,
         timeout_millis: None,
         max_missed: None,
+        ..Default::default()
     };
     // 64 clients at once, each registering, re-registering and (every
     // fourth) deregistering its own peers in sequence; their changes share

@@ -37,6 +37,8 @@ fn record(id: &str, port: u16) -> PeerRecord {
         max_missed: 3,
         registered_at_micros: 1_700_000_000_000_000,
         last_epoch: None,
+        kind: Default::default(),
+        rise: 1,
     }
 }
 

@@ -121,6 +121,7 @@ async fn a_peer_that_reads_its_pings_cannot_keep_a_killed_peer_alive() {
             heartbeat_freq_millis: 50,
             timeout_millis: Some(50),
             max_missed: Some(3),
+            ..Default::default()
         })
         .await
         .unwrap();

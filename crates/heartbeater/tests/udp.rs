@@ -98,6 +98,7 @@ async fn a_peer_that_only_speaks_udp_is_alive_and_its_silence_detected() {
             heartbeat_freq_millis: 50,
             timeout_millis: Some(40),
             max_missed: Some(3),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -142,6 +143,7 @@ async fn pongs_that_do_not_echo_the_monitors_token_are_ignored() {
             heartbeat_freq_millis: 20,
             timeout_millis: None,
             max_missed: Some(2),
+            ..Default::default()
         })
         .await
         .unwrap();

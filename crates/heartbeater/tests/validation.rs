@@ -21,6 +21,7 @@ fn valid() -> RegisterPeerRequest {
         heartbeat_freq_millis: 100,
         timeout_millis: None,
         max_missed: None,
+        ..Default::default()
     }
 }
 

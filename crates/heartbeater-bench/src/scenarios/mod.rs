@@ -71,6 +71,7 @@ pub fn registration(port: u16, id: String, freq_ms: i64) -> RegisterPeerRequest 
         heartbeat_freq_millis: freq_ms,
         timeout_millis: None,
         max_missed: None,
+        ..Default::default()
     }
 }
 

@@ -33,6 +33,7 @@ async fn register_fast(client: &HeartbeatClient, peers: &[(u16, String)]) -> any
                 // this measures throughput, not the detector.
                 timeout_millis: Some(7),
                 max_missed: Some(1000),
+                ..Default::default()
             })
             .await?;
     }

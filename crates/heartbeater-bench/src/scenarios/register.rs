@@ -24,6 +24,8 @@ fn record(id: String) -> PeerRecord {
         max_missed: 3,
         registered_at_micros: 0,
         last_epoch: None,
+        kind: Default::default(),
+        rise: 1,
     }
 }
 
@@ -48,6 +50,7 @@ async fn ours(window: Duration, round: usize) -> anyhow::Result<f64> {
                         heartbeat_freq_millis: 3_600_000,
                         timeout_millis: None,
                         max_missed: None,
+                        ..Default::default()
                     })
                     .await?;
                 done.fetch_add(1, Ordering::Relaxed);

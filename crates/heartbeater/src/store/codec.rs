@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use heartbeater_core::{DetectorKind, PhiParams};
 use prost::Message;
 
 use super::registry::{NodeMeta, PeerRecord};
@@ -36,6 +37,19 @@ struct PeerV1 {
     max_missed: u32,
     #[prost(int64, tag = "7")]
     registered_at_micros: i64,
+    /// 0: the count rule (what records written before the field hold), 1:
+    /// phi accrual.
+    #[prost(uint32, tag = "8")]
+    detector: u32,
+    #[prost(uint32, tag = "9")]
+    phi_threshold_centi: u32,
+    #[prost(uint64, tag = "10")]
+    acceptable_pause_micros: u64,
+    #[prost(uint64, tag = "11")]
+    min_std_dev_micros: u64,
+    /// 0 in records written before the field: 1.
+    #[prost(uint32, tag = "12")]
+    rise: u32,
 }
 
 fn frame(body: impl Message) -> Vec<u8> {
@@ -80,12 +94,41 @@ pub(crate) fn encode_peer(p: &PeerRecord) -> Vec<u8> {
         timeout_micros: micros(p.timeout),
         max_missed: p.max_missed,
         registered_at_micros: p.registered_at_micros,
+        detector: match p.kind {
+            DetectorKind::MissCount => 0,
+            DetectorKind::PhiAccrual(_) => 1,
+        },
+        phi_threshold_centi: match p.kind {
+            DetectorKind::PhiAccrual(phi) => (phi.threshold() * 100.0).round() as u32,
+            DetectorKind::MissCount => 0,
+        },
+        acceptable_pause_micros: match p.kind {
+            DetectorKind::PhiAccrual(phi) => micros(phi.acceptable_pause),
+            DetectorKind::MissCount => 0,
+        },
+        min_std_dev_micros: match p.kind {
+            DetectorKind::PhiAccrual(phi) => micros(phi.min_std_dev),
+            DetectorKind::MissCount => 0,
+        },
+        rise: p.rise,
     })
 }
 
 pub(crate) fn decode_peer(bytes: &[u8]) -> Result<PeerRecord, String> {
     let p: PeerV1 = unframe(bytes, "peer record")?;
     let port = u16::try_from(p.port).map_err(|_| format!("peer {}: port {}", p.peer_id, p.port))?;
+    let kind = match p.detector {
+        0 => DetectorKind::MissCount,
+        1 => DetectorKind::PhiAccrual(
+            PhiParams::new(
+                f64::from(p.phi_threshold_centi) / 100.0,
+                Duration::from_micros(p.acceptable_pause_micros),
+                Duration::from_micros(p.min_std_dev_micros),
+            )
+            .map_err(|e| format!("peer {}: {e}", p.peer_id))?,
+        ),
+        other => return Err(format!("peer {}: unknown detector {other}", p.peer_id)),
+    };
     Ok(PeerRecord {
         peer_id: p.peer_id,
         host: p.host,
@@ -95,6 +138,8 @@ pub(crate) fn decode_peer(bytes: &[u8]) -> Result<PeerRecord, String> {
         max_missed: p.max_missed,
         registered_at_micros: p.registered_at_micros,
         last_epoch: None,
+        kind,
+        rise: p.rise.max(1),
     })
 }
 
@@ -132,8 +177,26 @@ mod tests {
             max_missed: 4,
             registered_at_micros: 123,
             last_epoch: None,
+            kind: Default::default(),
+            rise: 1,
         };
         assert_eq!(decode_peer(&encode_peer(&peer)).unwrap(), peer);
+        let phi = PeerRecord {
+            kind: DetectorKind::PhiAccrual(
+                PhiParams::new(9.5, Duration::from_millis(250), Duration::from_millis(30)).unwrap(),
+            ),
+            rise: 4,
+            ..peer.clone()
+        };
+        assert_eq!(decode_peer(&encode_peer(&phi)).unwrap(), phi);
+        // A record from before the detector fields: the count rule, rise 1.
+        let old = frame(PeerV1 {
+            peer_id: "p".into(),
+            port: 1,
+            ..Default::default()
+        });
+        let old = decode_peer(&old).unwrap();
+        assert_eq!((old.kind, old.rise), (DetectorKind::MissCount, 1));
         assert!(decode_peer(&[]).is_err());
         assert!(decode_peer(&[2, 0]).is_err());
         assert!(decode_peer(&[1, 0xff, 0xff]).is_err());

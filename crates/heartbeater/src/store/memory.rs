@@ -19,6 +19,8 @@ struct Stored {
     registered_at_micros: i64,
     last_epoch: Option<u64>,
     max_missed: u32,
+    rise: u32,
+    kind: heartbeater_core::DetectorKind,
     port: u16,
 }
 
@@ -33,6 +35,8 @@ impl Stored {
             max_missed: self.max_missed,
             registered_at_micros: self.registered_at_micros,
             last_epoch: self.last_epoch,
+            kind: self.kind,
+            rise: self.rise,
         }
     }
 }
@@ -58,6 +62,8 @@ impl Inner {
             registered_at_micros: record.registered_at_micros,
             last_epoch,
             max_missed: record.max_missed,
+            rise: record.rise,
+            kind: record.kind,
             port: record.port,
         };
         self.peers.insert(record.peer_id.as_str().into(), stored);

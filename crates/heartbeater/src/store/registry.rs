@@ -32,6 +32,10 @@ pub struct PeerRecord {
     pub registered_at_micros: i64,
     /// The last epoch this node saw the peer answer with.
     pub last_epoch: Option<u64>,
+    /// The rule the peer is judged by.
+    pub kind: heartbeater_core::DetectorKind,
+    /// Consecutive valid replies that bring it back from unreachable.
+    pub rise: u32,
 }
 
 /// A stored peer record that cannot be monitored: its bytes do not decode

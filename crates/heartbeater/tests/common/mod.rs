@@ -42,6 +42,7 @@ pub fn registration(peer: &HeartbeatServer, freq_ms: i64) -> RegisterPeerRequest
         heartbeat_freq_millis: freq_ms,
         timeout_millis: None,
         max_missed: None,
+        ..Default::default()
     }
 }
 
