@@ -34,7 +34,7 @@ const SCENARIOS: &[&str] = &[
 
 /// Scenarios run only when named: they test the node under load rather
 /// than measure it against a baseline, and take a minute.
-const ON_REQUEST: &[&str] = &["load"];
+const ON_REQUEST: &[&str] = &["load", "accuracy"];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -75,6 +75,12 @@ enum Role {
         /// Serve TLS with `cert.pem` and `key.pem` from this directory.
         #[arg(long)]
         tls_dir: Option<PathBuf>,
+        /// The local-pause guard off (the plain count rule's baseline).
+        #[arg(long)]
+        pause_off: bool,
+        /// Judge registrations by phi accrual unless they say otherwise.
+        #[arg(long)]
+        phi: bool,
     },
     /// A plain tonic echo server.
     #[command(hide = true)]
@@ -108,6 +114,7 @@ async fn scenario(name: &str, settings: &Settings) -> anyhow::Result<Vec<Row>> {
         "fanout" | "memory" => scenarios::fanout::run(settings).await,
         "detect" => scenarios::detect::run().await,
         "load" => scenarios::load::run(settings).await,
+        "accuracy" => scenarios::accuracy::run(settings).await,
         other => anyhow::bail!(
             "unknown scenario {other:?}; known: {}, and on request {}",
             SCENARIOS.join(", "),
@@ -122,7 +129,12 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             no_udp,
             tls_dir,
-        }) => return roles::node(data_dir, !no_udp, tls_dir).await,
+            pause_off,
+            phi,
+        }) => {
+            let judging = roles::Judging { pause_off, phi };
+            return roles::node(data_dir, !no_udp, tls_dir, judging).await;
+        }
         Some(Role::Echo) => return roles::echo().await,
         Some(Role::Responders { count }) => return roles::responders(count).await,
         Some(Role::Subscribers {

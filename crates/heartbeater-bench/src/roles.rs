@@ -41,16 +41,33 @@ async fn commands(mut on: impl FnMut(&str) -> serde_json::Value) -> anyhow::Resu
 /// A Heartbeater node on 127.0.0.1:0 (in memory unless a data dir is given).
 /// Commands: `counts` (peers per state), `mark` (start a lateness window),
 /// `lateness` (the window's figures).
+/// How a node role judges its peers (the accuracy scenario's detectors).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Judging {
+    /// The local-pause guard off.
+    pub pause_off: bool,
+    /// Phi accrual by default.
+    pub phi: bool,
+}
+
 pub async fn node(
     data_dir: Option<PathBuf>,
     udp: bool,
     tls_dir: Option<PathBuf>,
+    judging: Judging,
 ) -> anyhow::Result<()> {
     // The peer path is measured at 1 ms periods, registered over gRPC.
-    let builder = HeartbeatServer::builder()
+    let mut builder = HeartbeatServer::builder()
         .server_port(0)
         .udp_heartbeats(udp)
         .min_network_heartbeat_freq(std::time::Duration::from_millis(1));
+    if judging.pause_off {
+        builder = builder.pause_threshold(heartbeater::PauseThreshold::Off);
+    }
+    if judging.phi {
+        builder =
+            builder.default_detector(heartbeater::DefaultDetector::PhiAccrual { threshold: 8.0 });
+    }
     let builder = match data_dir {
         Some(dir) => builder.data_dir(dir),
         None => builder.in_memory(),

@@ -1,5 +1,6 @@
 //! The benchmark scenarios. Each returns its rows, baseline included.
 
+pub mod accuracy;
 pub mod detect;
 pub mod fanout;
 pub mod load;

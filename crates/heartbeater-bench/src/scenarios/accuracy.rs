@@ -1,0 +1,418 @@
+//! `accuracy`: false alarms and detection time, for each detector, under the
+//! same faults at the same time.
+//!
+//! Three monitor nodes watch the same peers (responder sockets at 100 ms,
+//! three misses, timeout one period) through one lossy relay in this
+//! process (the kernel has no `netem`): the plain count rule with the pause
+//! guard off (the baseline), the count rule with the guard (the default),
+//! and phi accrual with the guard. The phases, each as long as the run
+//! asks:
+//!
+//! 1. `jitter_loss1`: every datagram delayed 0-20 ms (20% of the period)
+//!    and 1% lost, each way;
+//! 2. `loss5`: the same jitter, 5% lost each way;
+//! 3. `cpu`: jitter and 1% loss, with both cores kept busy by spinning
+//!    threads;
+//! 4. `sigstop`: jitter and 1% loss, every monitor stopped with SIGSTOP for
+//!    0.5, 1, 2, 3 and 5 s in turn;
+//!
+//! then `kills`: a tenth of the peers black-holed at random moments, each
+//! timed from its black-holing to its `PeerDown` on each monitor.
+//!
+//! Every peer is alive during the phases, so every `PeerDown` there is
+//! false. Figures: false downs per peer-hour, flaps (a false down and the
+//! `PeerUp` after it) per peer per 10 minutes, and the p99 detection time of
+//! the kills, each against the plain count rule of the same run.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::StreamExt;
+use heartbeater::proto::PeerEventKind;
+use tokio::net::UdpSocket;
+
+use super::{node_client, percentile, responders, Settings};
+use crate::child::Helper;
+use crate::report::Row;
+
+const FREQ_MS: i64 = 100;
+const JITTER: Duration = Duration::from_millis(20);
+
+/// The monitors, baseline first.
+const DETECTORS: [(&str, &[&str]); 3] = [
+    ("count", &["node", "--pause-off"]),
+    ("count_guard", &["node"]),
+    ("phi_guard", &["node", "--phi"]),
+];
+const BASELINE: &str = "count rule, no pause guard";
+
+/// What the relay does to each datagram right now, shared with its tasks.
+#[derive(Default)]
+struct Impairment {
+    /// Loss per direction, in parts per million.
+    loss_ppm: AtomicU32,
+    /// Jitter, in microseconds: each datagram waits a random 0..jitter.
+    jitter_micros: AtomicU32,
+}
+
+/// One relayed peer: its public address (what the monitors register) and
+/// whether it is black-holed (a dead peer).
+struct RelayedPeer {
+    addr: SocketAddr,
+    identity: String,
+    dead: Arc<AtomicBool>,
+}
+
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// Sends `bytes` to `to` from `socket` after the current jitter, unless the
+/// current loss drops it or the peer is dead.
+fn forward(
+    socket: Arc<UdpSocket>,
+    to: SocketAddr,
+    bytes: Vec<u8>,
+    impair: &Impairment,
+    dead: &AtomicBool,
+    rng: &mut u64,
+) {
+    if dead.load(Ordering::Relaxed) {
+        return;
+    }
+    let loss = u64::from(impair.loss_ppm.load(Ordering::Relaxed));
+    if xorshift(rng) % 1_000_000 < loss {
+        return;
+    }
+    let jitter = u64::from(impair.jitter_micros.load(Ordering::Relaxed)).max(1);
+    let delay = Duration::from_micros(xorshift(rng) % jitter);
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let _ = socket.send_to(&bytes, to).await;
+    });
+}
+
+/// A relay for the responder on `port`: datagrams from each monitor go out
+/// through an upstream socket of their own, so that answers find their way
+/// back.
+async fn relay(
+    port: u16,
+    identity: String,
+    impair: Arc<Impairment>,
+    seed: u64,
+) -> anyhow::Result<RelayedPeer> {
+    let public = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+    let addr = public.local_addr()?;
+    let target = SocketAddr::from(([127, 0, 0, 1], port));
+    let dead = Arc::new(AtomicBool::new(false));
+    let task_dead = dead.clone();
+    tokio::spawn(async move {
+        let mut upstreams: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+        let mut rng = seed | 1;
+        let mut buf = vec![0u8; 2048];
+        while let Ok((n, from)) = public.recv_from(&mut buf).await {
+            let upstream = match upstreams.get(&from) {
+                Some(u) => u.clone(),
+                None => {
+                    let Ok(u) = UdpSocket::bind("127.0.0.1:0").await else {
+                        continue;
+                    };
+                    let u = Arc::new(u);
+                    upstreams.insert(from, u.clone());
+                    let (back, public, impair, dead) =
+                        (u.clone(), public.clone(), impair.clone(), task_dead.clone());
+                    tokio::spawn(async move {
+                        let mut rng = (seed ^ 0x9e37_79b9_7f4a_7c15) | 1;
+                        let mut buf = vec![0u8; 2048];
+                        while let Ok((n, _)) = back.recv_from(&mut buf).await {
+                            forward(
+                                public.clone(),
+                                from,
+                                buf[..n].to_vec(),
+                                &impair,
+                                &dead,
+                                &mut rng,
+                            );
+                        }
+                    });
+                    u
+                }
+            };
+            forward(
+                upstream,
+                target,
+                buf[..n].to_vec(),
+                &impair,
+                &task_dead,
+                &mut rng,
+            );
+        }
+    });
+    Ok(RelayedPeer {
+        addr,
+        identity,
+        dead,
+    })
+}
+
+/// One `PeerDown` or `PeerUp` a monitor reported, with the node's own
+/// timestamp (microseconds since the Unix epoch).
+#[derive(Debug, Clone)]
+struct Seen {
+    peer_id: String,
+    down: bool,
+    at_micros: i64,
+}
+
+fn unix_micros(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Keeps both cores busy until `stop`.
+fn burn(stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>> {
+    (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..10_000 {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    }
+                    std::hint::black_box(x);
+                }
+            })
+        })
+        .collect()
+}
+
+fn signal(pid: u32, name: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status();
+}
+
+struct Phase {
+    name: &'static str,
+    from_micros: i64,
+    until_micros: i64,
+}
+
+pub async fn run(s: &Settings) -> anyhow::Result<Vec<Row>> {
+    let (peers_n, phase) = if s.quick {
+        (100, Duration::from_secs(15))
+    } else {
+        (200, Duration::from_secs(60))
+    };
+    let impair = Arc::new(Impairment::default());
+    impair
+        .jitter_micros
+        .store(JITTER.as_micros() as u32, Ordering::Relaxed);
+    impair.loss_ppm.store(10_000, Ordering::Relaxed);
+    let (_responders, groups) = responders(peers_n, peers_n).await?;
+    let mut peers = Vec::new();
+    for (i, (port, identity)) in groups.into_iter().flatten().enumerate() {
+        peers.push(relay(port, identity, impair.clone(), 0x5eed + i as u64).await?);
+    }
+
+    // The monitors, each watched from here.
+    let mut monitors = Vec::new();
+    let seen: Vec<Arc<Mutex<Vec<Seen>>>> = (0..DETECTORS.len()).map(|_| Arc::default()).collect();
+    for (i, (_, args)) in DETECTORS.iter().enumerate() {
+        let node = Helper::start(args).await?;
+        let client = node_client(node.ready["addr"].as_str().unwrap_or_default())?;
+        let mut events = client.watch_peers(false).await?;
+        let log = seen[i].clone();
+        tokio::spawn(async move {
+            while let Some(Ok(e)) = events.next().await {
+                let down = e.kind == PeerEventKind::PeerDown as i32;
+                if down || e.kind == PeerEventKind::PeerUp as i32 {
+                    if let Ok(mut log) = log.lock() {
+                        log.push(Seen {
+                            peer_id: e.peer_id,
+                            down,
+                            at_micros: e.timestamp_micros,
+                        });
+                    }
+                }
+            }
+        });
+        for p in &peers {
+            client
+                .register_peer(super::registration(
+                    p.addr.port(),
+                    p.identity.clone(),
+                    FREQ_MS,
+                ))
+                .await?;
+        }
+        monitors.push((node, client));
+    }
+    // Everyone up before the clock starts.
+    for (node, _) in &mut monitors {
+        super::wait_all_alive(node, peers.len(), Duration::from_secs(60)).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let mut phases = Vec::new();
+    let run_phase = |name: &'static str, from: SystemTime| Phase {
+        name,
+        from_micros: unix_micros(from),
+        until_micros: unix_micros(SystemTime::now()),
+    };
+    let t = SystemTime::now();
+    tokio::time::sleep(phase).await;
+    phases.push(run_phase("jitter_loss1", t));
+
+    impair.loss_ppm.store(50_000, Ordering::Relaxed);
+    let t = SystemTime::now();
+    tokio::time::sleep(phase).await;
+    phases.push(run_phase("loss5", t));
+    impair.loss_ppm.store(10_000, Ordering::Relaxed);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let burners = burn(stop.clone());
+    let t = SystemTime::now();
+    tokio::time::sleep(phase).await;
+    stop.store(true, Ordering::Relaxed);
+    for b in burners {
+        let _ = b.join();
+    }
+    phases.push(run_phase("cpu", t));
+
+    let pids: Vec<u32> = monitors
+        .iter()
+        .filter_map(|(node, _)| node.pid().ok())
+        .collect();
+    let t = SystemTime::now();
+    let started = Instant::now();
+    for pause_ms in [500u64, 1000, 2000, 3000, 5000] {
+        for pid in &pids {
+            signal(*pid, "STOP");
+        }
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        for pid in &pids {
+            signal(*pid, "CONT");
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    if let Some(left) = phase.checked_sub(started.elapsed()) {
+        tokio::time::sleep(left).await;
+    }
+    phases.push(run_phase("sigstop", t));
+
+    // Kills: a tenth of the peers, 200 ms apart.
+    let kills = (peers.len() / 10).max(1);
+    let mut killed: HashMap<String, i64> = HashMap::new();
+    for p in peers.iter().take(kills) {
+        killed.insert(p.identity.clone(), unix_micros(SystemTime::now()));
+        p.dead.store(true, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+
+    let mut rows = Vec::new();
+    let mut figures: Vec<(f64, f64, f64)> = Vec::new();
+    for (i, (name, _)) in DETECTORS.iter().enumerate() {
+        let log = seen[i].lock().map(|l| l.clone()).unwrap_or_default();
+        let (mut downs, mut flaps) = (0u64, 0u64);
+        let mut open: HashMap<&str, bool> = HashMap::new();
+        let mut per_phase = Vec::new();
+        for ph in &phases {
+            let mut phase_downs = 0u64;
+            for e in log.iter().filter(|e| {
+                e.at_micros >= ph.from_micros
+                    && e.at_micros < ph.until_micros
+                    && !killed.contains_key(&e.peer_id)
+            }) {
+                if e.down {
+                    phase_downs += 1;
+                    open.insert(&e.peer_id, true);
+                } else if open.remove(e.peer_id.as_str()).is_some() {
+                    flaps += 1;
+                }
+            }
+            downs += phase_downs;
+            per_phase.push((ph.name, phase_downs));
+        }
+        let watched_micros: i64 = phases.iter().map(|p| p.until_micros - p.from_micros).sum();
+        let peer_hours = peers.len() as f64 * watched_micros as f64 / 3.6e9;
+        let mut detect: Vec<u64> = killed
+            .iter()
+            .filter_map(|(id, at)| {
+                log.iter()
+                    .find(|e| e.down && &e.peer_id == id && e.at_micros >= *at)
+                    .map(|e| u64::try_from((e.at_micros - at) / 1000).unwrap_or(0))
+            })
+            .collect();
+        detect.sort_unstable();
+        let missed_kills = killed.len() - detect.len();
+        eprintln!(
+            "accuracy {name}: false downs by phase {per_phase:?}, flaps {flaps}, \
+             kills detected {}/{} (p50 {} ms, max {} ms)",
+            detect.len(),
+            killed.len(),
+            percentile(&detect, 0.5),
+            detect.last().copied().unwrap_or(0)
+        );
+        let p99 = if missed_kills > 0 {
+            f64::INFINITY
+        } else {
+            percentile(&detect, 0.99)
+        };
+        figures.push((
+            downs as f64 / peer_hours,
+            flaps as f64 / (peer_hours * 6.0),
+            p99,
+        ));
+        for (phase, n) in per_phase {
+            let metric: &'static str =
+                Box::leak(format!("false_downs_{phase}_{name}").into_boxed_str());
+            rows.push(Row::new("accuracy", metric, n as f64, "downs", ""));
+        }
+    }
+    let (base_fd, base_flaps, base_p99) = figures[0];
+    for (i, (name, _)) in DETECTORS.iter().enumerate() {
+        let (fd, flaps, p99) = figures[i];
+        let metric =
+            |m: &str| -> &'static str { Box::leak(format!("{m}_{name}").into_boxed_str()) };
+        rows.push(
+            Row::new(
+                "accuracy",
+                metric("false_downs_per_peer_hour"),
+                fd,
+                "/peer-hour",
+                "50x fewer",
+            )
+            .against(BASELINE, base_fd),
+        );
+        rows.push(
+            Row::new(
+                "accuracy",
+                metric("flaps_per_peer_10min"),
+                flaps,
+                "/peer/10min",
+                "<= 1",
+            )
+            .against(BASELINE, base_flaps),
+        );
+        rows.push(
+            Row::new(
+                "accuracy",
+                metric("detect_p99_ms"),
+                p99,
+                "ms",
+                "<= bound + 1 period",
+            )
+            .against(BASELINE, base_p99),
+        );
+    }
+    Ok(rows)
+}
