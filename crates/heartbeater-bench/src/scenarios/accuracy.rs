@@ -334,6 +334,14 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Row>> {
             }) {
                 if e.down {
                     phase_downs += 1;
+                    if std::env::var_os("HEARTBEATER_ACCURACY_TRACE").is_some() {
+                        eprintln!(
+                            "accuracy {name}: false PeerDown of {} in {} at +{} ms",
+                            e.peer_id,
+                            ph.name,
+                            (e.at_micros - ph.from_micros) / 1000
+                        );
+                    }
                     open.insert(&e.peer_id, true);
                 } else if open.remove(e.peer_id.as_str()).is_some() {
                     flaps += 1;
