@@ -19,6 +19,11 @@
 //! then `kills`: a tenth of the peers black-holed at random moments, each
 //! timed from its black-holing to its `PeerDown` on each monitor.
 //!
+//! The relay carries datagrams and TCP alike, so a monitor's second opinion
+//! (a gRPC `Heartbeat` after a lost datagram, answered by the responder)
+//! works as it does between real nodes; loss applies to datagrams only
+//! (TCP retransmits), jitter to both.
+//!
 //! Every peer is alive during the phases, so every `PeerDown` there is
 //! false. Figures: false downs per peer-hour, flaps (a false down and the
 //! `PeerUp` after it) per peer per 10 minutes, and the p99 detection time of
@@ -107,10 +112,20 @@ async fn relay(
     impair: Arc<Impairment>,
     seed: u64,
 ) -> anyhow::Result<RelayedPeer> {
-    let public = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+    // TCP and UDP on one port, as a node listens: the monitors' second
+    // opinion (a gRPC call after a lost datagram) goes through the relay
+    // too.
+    let (tcp, public) = loop {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = tcp.local_addr()?.port();
+        if let Ok(udp) = UdpSocket::bind(("127.0.0.1", port)).await {
+            break (tcp, Arc::new(udp));
+        }
+    };
     let addr = public.local_addr()?;
     let target = SocketAddr::from(([127, 0, 0, 1], port));
     let dead = Arc::new(AtomicBool::new(false));
+    tokio::spawn(relay_tcp(tcp, target, impair.clone(), dead.clone(), seed));
     let task_dead = dead.clone();
     tokio::spawn(async move {
         let mut upstreams: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
@@ -159,6 +174,76 @@ async fn relay(
         identity,
         dead,
     })
+}
+
+/// Relays each TCP connection to `target`, every chunk delayed by the
+/// current jitter (in order: TCP has its own retransmission, so loss is
+/// left to the datagrams). A dead peer's connections go silent, as a
+/// black-holed host's do.
+async fn relay_tcp(
+    listener: tokio::net::TcpListener,
+    target: SocketAddr,
+    impair: Arc<Impairment>,
+    dead: Arc<AtomicBool>,
+    seed: u64,
+) {
+    while let Ok((client, _)) = listener.accept().await {
+        let (impair, dead) = (impair.clone(), dead.clone());
+        tokio::spawn(async move {
+            let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                return;
+            };
+            let _ = (client.set_nodelay(true), server.set_nodelay(true));
+            let (from_client, to_client) = client.into_split();
+            let (from_server, to_server) = server.into_split();
+            tokio::spawn(pipe(
+                from_client,
+                to_server,
+                impair.clone(),
+                dead.clone(),
+                seed,
+            ));
+            pipe(from_server, to_client, impair, dead, seed ^ 0xabcd).await;
+        });
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    impair: Arc<Impairment>,
+    dead: Arc<AtomicBool>,
+    seed: u64,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((due, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut rng = seed | 1;
+    let mut last_due = tokio::time::Instant::now();
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        if dead.load(Ordering::Relaxed) {
+            continue;
+        }
+        let jitter = u64::from(impair.jitter_micros.load(Ordering::Relaxed)).max(1);
+        let due = tokio::time::Instant::now() + Duration::from_micros(xorshift(&mut rng) % jitter);
+        last_due = last_due.max(due);
+        if tx.send((last_due, buf[..n].to_vec())).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
 }
 
 /// One `PeerDown` or `PeerUp` a monitor reported, with the node's own
