@@ -35,6 +35,10 @@ pub trait FailureDetector: Send + 'static {
     /// need nothing, as the heartbeats in flight across the pause are voided
     /// before they could count.
     fn on_local_pause(&mut self, _now: Instant) {}
+
+    /// Multiplies the conviction threshold by `factor` (at least 1) while
+    /// the monitor's own health is in doubt ([`crate::awareness`]).
+    fn set_tolerance(&mut self, _factor: u32) {}
 }
 
 /// Makes the detector of each peer a [`crate::PeerTable`] monitors, from the
@@ -132,6 +136,13 @@ impl FailureDetector for AnyDetector {
             Self::PhiAccrual(d) => d.on_local_pause(now),
         }
     }
+
+    fn set_tolerance(&mut self, factor: u32) {
+        match self {
+            Self::MissCount(d) => d.set_tolerance(factor),
+            Self::PhiAccrual(d) => d.set_tolerance(factor),
+        }
+    }
 }
 
 /// Any closure from settings to a detector is a factory.
@@ -152,6 +163,8 @@ impl<D: FailureDetector, F: Fn(&DetectorConfig) -> D + Send + 'static> DetectorF
 pub struct MissCountDetector {
     max_missed: NonZeroU32,
     missed: u32,
+    /// The awareness factor; 1 when the monitor is healthy.
+    tolerance: u32,
 }
 
 impl MissCountDetector {
@@ -160,6 +173,7 @@ impl MissCountDetector {
         Self {
             max_missed,
             missed: 0,
+            tolerance: 1,
         }
     }
 }
@@ -174,7 +188,7 @@ impl FailureDetector for MissCountDetector {
     }
 
     fn is_suspect(&self, _now: Instant) -> bool {
-        self.missed >= self.max_missed.get()
+        self.missed >= self.max_missed.get().saturating_mul(self.tolerance)
     }
 
     fn missed(&self) -> u32 {
@@ -183,6 +197,10 @@ impl FailureDetector for MissCountDetector {
 
     fn reset(&mut self) {
         self.missed = 0;
+    }
+
+    fn set_tolerance(&mut self, factor: u32) {
+        self.tolerance = factor.max(1);
     }
 }
 

@@ -7,6 +7,8 @@
 //!
 //! - [`auth`]: the cluster keyring that authenticates datagrams, and the
 //!   sealing of probe ids into unforgeable tokens.
+//! - [`awareness`]: the monitor's local health score, which widens every
+//!   peer's tolerance while the monitor itself looks sick.
 //! - [`datagram`]: the heartbeat datagram's codec and the ping responder.
 //! - [`config`]: validated peer registrations and detector settings.
 //! - [`detector`]: the [`FailureDetector`] trait and the seeds' miss counter.
@@ -23,6 +25,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod auth;
+pub mod awareness;
 pub mod config;
 pub mod datagram;
 pub mod detector;

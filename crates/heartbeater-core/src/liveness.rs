@@ -347,6 +347,12 @@ impl<D: FailureDetector> PeerLiveness<D> {
         voided
     }
 
+    /// Multiplies the detector's conviction threshold by `factor` (the
+    /// monitor's [`crate::awareness`] tolerance).
+    pub fn set_tolerance(&mut self, factor: u32) {
+        self.detector.set_tolerance(factor);
+    }
+
     fn void_in_flight(&mut self) {
         // No reply to a heartbeat up to here may count any more, nor its
         // silence: the same cut-off `count_miss` applies to answered ones.

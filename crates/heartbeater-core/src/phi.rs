@@ -134,6 +134,8 @@ pub struct PhiAccrualDetector {
     /// local pause, the first miss).
     reference: Option<Instant>,
     missed: u32,
+    /// The awareness factor on the threshold; 1 when the monitor is healthy.
+    tolerance: u32,
 }
 
 impl PhiAccrualDetector {
@@ -150,6 +152,7 @@ impl PhiAccrualDetector {
             sum_sq: 0,
             reference: None,
             missed: 0,
+            tolerance: 1,
         };
         d.push(period.saturating_sub(period / 4));
         d.push(period + period / 4);
@@ -214,7 +217,11 @@ impl FailureDetector for PhiAccrualDetector {
     }
 
     fn is_suspect(&self, now: Instant) -> bool {
-        self.phi(now) >= self.params.threshold()
+        self.phi(now) >= self.params.threshold() * f64::from(self.tolerance)
+    }
+
+    fn set_tolerance(&mut self, factor: u32) {
+        self.tolerance = factor.max(1);
     }
 
     fn missed(&self) -> u32 {

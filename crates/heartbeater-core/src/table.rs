@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::awareness::Awareness;
 use crate::config::{DetectorConfig, PeerSpec};
 use crate::detector::{Configured, DetectorFactory};
 use crate::liveness::{Change, PeerLiveness, PeerState, Reply, ReplyVerdict};
@@ -185,6 +186,7 @@ pub struct PeerTable<F: DetectorFactory = Configured> {
     /// How many peers have each heartbeat period: the shortest one sizes
     /// the pause guard.
     periods: BTreeMap<Duration, u32>,
+    awareness: Awareness,
 }
 
 impl<F: DetectorFactory> std::fmt::Debug for PeerTable<F> {
@@ -224,6 +226,7 @@ impl<F: DetectorFactory> PeerTable<F> {
             events: Vec::new(),
             changes: Vec::new(),
             periods: BTreeMap::new(),
+            awareness: Awareness::default(),
         }
     }
 
@@ -255,9 +258,11 @@ impl<F: DetectorFactory> PeerTable<F> {
             let generation = self.bump_generation(slot_no);
             let detector = self.detectors.build(&spec.detector);
             let new_period = spec.detector.heartbeat_freq;
+            let tolerance = self.awareness.tolerance();
             if let Some(slot) = self.slot_mut(slot_no) {
                 let old_period = slot.spec.detector.heartbeat_freq;
                 slot.liveness.reconfigure(spec.detector, detector);
+                slot.liveness.set_tolerance(tolerance);
                 slot.spec = spec;
                 slot.generation = generation;
                 slot.next_due = now;
@@ -302,7 +307,8 @@ impl<F: DetectorFactory> PeerTable<F> {
         self.index.insert(spec.peer_id.clone(), slot_no);
         let detector = self.detectors.build(&spec.detector);
         self.count_period(spec.detector.heartbeat_freq);
-        let liveness = PeerLiveness::with_detector(spec.detector, detector, known_epoch);
+        let mut liveness = PeerLiveness::with_detector(spec.detector, detector, known_epoch);
+        liveness.set_tolerance(self.awareness.tolerance());
         self.slots.set(
             slot_no as usize,
             Slot {
@@ -357,6 +363,23 @@ impl<F: DetectorFactory> PeerTable<F> {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 self.periods.remove(&period);
+            }
+        }
+    }
+
+    /// The monitor's local health score ([`crate::awareness`]): 0 when
+    /// healthy, up to [`crate::awareness::MAX_AWARENESS`] while many peers
+    /// go silent at once or the monitor was paused.
+    pub fn awareness_score(&self) -> u8 {
+        self.awareness.score()
+    }
+
+    fn apply_tolerance(&mut self) {
+        let tolerance = self.awareness.tolerance();
+        for slot_no in 0..self.generations.len() {
+            let slot_no = u32::try_from(slot_no).unwrap_or(u32::MAX);
+            if let Some(slot) = self.slot_mut(slot_no) {
+                slot.liveness.set_tolerance(tolerance);
             }
         }
     }
@@ -422,6 +445,10 @@ impl<F: DetectorFactory> PeerTable<F> {
         let Some(base) = self.base else {
             return;
         };
+        let window = self.shortest_period().unwrap_or(Duration::from_secs(1));
+        if self.awareness.tick(now, window) {
+            self.apply_tolerance();
+        }
         while let Some(&Reverse(e)) = self.expiries.peek() {
             if at_of(base, e.at_micros) > now {
                 break;
@@ -431,6 +458,11 @@ impl<F: DetectorFactory> PeerTable<F> {
                 key: PeerKey::from_bits(e.key),
                 seq: e.seq,
             };
+            // Awareness first: if this silence makes half the peers silent
+            // at once, every threshold widens before it is judged.
+            if self.in_flight(id) && self.awareness.on_silence(now, self.index.len(), window) {
+                self.apply_tolerance();
+            }
             let mut changes = std::mem::take(&mut self.changes);
             let expired = self
                 .current_mut(id.key)

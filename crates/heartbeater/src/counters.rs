@@ -17,6 +17,8 @@ pub(crate) struct Counters {
     pub(crate) pause_longest_micros: AtomicU64,
     pub(crate) pause_total_micros: AtomicU64,
     pub(crate) pause_voided: AtomicU64,
+    /// The table's local health score, as of the driver's latest wake-up.
+    pub(crate) awareness: AtomicU64,
 }
 
 /// The local pauses a node's own scheduler went through

@@ -335,6 +335,10 @@ impl Driver {
                 }
             }
             state.fanout.publish(&mut state.table);
+            state.counters.awareness.store(
+                u64::from(state.table.awareness_score()),
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
         state.fanout.publish(&mut state.table);
         state.table

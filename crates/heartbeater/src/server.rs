@@ -931,6 +931,20 @@ impl HeartbeatServer {
         self.node.counters().pause_snapshot()
     }
 
+    /// The node's local health score, 0 (healthy) to 3: it rises while half
+    /// the peers go silent at once, and multiplies every peer's conviction
+    /// threshold by `1 + score` meanwhile (docs/DETECTION.md, "Local health
+    /// awareness"). A gauge for dashboards: a score above 0 says the
+    /// trouble is more likely here than at the peers.
+    pub fn awareness_score(&self) -> u8 {
+        let score = self
+            .node
+            .counters()
+            .awareness
+            .load(std::sync::atomic::Ordering::Relaxed);
+        u8::try_from(score).unwrap_or(u8::MAX)
+    }
+
     /// How late the scheduler has sent heartbeats against their schedule
     /// since the node started; `since` of two snapshots gives a window.
     pub fn scheduler_lateness(&self) -> crate::lateness::LatenessSnapshot {
