@@ -125,7 +125,13 @@ async fn relay(
     let addr = public.local_addr()?;
     let target = SocketAddr::from(([127, 0, 0, 1], port));
     let dead = Arc::new(AtomicBool::new(false));
-    tokio::spawn(relay_tcp(tcp, target, impair.clone(), dead.clone(), seed));
+    // `HEARTBEATER_ACCURACY_DATAGRAMS_ONLY=1`: no TCP through the relay, so
+    // the monitors judge on datagram evidence alone, as keyed nodes do.
+    if std::env::var_os("HEARTBEATER_ACCURACY_DATAGRAMS_ONLY").is_none() {
+        tokio::spawn(relay_tcp(tcp, target, impair.clone(), dead.clone(), seed));
+    } else {
+        drop(tcp);
+    }
     let task_dead = dead.clone();
     tokio::spawn(async move {
         let mut upstreams: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
