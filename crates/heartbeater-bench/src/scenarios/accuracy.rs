@@ -310,7 +310,11 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Row>> {
     let (_responders, groups) = responders(peers_n, peers_n).await?;
     let mut peers = Vec::new();
     for (i, (port, identity)) in groups.into_iter().flatten().enumerate() {
-        peers.push(relay(port, identity, impair.clone(), 0x5eed + i as u64).await?);
+        // Seeds far apart: `| 1` (xorshift needs a non-zero state) would
+        // give neighbours such as 0x5eee and 0x5eef the same sequence, and
+        // so the same losses at the same moments.
+        let seed = (0x5eed + i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        peers.push(relay(port, identity, impair.clone(), seed).await?);
     }
 
     // The monitors, each watched from here.
