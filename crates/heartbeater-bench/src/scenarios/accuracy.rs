@@ -1,12 +1,13 @@
 //! `accuracy`: false alarms and detection time, for each detector, under the
 //! same faults at the same time.
 //!
-//! Three monitor nodes watch the same peers (responder sockets at 100 ms,
+//! Four monitor nodes watch the same peers (responder sockets at 100 ms,
 //! three misses, timeout one period) through one lossy relay in this
 //! process (the kernel has no `netem`): the plain count rule with the pause
 //! guard off (the baseline), the count rule with the guard (the default),
-//! and phi accrual with the guard. The phases, each as long as the run
-//! asks:
+//! phi accrual with the guard, and the count rule with `max_missed` 5 and
+//! `rise` 2 (`lossy`, the configuration suggested for lossy links). The
+//! phases, each as long as the run asks (`HEARTBEATER_ACCURACY_PHASE_SECS`):
 //!
 //! 1. `jitter_loss1`: every datagram delayed 0-20 ms (20% of the period)
 //!    and 1% lost, each way;
@@ -46,11 +47,20 @@ use crate::report::Row;
 const FREQ_MS: i64 = 100;
 const JITTER: Duration = Duration::from_millis(20);
 
-/// The monitors, baseline first.
-const DETECTORS: [(&str, &[&str]); 3] = [
-    ("count", &["node", "--pause-off"]),
-    ("count_guard", &["node"]),
-    ("phi_guard", &["node", "--phi"]),
+/// The monitors, baseline first: name, node role arguments, and the
+/// `max_missed` and `rise` their registrations ask for (`None`: defaults).
+/// `lossy` is the configuration DETECTION.md suggests for lossy links.
+type Monitor = (
+    &'static str,
+    &'static [&'static str],
+    Option<u32>,
+    Option<u32>,
+);
+const DETECTORS: [Monitor; 4] = [
+    ("count", &["node", "--pause-off"], None, None),
+    ("count_guard", &["node"], None, None),
+    ("phi_guard", &["node", "--phi"], None, None),
+    ("lossy", &["node"], Some(5), Some(2)),
 ];
 const BASELINE: &str = "count rule, no pause guard";
 
@@ -297,11 +307,18 @@ struct Phase {
 }
 
 pub async fn run(s: &Settings) -> anyhow::Result<Vec<Row>> {
-    let (peers_n, phase) = if s.quick {
+    let (peers_n, mut phase) = if s.quick {
         (100, Duration::from_secs(15))
     } else {
         (200, Duration::from_secs(60))
     };
+    // Rare events need long phases: `HEARTBEATER_ACCURACY_PHASE_SECS`.
+    if let Some(secs) = std::env::var("HEARTBEATER_ACCURACY_PHASE_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        phase = Duration::from_secs(secs.max(20));
+    }
     let impair = Arc::new(Impairment::default());
     impair
         .jitter_micros
@@ -320,7 +337,7 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Row>> {
     // The monitors, each watched from here.
     let mut monitors = Vec::new();
     let seen: Vec<Arc<Mutex<Vec<Seen>>>> = (0..DETECTORS.len()).map(|_| Arc::default()).collect();
-    for (i, (_, args)) in DETECTORS.iter().enumerate() {
+    for (i, (_, args, max_missed, rise)) in DETECTORS.iter().enumerate() {
         let node = Helper::start(args).await?;
         let client = node_client(node.ready["addr"].as_str().unwrap_or_default())?;
         let mut events = client.watch_peers(false).await?;
@@ -341,11 +358,11 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Row>> {
         });
         for p in &peers {
             client
-                .register_peer(super::registration(
-                    p.addr.port(),
-                    p.identity.clone(),
-                    FREQ_MS,
-                ))
+                .register_peer(heartbeater::RegisterPeerRequest {
+                    max_missed: *max_missed,
+                    rise: *rise,
+                    ..super::registration(p.addr.port(), p.identity.clone(), FREQ_MS)
+                })
                 .await?;
         }
         monitors.push((node, client));
@@ -415,7 +432,7 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Row>> {
 
     let mut rows = Vec::new();
     let mut figures: Vec<(f64, f64, f64)> = Vec::new();
-    for (i, (name, _)) in DETECTORS.iter().enumerate() {
+    for (i, (name, ..)) in DETECTORS.iter().enumerate() {
         let log = seen[i].lock().map(|l| l.clone()).unwrap_or_default();
         let (mut downs, mut flaps) = (0u64, 0u64);
         let mut open: HashMap<&str, bool> = HashMap::new();
@@ -482,7 +499,7 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Row>> {
         }
     }
     let (base_fd, base_flaps, base_p99) = figures[0];
-    for (i, (name, _)) in DETECTORS.iter().enumerate() {
+    for (i, (name, ..)) in DETECTORS.iter().enumerate() {
         let (fd, flaps, p99) = figures[i];
         let metric =
             |m: &str| -> &'static str { Box::leak(format!("{m}_{name}").into_boxed_str()) };
