@@ -8,7 +8,13 @@ have_libclang() {
     if [ -n "${LIBCLANG_PATH:-}" ] && ls "$LIBCLANG_PATH"/libclang*.so* >/dev/null 2>&1; then
         return 0
     fi
-    ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* /usr/lib64/libclang*.so* >/dev/null 2>&1
+    # Any one match will do: `ls a* b*` fails when one of its globs matches
+    # nothing, which made every run reinstall a libclang that was there.
+    local f
+    for f in /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* /usr/lib64/libclang*.so*; do
+        [ -e "$f" ] && return 0
+    done
+    return 1
 }
 
 missing=()
