@@ -55,20 +55,13 @@ fn a_hundred_thousand_peers_list_completely_through_pages() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = RocksDbStore::open(dir.path()).unwrap();
+        let hourly =
+            heartbeater::DetectorConfig::new(Duration::from_secs(3600), None, None).unwrap();
         let ops: Vec<RegistryOp> = (0..N)
             .map(|i| {
-                RegistryOp::Put(PeerRecord {
-                    peer_id: format!("peer-{i}"),
-                    host: "127.0.0.1".into(),
-                    port: 9,
-                    heartbeat_freq: Duration::from_secs(3600),
-                    timeout: Duration::from_secs(3600),
-                    max_missed: 3,
-                    registered_at_micros: 0,
-                    last_epoch: None,
-                    kind: Default::default(),
-                    rise: 1,
-                })
+                let spec = heartbeater::PeerSpec::new(&format!("peer-{i}"), "127.0.0.1", 9, hourly)
+                    .unwrap();
+                RegistryOp::Put(PeerRecord::from_spec(&spec, 0))
             })
             .collect();
         store.apply(&ops).unwrap();

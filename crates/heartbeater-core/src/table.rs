@@ -376,12 +376,7 @@ impl<F: DetectorFactory> PeerTable<F> {
 
     fn apply_tolerance(&mut self) {
         let tolerance = self.awareness.tolerance();
-        for slot_no in 0..self.generations.len() {
-            let slot_no = u32::try_from(slot_no).unwrap_or(u32::MAX);
-            if let Some(slot) = self.slot_mut(slot_no) {
-                slot.liveness.set_tolerance(tolerance);
-            }
-        }
+        self.for_each_slot(|_, slot| slot.liveness.set_tolerance(tolerance));
     }
 
     /// The shortest heartbeat period of any peer; `None` without peers.
@@ -396,21 +391,26 @@ impl<F: DetectorFactory> PeerTable<F> {
     /// how many heartbeats were voided.
     pub fn on_local_pause(&mut self, now: Instant) -> usize {
         let mut voided = 0;
-        for slot_no in 0..self.generations.len() {
-            let slot_no = u32::try_from(slot_no).unwrap_or(u32::MAX);
-            let Some(slot) = self.slot_mut(slot_no) else {
-                continue;
-            };
+        let mut fresh = Vec::new();
+        self.for_each_slot(|slot_no, slot| {
             let n = slot.liveness.on_local_pause(now);
-            if n == 0 {
-                continue;
+            if n > 0 {
+                voided += n;
+                slot.next_due = now;
+                fresh.push(Reverse((now, slot_no, slot.generation)));
             }
-            voided += n;
-            slot.next_due = now;
-            let generation = slot.generation;
-            self.timers.push(Reverse((now, slot_no, generation)));
-        }
+        });
+        self.timers.extend(fresh);
         voided
+    }
+
+    /// Runs `f` on every registered peer's slot.
+    fn for_each_slot(&mut self, mut f: impl FnMut(u32, &mut Slot<F::Detector>)) {
+        for &slot_no in self.index.values() {
+            if let Some(slot) = self.slots.get_mut(slot_no as usize) {
+                f(slot_no, slot);
+            }
+        }
     }
 
     /// When the driver must next call [`PeerTable::poll_expired`] and

@@ -20,22 +20,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let n: usize = n.parse()?;
     let store = RocksDbStore::open(&dir)?;
-    let ops: Vec<RegistryOp> = (0..n)
+    let hourly = heartbeater::DetectorConfig::new(Duration::from_secs(3600), None, None)?;
+    let ops = (0..n)
         .map(|i| {
-            RegistryOp::Put(PeerRecord {
-                peer_id: format!("peer-{i:06}"),
-                host: "127.0.0.1".into(),
-                port: 9,
-                heartbeat_freq: Duration::from_secs(3600),
-                timeout: Duration::from_secs(3600),
-                max_missed: 3,
-                registered_at_micros: 0,
-                last_epoch: None,
-                kind: Default::default(),
-                rise: 1,
-            })
+            let spec = heartbeater::PeerSpec::new(&format!("peer-{i:06}"), "127.0.0.1", 9, hourly)?;
+            Ok(RegistryOp::Put(PeerRecord::from_spec(&spec, 0)))
         })
-        .collect();
+        .collect::<Result<Vec<RegistryOp>, heartbeater::ValidationError>>()?;
     for chunk in ops.chunks(10_000) {
         store.apply(chunk)?;
     }

@@ -74,8 +74,8 @@ pub use counters::{DatagramStats, PauseStats};
 pub use error::{ClientError, ServerError};
 pub use event::{EventStream, PeerEvent, PeerEventKind};
 pub use heartbeater_core::{
-    DetectorConfig, DetectorKind, KeyError, KeyId, Keyring, PauseThreshold, PeerState, PeerStatus,
-    PhiParams, StateCounts, ValidationError,
+    DetectorConfig, DetectorKind, KeyError, KeyId, Keyring, PauseThreshold, PeerSpec, PeerState,
+    PeerStatus, PhiParams, StateCounts, ValidationError,
 };
 pub use lateness::LatenessSnapshot;
 pub use node::{DefaultDetector, NodeError};

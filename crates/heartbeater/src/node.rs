@@ -286,18 +286,7 @@ impl Node {
             .into());
         }
         let spec = PeerSpec::new(&req.peer_id, &req.peer_host, req.peer_port, detector)?;
-        let record = PeerRecord {
-            peer_id: spec.peer_id.to_string(),
-            host: spec.host.clone(),
-            port: spec.port,
-            heartbeat_freq: detector.heartbeat_freq,
-            timeout: detector.timeout,
-            max_missed: detector.max_missed.get(),
-            registered_at_micros: unix_micros(SystemTime::now()),
-            last_epoch: None,
-            kind: detector.kind,
-            rise: detector.rise.get(),
-        };
+        let record = PeerRecord::from_spec(&spec, unix_micros(SystemTime::now()));
         let updated = self
             .commit(Change::Register(Box::new((record, spec))))
             .await?;
@@ -571,14 +560,18 @@ fn detector_of(
         Some(v) => Detector::try_from(v)
             .map_err(|_| ValidationError::new("detector", format!("{v}: not a known detector")))?,
     };
-    let phi = match (asked, limits.default_detector) {
-        (Detector::PhiAccrual, DefaultDetector::PhiAccrual { threshold }) => Some(threshold),
-        (Detector::PhiAccrual, DefaultDetector::MissCount) => {
-            Some(heartbeater_core::phi::DEFAULT_PHI_THRESHOLD)
+    // The phi threshold to use when the registration sets none, or `None`
+    // for the count rule.
+    let node_phi = match limits.default_detector {
+        DefaultDetector::PhiAccrual { threshold } => Some(threshold),
+        DefaultDetector::MissCount => None,
+    };
+    let phi = match asked {
+        Detector::Unspecified => node_phi,
+        Detector::MissCount => None,
+        Detector::PhiAccrual => {
+            Some(node_phi.unwrap_or(heartbeater_core::phi::DEFAULT_PHI_THRESHOLD))
         }
-        (Detector::MissCount, _) => None,
-        (Detector::Unspecified, DefaultDetector::PhiAccrual { threshold }) => Some(threshold),
-        (Detector::Unspecified, DefaultDetector::MissCount) => None,
     };
     let kind = match phi {
         Some(default_threshold) => {

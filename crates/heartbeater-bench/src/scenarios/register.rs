@@ -14,19 +14,11 @@ use crate::report::Row;
 
 const BASELINE: &str = "RocksDB synced put, 64 threads";
 
-fn record(id: String) -> PeerRecord {
-    PeerRecord {
-        peer_id: id,
-        host: "127.0.0.1".into(),
-        port: 9,
-        heartbeat_freq: Duration::from_secs(3600),
-        timeout: Duration::from_secs(3600),
-        max_missed: 3,
-        registered_at_micros: 0,
-        last_epoch: None,
-        kind: Default::default(),
-        rise: 1,
-    }
+/// The record each baseline put writes, its id replaced per put.
+fn template() -> anyhow::Result<PeerRecord> {
+    let hourly = heartbeater::DetectorConfig::new(Duration::from_secs(3600), None, None)?;
+    let spec = heartbeater::PeerSpec::new("template", "127.0.0.1", 9, hourly)?;
+    Ok(PeerRecord::from_spec(&spec, 0))
 }
 
 async fn ours(window: Duration, round: usize) -> anyhow::Result<f64> {
@@ -69,14 +61,19 @@ fn baseline(window: Duration) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
     let store = Arc::new(RocksDbStore::open(dir.path())?);
     let done = AtomicU64::new(0);
+    let template = template()?;
     let end = Instant::now() + window;
     std::thread::scope(|scope| {
         for t in 0..64 {
-            let (store, done) = (store.clone(), &done);
+            let (store, done, template) = (store.clone(), &done, &template);
             scope.spawn(move || {
                 let mut i = 0u64;
                 while Instant::now() < end {
-                    if store.put_peer(&record(format!("t{t}-{i}"))).is_err() {
+                    let record = PeerRecord {
+                        peer_id: format!("t{t}-{i}"),
+                        ..template.clone()
+                    };
+                    if store.put_peer(&record).is_err() {
                         return;
                     }
                     done.fetch_add(1, Ordering::Relaxed);

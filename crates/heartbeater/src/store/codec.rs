@@ -86,6 +86,16 @@ pub(crate) fn decode_meta(bytes: &[u8]) -> Result<NodeMeta, String> {
 }
 
 pub(crate) fn encode_peer(p: &PeerRecord) -> Vec<u8> {
+    let (detector, phi_threshold_centi, acceptable_pause_micros, min_std_dev_micros) = match p.kind
+    {
+        DetectorKind::MissCount => (0, 0, 0, 0),
+        DetectorKind::PhiAccrual(phi) => (
+            1,
+            (phi.threshold() * 100.0).round() as u32,
+            micros(phi.acceptable_pause),
+            micros(phi.min_std_dev),
+        ),
+    };
     frame(PeerV1 {
         peer_id: p.peer_id.clone(),
         host: p.host.clone(),
@@ -94,22 +104,10 @@ pub(crate) fn encode_peer(p: &PeerRecord) -> Vec<u8> {
         timeout_micros: micros(p.timeout),
         max_missed: p.max_missed,
         registered_at_micros: p.registered_at_micros,
-        detector: match p.kind {
-            DetectorKind::MissCount => 0,
-            DetectorKind::PhiAccrual(_) => 1,
-        },
-        phi_threshold_centi: match p.kind {
-            DetectorKind::PhiAccrual(phi) => (phi.threshold() * 100.0).round() as u32,
-            DetectorKind::MissCount => 0,
-        },
-        acceptable_pause_micros: match p.kind {
-            DetectorKind::PhiAccrual(phi) => micros(phi.acceptable_pause),
-            DetectorKind::MissCount => 0,
-        },
-        min_std_dev_micros: match p.kind {
-            DetectorKind::PhiAccrual(phi) => micros(phi.min_std_dev),
-            DetectorKind::MissCount => 0,
-        },
+        detector,
+        phi_threshold_centi,
+        acceptable_pause_micros,
+        min_std_dev_micros,
         rise: p.rise,
     })
 }

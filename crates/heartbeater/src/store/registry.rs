@@ -38,6 +38,28 @@ pub struct PeerRecord {
     pub rise: u32,
 }
 
+impl PeerRecord {
+    /// The record of a validated registration, made at
+    /// `registered_at_micros` (microseconds since the Unix epoch), with no
+    /// epoch seen yet: every field is the spec's, so what is stored is what
+    /// was checked.
+    pub fn from_spec(spec: &heartbeater_core::PeerSpec, registered_at_micros: i64) -> Self {
+        let d = spec.detector;
+        Self {
+            peer_id: spec.peer_id.to_string(),
+            host: spec.host.clone(),
+            port: spec.port,
+            heartbeat_freq: d.heartbeat_freq,
+            timeout: d.timeout,
+            max_missed: d.max_missed.get(),
+            registered_at_micros,
+            last_epoch: None,
+            kind: d.kind,
+            rise: d.rise.get(),
+        }
+    }
+}
+
 /// A stored peer record that cannot be monitored: its bytes do not decode
 /// (written by a newer release, or damaged), or they decode to a
 /// registration that fails validation. The rest of the registry loads
