@@ -24,6 +24,11 @@ use std::time::{Duration, Instant};
 /// noise on a busy machine would read as pauses.
 pub const MIN_PAUSE_THRESHOLD: Duration = Duration::from_millis(20);
 
+/// The longest threshold: a pause longer than an hour-long heartbeat
+/// period is a pause whatever the setting, and instants stay far from
+/// overflow.
+pub const MAX_PAUSE_THRESHOLD: Duration = Duration::from_secs(3600);
+
 /// The threshold the guard uses when none is set: half the shortest
 /// heartbeat period among the peers, and at least
 /// [`MIN_PAUSE_THRESHOLD`]. A pause of half a period can already make a
@@ -39,7 +44,8 @@ pub enum PauseThreshold {
     /// [`default_pause_threshold`] of the shortest period being monitored.
     #[default]
     Auto,
-    /// A fixed threshold (at least [`MIN_PAUSE_THRESHOLD`]).
+    /// A fixed threshold, kept within [`MIN_PAUSE_THRESHOLD`] and
+    /// [`MAX_PAUSE_THRESHOLD`].
     Fixed(Duration),
     /// No guard: every heartbeat counts, pauses or not.
     Off,
@@ -87,8 +93,10 @@ impl PauseGuard {
     pub fn threshold(&self, shortest_period: Option<Duration>) -> Option<Duration> {
         let shortest = shortest_period?;
         match self.setting {
-            PauseThreshold::Auto => Some(default_pause_threshold(shortest)),
-            PauseThreshold::Fixed(t) => Some(t.max(MIN_PAUSE_THRESHOLD)),
+            PauseThreshold::Auto => {
+                Some(default_pause_threshold(shortest).min(MAX_PAUSE_THRESHOLD))
+            }
+            PauseThreshold::Fixed(t) => Some(t.clamp(MIN_PAUSE_THRESHOLD, MAX_PAUSE_THRESHOLD)),
             PauseThreshold::Off => None,
         }
     }
@@ -96,7 +104,8 @@ impl PauseGuard {
     /// The latest instant the driver must wake at for a pause to be seen;
     /// `None` while there is nothing to guard.
     pub fn next_check(&self) -> Option<Instant> {
-        self.last.map(|(at, threshold)| at + threshold / 2)
+        self.last
+            .and_then(|(at, threshold)| at.checked_add(threshold / 2))
     }
 
     /// The driver woke at `now`, monitoring peers whose shortest period is
@@ -110,7 +119,7 @@ impl PauseGuard {
         // Judged against the threshold the previous wake-up promised to keep:
         // a peer registered meanwhile with a shorter period does not turn an
         // ordinary sleep into a pause.
-        let promised = since + promised_threshold / 2;
+        let promised = since.checked_add(promised_threshold / 2)?;
         let late = now.saturating_duration_since(promised);
         (late > promised_threshold / 2).then_some(Pause {
             since,
@@ -138,6 +147,17 @@ mod tests {
         assert_eq!(default_pause_threshold(10 * MS), MIN_PAUSE_THRESHOLD);
         let guard = PauseGuard::new(PauseThreshold::Fixed(MS));
         assert_eq!(guard.threshold(Some(100 * MS)), Some(MIN_PAUSE_THRESHOLD));
+        // A threshold from a config file is bounded both ways: no overflow
+        // of an instant, however large.
+        let mut huge = PauseGuard::new(PauseThreshold::Fixed(Duration::MAX));
+        assert_eq!(huge.threshold(Some(100 * MS)), Some(MAX_PAUSE_THRESHOLD));
+        let t0 = Instant::now();
+        huge.observe(t0, Some(100 * MS));
+        assert!(huge.next_check().is_some());
+        assert_eq!(
+            huge.observe(t0 + Duration::from_secs(60), Some(100 * MS)),
+            None
+        );
         assert_eq!(guard.threshold(None), None);
         assert_eq!(
             PauseGuard::new(PauseThreshold::Off).threshold(Some(100 * MS)),

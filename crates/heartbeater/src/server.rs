@@ -284,7 +284,8 @@ impl HeartbeatServerBuilder {
     }
 
     /// The local-pause guard (on by default, [`PauseThreshold::Auto`]: half
-    /// the shortest heartbeat period, at least 20 ms). When this node's own
+    /// the shortest heartbeat period, at least 20 ms; any threshold is kept
+    /// within 20 ms and 1 hour). When this node's own
     /// scheduler did not run for longer than the threshold (the process was
     /// stopped, starved of CPU, or its machine frozen), the heartbeats in
     /// flight across the gap are voided instead of counted, each affected
