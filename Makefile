@@ -5,13 +5,20 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: run test deps check bench release
+.PHONY: run demo test deps check bench release
 
 deps:
 	@./scripts/ensure-build-deps.sh
 
+# `run` builds with the `test` profile, the one `cargo test` builds every
+# dependency with: the profile's name is part of each unit's hash, so with
+# the `dev` profile `make test` then `make run` (or the reverse) would
+# compile RocksDB from source twice. Same code, same debug info.
 run: deps
-	$(CARGO) run -p heartbeater-cli -- serve $(ARGS)
+	$(CARGO) run --profile test -p heartbeater-cli -- serve $(ARGS)
+
+demo: deps
+	$(CARGO) run --profile test -p heartbeater-cli -- demo $(ARGS)
 
 test: deps
 	$(CARGO) test --workspace
