@@ -607,6 +607,13 @@ impl<F: DetectorFactory> PeerTable<F> {
         self.current(key).map(|s| &s.spec)
     }
 
+    /// The round-trip time of the last valid reply of the peer under `key`:
+    /// read right after an accepted [`PeerTable::on_reply`], the RTT of that
+    /// reply (for a histogram, without a copy of the status).
+    pub fn last_rtt(&self, key: PeerKey) -> Option<Duration> {
+        self.current(key).and_then(|s| s.liveness.last_rtt())
+    }
+
     /// The key of `peer_id`'s current registration.
     pub fn key_of(&self, peer_id: &str) -> Option<PeerKey> {
         let slot_no = *self.index.get(peer_id)?;

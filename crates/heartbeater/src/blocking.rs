@@ -18,6 +18,10 @@ use crate::event::PeerEvent;
 use crate::node::NodeError;
 use crate::proto;
 use crate::store::RegistryStore;
+use crate::topic::{
+    ClientConnectionListener, HeartbeatParameters, TopicError, TopicHandler, TopicResponse,
+    TopicSubscriber,
+};
 
 fn runtime(worker_count: usize, name: &str) -> std::io::Result<Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -236,6 +240,42 @@ impl HeartbeatServer {
         rx
     }
 
+    /// The instance id publishers see when this node subscribes.
+    pub fn instance_id(&self) -> uuid::Uuid {
+        self.server().instance_id()
+    }
+
+    /// Every topic this node publishes; see
+    /// [`crate::HeartbeatServer::topics`].
+    pub fn topics(&self) -> Vec<crate::TopicStats> {
+        self.server().topics()
+    }
+
+    /// Publishes `topic` from this node; see
+    /// [`crate::HeartbeatServer::create_publisher`]. The publisher runs on
+    /// this server's runtime, so its heartbeats need no runtime of the
+    /// caller's.
+    pub fn create_publisher(&self, topic: &str) -> Result<TopicPublisher, TopicError> {
+        Ok(TopicPublisher {
+            inner: self.server().create_publisher(topic)?,
+            runtime: self.runtime.handle().clone(),
+        })
+    }
+
+    /// Subscribes this node to `topic` published at `publisher`; see
+    /// [`crate::HeartbeatServer::subscribe`]. `handler` is called on this
+    /// server's runtime threads; the subscription lasts until the returned
+    /// handle is dropped.
+    pub fn subscribe(
+        &self,
+        topic: &str,
+        publisher: SocketAddr,
+        handler: impl TopicHandler,
+    ) -> Result<TopicSubscriber, TopicError> {
+        let _entered = self.runtime.enter();
+        self.server().subscribe(topic, publisher, handler)
+    }
+
     /// Registers a peer directly with this node.
     pub fn register_peer(
         &self,
@@ -251,6 +291,69 @@ impl HeartbeatServer {
     ) -> Result<proto::DeregisterPeerResponse, NodeError> {
         self.runtime
             .block_on(self.server().deregister_peer(request))
+    }
+}
+
+/// A topic published from a blocking [`HeartbeatServer`]: the async
+/// [`crate::TopicPublisher`], with each waiting call run to completion on
+/// the server's runtime.
+#[derive(Debug, Clone)]
+pub struct TopicPublisher {
+    inner: crate::TopicPublisher,
+    runtime: tokio::runtime::Handle,
+}
+
+impl TopicPublisher {
+    /// The topic's name.
+    pub fn topic(&self) -> &str {
+        self.inner.topic()
+    }
+
+    /// Sends `payload` to every subscriber; returns to how many it was
+    /// queued. Blocks while a subscriber's queue is full, at most for the
+    /// stall timeout; see [`crate::TopicPublisher::send`].
+    pub fn send(&self, payload: impl Into<Vec<u8>>) -> usize {
+        self.runtime.block_on(self.inner.send(payload))
+    }
+
+    /// Sends a request and collects the responses that arrive within
+    /// `timeout`; see [`crate::TopicPublisher::request`].
+    pub fn request(&self, payload: impl Into<Vec<u8>>, timeout: Duration) -> Vec<TopicResponse> {
+        self.runtime.block_on(self.inner.request(payload, timeout))
+    }
+
+    /// Starts heartbeating the topic's clients; `listener` hears each
+    /// client instance connect and disconnect. See
+    /// [`crate::TopicPublisher::activate_heartbeats`].
+    pub fn activate_heartbeats(
+        &self,
+        listener: impl ClientConnectionListener,
+        params: HeartbeatParameters,
+    ) -> Result<(), TopicError> {
+        let _entered = self.runtime.enter();
+        self.inner.activate_heartbeats(listener, params)
+    }
+
+    /// Stops heartbeats and waits until no listener callback runs any more
+    /// (so not from inside one: it would wait for itself).
+    pub fn deactivate_heartbeats(&self) {
+        self.runtime
+            .block_on(self.inner.deactivate_heartbeats_and_wait());
+    }
+
+    /// Whether heartbeats are active.
+    pub fn is_heartbeats_active(&self) -> bool {
+        self.inner.is_heartbeats_active()
+    }
+
+    /// Instance ids of the subscription streams open now.
+    pub fn subscribers(&self) -> Vec<uuid::Uuid> {
+        self.inner.subscribers()
+    }
+
+    /// Heartbeat requests sent since the publisher was created.
+    pub fn heartbeats_sent(&self) -> u64 {
+        self.inner.heartbeats_sent()
     }
 }
 

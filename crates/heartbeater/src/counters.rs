@@ -19,6 +19,8 @@ pub(crate) struct Counters {
     pub(crate) pause_voided: AtomicU64,
     /// The table's local health score, as of the driver's latest wake-up.
     pub(crate) awareness: AtomicU64,
+    /// Heartbeats by path, RTTs, transitions, registry writes.
+    pub(crate) work: crate::metrics::Metrics,
 }
 
 /// The local pauses a node's own scheduler went through

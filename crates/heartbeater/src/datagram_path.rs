@@ -98,8 +98,8 @@ pub(crate) enum PongOutcome {
     /// Its token was not made by this node: forged, corrupted or from an
     /// earlier run.
     Forged,
-    /// A token of ours, judged by the table.
-    Judged(heartbeater_core::ReplyVerdict),
+    /// A token of ours naming heartbeat `.1`, judged by the table.
+    Judged(heartbeater_core::ReplyVerdict, heartbeater_core::ProbeId),
 }
 
 /// The datagram side of the node's driver: the socket, each peer's path,
@@ -293,7 +293,7 @@ impl DatagramPath {
                 left_both = Some(id.peer());
             }
         }
-        (PongOutcome::Judged(verdict), left_both)
+        (PongOutcome::Judged(verdict, id), left_both)
     }
 
     /// A name lookup finished.

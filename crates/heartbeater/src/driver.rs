@@ -27,7 +27,7 @@ use futures_util::{FutureExt, StreamExt};
 use heartbeater_core::datagram::{Datagram, DecodeError, Kind, MAX_DATAGRAM};
 use heartbeater_core::{
     Expired, Keyring, Path, PauseGuard, PauseThreshold, PeerSpec, PeerStatus, PeerTable, Probe,
-    ProbeSealer, Reply, StateCounts, Upsert,
+    ProbeId, ProbeSealer, Reply, ReplyVerdict, StateCounts, Upsert,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -334,13 +334,13 @@ impl Driver {
                     Err(_) => break,
                 }
             }
-            state.fanout.publish(&mut state.table);
+            state.fanout.publish(&mut state.table, &state.counters.work);
             state.counters.awareness.store(
                 u64::from(state.table.awareness_score()),
                 std::sync::atomic::Ordering::Relaxed,
             );
         }
-        state.fanout.publish(&mut state.table);
+        state.fanout.publish(&mut state.table, &state.counters.work);
         state.table
     }
 }
@@ -432,7 +432,7 @@ impl Loop {
         let t = now();
         match outcome.reply {
             Some((id, epoch)) => {
-                self.table.on_reply(
+                let verdict = self.table.on_reply(
                     outcome.id,
                     Path::Grpc,
                     t,
@@ -441,6 +441,7 @@ impl Loop {
                         responder_epoch: epoch,
                     },
                 );
+                count_reply(&self.counters, &self.table, verdict, Path::Grpc, outcome.id);
             }
             None => self.table.on_path_failed(outcome.id, Path::Grpc, t),
         }
@@ -450,6 +451,11 @@ impl Loop {
     fn expire(&mut self, t: Instant) {
         self.table.poll_expired(t, &mut self.expired);
         for e in self.expired.drain(..) {
+            for path in [Path::Datagram, Path::Grpc] {
+                if e.paths.contains(path) {
+                    self.counters.work.timed_out(path);
+                }
+            }
             if let Some(p) = self.path.as_mut() {
                 p.on_expired(&e);
             }
@@ -507,9 +513,11 @@ impl Loop {
         };
         if let Some(trial) = sent.datagram {
             self.table.mark_sent(probe.id, Path::Datagram, trial);
+            self.counters.work.sent(Path::Datagram);
         }
         if let Some(call) = call {
             self.table.mark_sent(probe.id, Path::Grpc, false);
+            self.counters.work.sent(Path::Grpc);
             self.calls.push(call);
         }
         // A heartbeat that left on no path at all stays in flight and is a
@@ -561,10 +569,12 @@ impl Loop {
                     let (outcome, left_both) = path.on_pong(&datagram, t, &mut self.table);
                     match outcome {
                         PongOutcome::Forged => Counters::add(&self.counters.forged_tokens),
-                        PongOutcome::Judged(v) if !v.matched() => {
+                        PongOutcome::Judged(v, _) if !v.matched() => {
                             Counters::add(&self.counters.unmatched_pongs)
                         }
-                        PongOutcome::Judged(_) => {}
+                        PongOutcome::Judged(v, id) => {
+                            count_reply(&self.counters, &self.table, v, Path::Datagram, id)
+                        }
                     }
                     if let Some(key) = left_both {
                         if let Some(spec) = self.table.spec(key) {
@@ -574,6 +584,19 @@ impl Loop {
                 }
             }
         }
+    }
+}
+
+/// Counts an acknowledgement accepted for heartbeat `id`, with its RTT.
+fn count_reply(
+    counters: &Counters,
+    table: &PeerTable,
+    verdict: ReplyVerdict,
+    path: Path,
+    id: ProbeId,
+) {
+    if verdict == ReplyVerdict::Accepted {
+        counters.work.acked(path, table.last_rtt(id.peer()));
     }
 }
 

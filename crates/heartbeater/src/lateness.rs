@@ -15,6 +15,7 @@ const GROWTH: f64 = 1.25;
 pub(crate) struct LatenessHistogram {
     counts: [AtomicU64; BUCKETS],
     max_micros: AtomicU64,
+    sum_micros: AtomicU64,
 }
 
 fn bucket_of(micros: u64) -> usize {
@@ -39,6 +40,7 @@ impl Default for LatenessHistogram {
         Self {
             counts: std::array::from_fn(|_| AtomicU64::new(0)),
             max_micros: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
         }
     }
 }
@@ -48,6 +50,7 @@ impl LatenessHistogram {
         let micros = u64::try_from(lateness.as_micros()).unwrap_or(u64::MAX);
         self.counts[bucket_of(micros)].fetch_add(1, Ordering::Relaxed);
         self.max_micros.fetch_max(micros, Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> LatenessSnapshot {
@@ -58,6 +61,7 @@ impl LatenessHistogram {
                 .map(|c| c.load(Ordering::Relaxed))
                 .collect(),
             max_micros: self.max_micros.load(Ordering::Relaxed),
+            sum_micros: self.sum_micros.load(Ordering::Relaxed),
         }
     }
 }
@@ -67,6 +71,7 @@ impl LatenessHistogram {
 pub struct LatenessSnapshot {
     counts: Vec<u64>,
     max_micros: u64,
+    sum_micros: u64,
 }
 
 impl LatenessSnapshot {
@@ -86,6 +91,27 @@ impl LatenessSnapshot {
                 .map(|(now, then)| now.saturating_sub(*then))
                 .collect(),
             max_micros: self.max_micros,
+            sum_micros: self.sum_micros.saturating_sub(earlier.sum_micros),
+        }
+    }
+
+    /// The same counts under coarser bounds (in seconds, increasing), for an
+    /// exporter. A fine bucket counts under the first bound at or above its
+    /// own upper bound, so a count is never reported below its value; it may
+    /// be reported up to one fine bucket (25%) above it.
+    pub fn histogram(&self, bounds: &[f64]) -> crate::metrics::HistogramSnapshot {
+        let mut buckets: Vec<(f64, u64)> = bounds.iter().map(|&b| (b, 0)).collect();
+        for (i, &n) in self.counts.iter().enumerate() {
+            let upper = upper_micros(i) as f64 * 1e-6;
+            let first = bounds.partition_point(|&b| b < upper);
+            for bucket in buckets.iter_mut().skip(first) {
+                bucket.1 = bucket.1.saturating_add(n);
+            }
+        }
+        crate::metrics::HistogramSnapshot {
+            buckets,
+            count: self.count(),
+            sum: self.sum_micros as f64 * 1e-6,
         }
     }
 
@@ -131,6 +157,23 @@ mod tests {
         assert!((500.0..=625.0).contains(&p50), "{p50}");
         assert!((990.0..=1000.0 * 1.25).contains(&p99), "{p99}");
         assert_eq!(s.max(), Duration::from_micros(1000));
+    }
+
+    #[test]
+    fn coarse_buckets_never_count_a_value_below_itself() {
+        let h = LatenessHistogram::default();
+        for us in [0, 90, 1_000, 40_000] {
+            h.record(Duration::from_micros(us));
+        }
+        let s = h.snapshot().histogram(&[0.0001, 0.001, 0.01, 0.1]);
+        // 90 µs and 1 ms sit in fine buckets reaching past 100 µs and 1 ms
+        // (to 109 µs and 1,010 µs), so each counts from the next bound up.
+        assert_eq!(
+            s.buckets,
+            vec![(0.0001, 1), (0.001, 2), (0.01, 3), (0.1, 4)]
+        );
+        assert_eq!(s.count, 4);
+        assert!((s.sum - 0.04109).abs() < 1e-9, "{}", s.sum);
     }
 
     #[test]

@@ -54,6 +54,7 @@ mod grpc_pool;
 mod lateness;
 mod listener;
 mod log_limit;
+mod metrics;
 mod node;
 mod outbound;
 mod oversize;
@@ -78,6 +79,10 @@ pub use heartbeater_core::{
     PeerStatus, PhiParams, StateCounts, ValidationError,
 };
 pub use lateness::LatenessSnapshot;
+pub use metrics::{
+    HistogramSnapshot, NodeMetrics, PathCounts, TransitionCounts, GROUP_BUCKETS, RTT_BUCKETS,
+    WRITE_BUCKETS,
+};
 pub use node::{DefaultDetector, NodeError};
 pub use paging::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use proto::{
@@ -96,6 +101,6 @@ pub use store::{MemoryStore, RegistryOp, RegistryStore, RocksDbStore, StoreError
 pub use tls::{TlsClientConfig, TlsError, TlsServerConfig};
 pub use topic::{
     ClientConnectionListener, HeartbeatParameters, HeartbeatParametersBuilder, TopicError,
-    TopicHandler, TopicPublisher, TopicResponse, TopicSubscriber,
+    TopicHandler, TopicPublisher, TopicResponse, TopicStats, TopicSubscriber,
 };
 pub use uuid::Uuid;

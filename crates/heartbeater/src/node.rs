@@ -426,8 +426,13 @@ impl Node {
         if ops.is_empty() {
             return;
         }
+        let started = std::time::Instant::now();
+        let changes = ops.len();
         let ops = match blocking(move || store.apply(&ops).map(|()| ops)).await {
             Ok(ops) => {
+                self.counters
+                    .work
+                    .registry_write(started.elapsed(), changes);
                 for op in &ops {
                     match op {
                         RegistryOp::Put(record) => self.quarantine.release(&record.peer_id),

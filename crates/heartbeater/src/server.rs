@@ -946,6 +946,13 @@ impl HeartbeatServer {
         u8::try_from(score).unwrap_or(u8::MAX)
     }
 
+    /// Heartbeats by path, round-trip times, liveness transitions and
+    /// registry writes since the node was built: what an exporter turns
+    /// into metrics (the CLI's `/metrics`).
+    pub fn metrics(&self) -> crate::metrics::NodeMetrics {
+        self.node.counters().work.snapshot()
+    }
+
     /// How late the scheduler has sent heartbeats against their schedule
     /// since the node started; `since` of two snapshots gives a window.
     pub fn scheduler_lateness(&self) -> crate::lateness::LatenessSnapshot {
@@ -955,6 +962,12 @@ impl HeartbeatServer {
     /// Every peer event from now on.
     pub fn events(&self) -> EventStream {
         EventStream::new(self.node.subscribe())
+    }
+
+    /// Every topic this node publishes, with its subscribers and the clients
+    /// that answer its heartbeats.
+    pub fn topics(&self) -> Vec<crate::topic::TopicStats> {
+        self.node.topics().stats()
     }
 
     /// Publishes `topic` from this node. Subscribers connect to this node's

@@ -128,6 +128,11 @@ impl Activation {
         }
     }
 
+    /// The clients answering heartbeats now.
+    pub(crate) fn connected(&self) -> Vec<Uuid> {
+        lock(&self.tracker).connected().to_vec()
+    }
+
     /// A heartbeat answer from `instance`.
     pub(crate) fn on_response(&self, request_id: u64, instance: Uuid) {
         let change = lock(&self.tracker).on_response(request_id, instance, now());

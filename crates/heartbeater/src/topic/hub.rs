@@ -89,6 +89,14 @@ impl Topics {
         }
     }
 
+    /// What each published topic looks like now, sorted by name.
+    pub(crate) fn stats(&self) -> Vec<TopicStats> {
+        let hubs: Vec<_> = lock(&self.hubs).values().cloned().collect();
+        let mut stats: Vec<TopicStats> = hubs.iter().map(|h| h.stats()).collect();
+        stats.sort_by(|a, b| a.topic.cmp(&b.topic));
+        stats
+    }
+
     /// Stops heartbeats and ends every subscription stream of every topic
     /// (the node is stopping).
     pub(crate) fn close_all(&self) {
@@ -97,6 +105,21 @@ impl Topics {
             hub.close();
         }
     }
+}
+
+/// One published topic at one moment ([`crate::HeartbeatServer::topics`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicStats {
+    /// The topic's name.
+    pub topic: String,
+    /// Instance ids of the subscription streams open now.
+    pub subscribers: Vec<Uuid>,
+    /// Whether the publisher heartbeats its clients.
+    pub heartbeats_active: bool,
+    /// Heartbeat requests sent since the publisher was created.
+    pub heartbeats_sent: u64,
+    /// Clients that answer heartbeats now (empty while heartbeats are off).
+    pub connected: Vec<Uuid>,
 }
 
 struct Subscriber {
@@ -145,6 +168,17 @@ impl TopicHub {
                 topic: self.topic.clone(),
             }),
             payload,
+        }
+    }
+
+    fn stats(&self) -> TopicStats {
+        let activation = lock(&self.heartbeats);
+        TopicStats {
+            topic: self.topic.clone(),
+            subscribers: lock(&self.subscribers).iter().map(|s| s.instance).collect(),
+            heartbeats_active: activation.is_some(),
+            heartbeats_sent: self.heartbeats_sent.load(Ordering::Relaxed),
+            connected: activation.as_ref().map_or_else(Vec::new, |a| a.connected()),
         }
     }
 

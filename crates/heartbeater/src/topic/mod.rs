@@ -33,7 +33,7 @@ mod types;
 
 pub(crate) use grpc::TopicGrpc;
 pub(crate) use hub::Topics;
-pub use hub::{TopicPublisher, TopicResponse, DEFAULT_STALL_TIMEOUT};
+pub use hub::{TopicPublisher, TopicResponse, TopicStats, DEFAULT_STALL_TIMEOUT};
 pub(crate) use subscriber::subscribe;
 pub use subscriber::TopicSubscriber;
 pub use types::{
