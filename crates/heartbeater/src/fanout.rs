@@ -52,16 +52,24 @@ impl EventFanout {
     }
 
     /// Publishes the events `table` recorded since the last call, in order.
-    pub(crate) fn publish<F: DetectorFactory>(&mut self, table: &mut PeerTable<F>) {
+    pub(crate) fn publish<F: DetectorFactory>(
+        &mut self,
+        table: &mut PeerTable<F>,
+        metrics: &crate::metrics::Metrics,
+    ) {
         let mut timestamp = None;
-        for e in table.drain_events() {
+        // Collected so that each event can be logged with its peer's status;
+        // an empty drain allocates nothing.
+        let events: Vec<_> = table.drain_events().collect();
+        for e in events {
+            metrics.transition(&e.kind);
+            log_transition(&e, table.status(&e.peer_id).as_ref());
             let at = *timestamp.get_or_insert_with(SystemTime::now);
             if let (EventKind::PeerUp | EventKind::Restarted { .. }, Some(epoch)) =
                 (&e.kind, e.epoch)
             {
                 self.waiting_epochs.insert(e.peer_id.clone(), epoch);
             }
-            tracing::debug!(peer = %e.peer_id, kind = ?e.kind, state = %e.state, "peer event");
             // No subscriber is not an error: events are also in `peers()`.
             let _ = self.events.send(PeerEvent {
                 peer_id: e.peer_id.to_string(),
@@ -93,5 +101,45 @@ impl EventFanout {
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             }
         });
+    }
+}
+
+/// Logs one liveness event once, with why: the misses against the rule's
+/// maximum, the last RTT and the epoch. A peer going down, or answering
+/// with another identity, is a warning; the rest is information.
+fn log_transition(
+    e: &heartbeater_core::LivenessEvent,
+    status: Option<&heartbeater_core::PeerStatus>,
+) {
+    let missed = status.map_or(0, |s| s.missed);
+    let max_missed = status.map_or(0, |s| s.detector.max_missed.get());
+    let rtt_ms = status
+        .and_then(|s| s.last_rtt)
+        .map(|d| d.as_secs_f64() * 1000.0);
+    let epoch = e.epoch;
+    let peer = &*e.peer_id;
+    match &e.kind {
+        EventKind::PeerDown => tracing::warn!(
+            target: "heartbeater::transitions", peer, missed, max_missed, last_rtt_ms = rtt_ms, epoch,
+            "peer down: {missed} heartbeats in a row without a valid reply (the rule allows {max_missed})"
+        ),
+        EventKind::IdentityMismatch { observed } => tracing::warn!(
+            target: "heartbeater::transitions", peer, observed = %observed, epoch,
+            "identity mismatch: another process answers at the peer's address; its replies do not count"
+        ),
+        EventKind::PeerUp => tracing::info!(
+            target: "heartbeater::transitions", peer, last_rtt_ms = rtt_ms, epoch,
+            "peer up: a valid reply"
+        ),
+        EventKind::Restarted { previous } => tracing::info!(
+            target: "heartbeater::transitions", peer, previous_epoch = previous, epoch,
+            "peer restarted: it answered with a higher epoch"
+        ),
+        EventKind::Registered => tracing::info!(
+            target: "heartbeater::transitions", peer, state = %e.state, "peer registered"
+        ),
+        EventKind::Deregistered => {
+            tracing::info!(target: "heartbeater::transitions", peer, "peer deregistered")
+        }
     }
 }
