@@ -98,7 +98,7 @@ pub struct RegisterArgs {
 }
 
 /// The rules `register --detector` names.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DetectorArg {
     /// max-missed consecutive heartbeats without a valid reply.
     Count,

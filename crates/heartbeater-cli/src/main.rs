@@ -5,6 +5,9 @@
 
 mod address;
 mod admin;
+mod config;
+mod demo;
+mod http;
 mod output;
 mod security;
 mod serve;
@@ -20,7 +23,20 @@ use crate::address::HostPort;
 /// Heartbeater: tells each process, quickly and without false alarms, which
 /// of its peers are alive.
 #[derive(Debug, Parser)]
-#[command(name = "heartbeater", version, about, long_about = None)]
+#[command(
+    name = "heartbeater",
+    version,
+    about,
+    long_about = None,
+    after_help = "Examples:
+  heartbeater serve                          # a node on 127.0.0.1:8181, status page on http://127.0.0.1:9181/
+  heartbeater demo                           # five nodes, one killed and restarted, in under a minute
+  heartbeater register --peer-id <ID> --peer 10.0.0.2:8181 --freq 100ms
+  heartbeater peers --watch                  # the peer table, refreshed in place
+  heartbeater watch                          # peer events as they happen
+
+Logs go to stderr; RUST_LOG (or HEARTBEATER_LOG) filters them, e.g. RUST_LOG=debug."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,6 +62,15 @@ enum Command {
     Publish(topics::PublishArgs),
     /// Subscribe to a topic and print its messages.
     Subscribe(topics::SubscribeArgs),
+    /// Run a local cluster of nodes, kill one, restart it, and show what
+    /// each node saw and how fast; exits 0 only if every transition came.
+    Demo(demo::DemoArgs),
+    /// Print a shell completion script: `heartbeater completions bash >
+    /// /etc/bash_completion.d/heartbeater`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Options shared by every command that talks to a node.
@@ -61,6 +86,12 @@ struct ServerArgs {
     security: security::ClientSecurityArgs,
 }
 
+/// What `main` runs once logging is set up.
+enum Run {
+    Serve(Box<config::Settings>),
+    Other(Command),
+}
+
 /// Resolves at the first SIGINT (Ctrl-C) or SIGTERM.
 async fn interrupted() -> anyhow::Result<()> {
     use anyhow::Context;
@@ -72,21 +103,60 @@ async fn interrupted() -> anyhow::Result<()> {
     }
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HEARTBEATER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
+/// Sends log lines to stderr, filtered by `RUST_LOG` (or `HEARTBEATER_LOG`)
+/// with `default` when neither is set.
+fn init_logging(format: config::LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_env("HEARTBEATER_LOG"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Json => builder.json().with_current_span(false).init(),
         // Colour codes only for a person at a terminal, never in a log
         // file or a pipe, and never with NO_COLOR set.
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none(),
-        )
-        .init();
+        config::LogFormat::Text => builder.with_ansi(output::colour(&std::io::stderr())).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // `serve` reads its settings (the log format among them) before any
+    // log line; a bad setting is a usage error, reported as such.
+    let command = match cli.command {
+        Command::Serve(args) => {
+            let print = args.print_config;
+            match args.settings() {
+                Ok(settings) if print => {
+                    print!("{}", settings.to_toml());
+                    return ExitCode::SUCCESS;
+                }
+                Ok(settings) => {
+                    init_logging(settings.log_format, "info");
+                    Run::Serve(Box::new(settings))
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "heartbeater",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        other => {
+            init_logging(config::LogFormat::Text, "warn");
+            Run::Other(other)
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -99,8 +169,13 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        match cli.command {
-            Command::Serve(args) => serve::run(args).await,
+        let command = match command {
+            Run::Serve(settings) => return serve::run(*settings).await,
+            Run::Other(command) => command,
+        };
+        match command {
+            Command::Serve(_) | Command::Completions { .. } => Ok(()),
+            Command::Demo(args) => demo::run(args).await,
             Command::Register(args) => admin::register(args).await,
             Command::Deregister(args) => admin::deregister(args).await,
             Command::Peers(args) => admin::peers(args).await,

@@ -6,11 +6,26 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use heartbeater::proto::{self, PeerEventKind, PeerState};
 use serde_json::json;
 
+/// Whether to write colour codes to `stream`: only to a terminal, never
+/// with `NO_COLOR` set (https://no-color.org).
+pub fn colour(stream: &impl std::io::IsTerminal) -> bool {
+    stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 pub fn state_name(state: i32) -> &'static str {
     match PeerState::try_from(state) {
         Ok(PeerState::Alive) => "ALIVE",
         Ok(PeerState::Unreachable) => "UNREACHABLE",
         _ => "UNKNOWN",
+    }
+}
+
+/// The name of a node-side state, as `state_name` names the wire's.
+pub fn core_state_name(state: heartbeater::PeerState) -> &'static str {
+    match state {
+        heartbeater::PeerState::Alive => "ALIVE",
+        heartbeater::PeerState::Unreachable => "UNREACHABLE",
+        heartbeater::PeerState::Unknown => "UNKNOWN",
     }
 }
 

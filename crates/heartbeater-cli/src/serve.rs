@@ -5,10 +5,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use futures_util::StreamExt;
 use heartbeater::HeartbeatServer;
-use serde::Deserialize;
 use serde_json::json;
 
-use crate::address::HostPort;
+use crate::config::{Layer, SettingFlags, Settings};
 
 /// `println!` that ignores a closed stdout: a node outlives whoever reads
 /// its output (`serve | head -1` must not stop it at the next event).
@@ -21,144 +20,47 @@ macro_rules! say {
 use crate::output;
 use crate::security::{read_tokens, ServerTlsFiles};
 
-/// Options of `serve`. A `--config` file may set the same keys (`listen`,
-/// `data_dir`, `epoch`, `in_memory`, `udp`, `cluster_key_file`, the limits,
-/// the `tls_*` files, `auth_token_file`, `auth_reads`); flags given on the
-/// command line win.
+/// Options of `serve`. Every setting is also a `HEARTBEATER_<KEY>`
+/// environment variable and a key of the `--config` file; flags win over
+/// variables, variables over the file, the file over the defaults
+/// (`--print-config` shows the outcome).
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  heartbeater serve                                 # 127.0.0.1:8181, registry in ./heartbeater-data
+  heartbeater serve --listen 0.0.0.0:8181 --data-dir /var/lib/heartbeater
+  heartbeater serve --config /etc/heartbeater/heartbeater.toml --print-config
+  HEARTBEATER_MAX_PEERS=5000 heartbeater serve --in-memory --http-listen off")]
 pub struct ServeArgs {
-    /// A TOML file with the same keys as the long options, in snake case
-    /// (`listen`, `data_dir`, `tls_cert`, `auth_token_file`, `max_peers`, ...).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Address to listen on (port 0 picks a free one) [default: 127.0.0.1:8181].
-    #[arg(long, value_name = "HOST:PORT")]
-    listen: Option<HostPort>,
-    /// Where the embedded RocksDB keeps identity, epoch and peers
-    /// [default: ./heartbeater-data].
-    #[arg(long, value_name = "DIR", conflicts_with = "in_memory")]
-    data_dir: Option<PathBuf>,
-    /// Keep the registry in memory only (a new identity at every start).
+    /// A TOML file with the settings' keys, in snake case (`listen`,
+    /// `data_dir`, `tls_cert`, `max_peers`, ...); unknown keys are errors.
+    #[arg(long, value_name = "FILE", env = "HEARTBEATER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective settings as TOML, each with where it came from,
+    /// and exit.
     #[arg(long)]
-    in_memory: bool,
-    /// Explicit epoch (at least the stored one) instead of stored + 1.
-    #[arg(long, value_name = "N")]
-    epoch: Option<u64>,
+    pub print_config: bool,
     /// Heartbeat over gRPC only: do not bind UDP on the listen port and do
-    /// not send heartbeat datagrams (for networks that drop UDP).
+    /// not send heartbeat datagrams (the same as --udp false).
     #[arg(long)]
     no_udp: bool,
-    /// Authenticate heartbeat datagrams with the cluster keys in FILE: one
-    /// hex-encoded secret (16 to 64 bytes, e.g. `openssl rand -hex 32`) per
-    /// line, the first one signs, all are accepted; `#` starts a comment.
-    /// SIGHUP reloads the file (the way to rotate keys without a restart).
-    #[arg(long, value_name = "FILE")]
-    cluster_key_file: Option<PathBuf>,
-    /// The cluster keys themselves, in the file's format (commas or spaces
-    /// between keys); prefer the file, which `ps` and `/proc` do not show.
-    /// A key file, when given, wins.
-    #[arg(
-        long,
-        env = "HEARTBEATER_CLUSTER_KEYS",
-        hide_env_values = true,
-        value_name = "KEYS"
-    )]
-    cluster_keys: Option<String>,
-    /// The most peers the registry holds; a registration past it is
-    /// refused with RESOURCE_EXHAUSTED [default: 100000].
-    #[arg(long, value_name = "N")]
-    max_peers: Option<usize>,
-    /// The shortest heartbeat period a RegisterPeer call over gRPC may ask
-    /// for, so that no one can make the node send a datagram every
-    /// millisecond to a third party [default: 10ms].
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
-    min_network_freq: Option<std::time::Duration>,
-    /// The local-pause guard: when this node did not run for longer than
-    /// this (stopped, starved, frozen), no peer is judged on the gap.
-    /// `auto` is half the shortest heartbeat period (at least 20ms), `off`
-    /// counts every heartbeat [default: auto].
-    #[arg(long, value_name = "auto|off|DURATION", value_parser = parse_pause_threshold)]
-    pause_threshold: Option<heartbeater::PauseThreshold>,
-    /// The rule for registrations that name none: `count` (max-missed
-    /// heartbeats) or `phi` (phi accrual) [default: count].
-    #[arg(long, value_enum, value_name = "count|phi")]
-    default_detector: Option<crate::admin::DetectorArg>,
-    /// With --default-detector phi: the phi at which peers are convicted
-    /// (1 to 64) [default: 8].
-    #[arg(long, value_name = "PHI")]
-    phi_threshold: Option<f64>,
-    /// Consecutive valid replies before an unreachable peer is alive again,
-    /// for registrations that name none (1 to 100) [default: 1].
-    #[arg(long, value_name = "N")]
-    default_rise: Option<u32>,
-    /// Serve gRPC over TLS with this certificate chain (PEM, the node's
-    /// own certificate first). SIGHUP re-reads it.
-    #[arg(long, value_name = "FILE", env = "HEARTBEATER_TLS_CERT")]
-    tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(long, value_name = "FILE", env = "HEARTBEATER_TLS_KEY")]
-    tls_key: Option<PathBuf>,
-    /// Mutual TLS: refuse clients without a certificate issued by the CA in
-    /// FILE (PEM).
-    #[arg(long, value_name = "FILE", env = "HEARTBEATER_TLS_CLIENT_CA")]
-    tls_client_ca: Option<PathBuf>,
-    /// The CA (PEM) that peers' certificates chain to, for the connections
-    /// this node opens (heartbeats over gRPC); the node presents --tls-cert
-    /// there [default: --tls-client-ca].
-    #[arg(long, value_name = "FILE", env = "HEARTBEATER_TLS_CA")]
-    tls_ca: Option<PathBuf>,
-    /// Require a bearer token from FILE (one per line, all accepted; the
-    /// first is sent on this node's own calls) for RegisterPeer and
-    /// DeregisterPeer. SIGHUP re-reads it.
-    #[arg(long, value_name = "FILE", env = "HEARTBEATER_AUTH_TOKEN_FILE")]
-    auth_token_file: Option<PathBuf>,
-    /// Require the token on reads too (Heartbeat, ListPeers, WatchPeers,
-    /// subscriptions, health).
-    #[arg(long, requires = "auth_token_file")]
-    auth_reads: bool,
-    /// The largest request message, in bytes; larger ones are refused with
-    /// RESOURCE_EXHAUSTED [default: 4194304].
-    #[arg(long, value_name = "BYTES")]
-    max_request_bytes: Option<usize>,
-    /// The most connections one client IP address may hold open [default: 1024].
-    #[arg(long, value_name = "N")]
-    max_connections_per_address: Option<usize>,
-    /// The most calls in progress on one connection [default: 128].
-    #[arg(long, value_name = "N")]
-    max_streams_per_connection: Option<u32>,
-    /// The most WatchPeers streams open at once [default: 1024].
-    #[arg(long, value_name = "N")]
-    max_watchers: Option<usize>,
-    /// Print the start line and peer events as JSON lines.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    settings: SettingFlags,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    listen: Option<String>,
-    data_dir: Option<PathBuf>,
-    epoch: Option<u64>,
-    in_memory: Option<bool>,
-    udp: Option<bool>,
-    cluster_key_file: Option<PathBuf>,
-    max_peers: Option<usize>,
-    min_network_freq: Option<String>,
-    pause_threshold: Option<String>,
-    default_detector: Option<String>,
-    phi_threshold: Option<f64>,
-    default_rise: Option<u32>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    tls_client_ca: Option<PathBuf>,
-    tls_ca: Option<PathBuf>,
-    auth_token_file: Option<PathBuf>,
-    auth_reads: Option<bool>,
-    max_request_bytes: Option<usize>,
-    max_connections_per_address: Option<usize>,
-    max_streams_per_connection: Option<u32>,
-    max_watchers: Option<usize>,
+impl ServeArgs {
+    /// The effective settings of this command line in this environment.
+    pub fn settings(self) -> Result<Settings, String> {
+        let mut flags = Layer::from(self.settings);
+        if self.no_udp {
+            if flags.udp == Some(true) {
+                return Err("--no-udp and --udp true contradict each other".into());
+            }
+            flags.udp = Some(false);
+        }
+        Settings::load(flags, self.config.as_deref(), |name| {
+            std::env::var(name).ok()
+        })
+    }
 }
 
 /// Reads a cluster key file, and warns when others may read it too.
@@ -255,98 +157,48 @@ async fn reload(
     Ok(())
 }
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let file = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read config file {}", path.display()))?;
-            toml::from_str::<ConfigFile>(&text)
-                .with_context(|| format!("config file {}", path.display()))?
-        }
-        None => ConfigFile::default(),
-    };
-    let listen = match (args.listen, file.listen) {
-        (Some(l), _) => l,
-        (None, Some(l)) => l
-            .parse::<HostPort>()
-            .map_err(|e| anyhow::anyhow!("config file: listen: {e}"))?,
-        (None, None) => HostPort {
-            host: heartbeater::DEFAULT_HOST.into(),
-            port: heartbeater::DEFAULT_PORT,
-        },
-    };
-    let in_memory = args.in_memory || (args.data_dir.is_none() && file.in_memory.unwrap_or(false));
-    let data_dir = args
-        .data_dir
-        .or(file.data_dir)
-        .unwrap_or_else(|| PathBuf::from(heartbeater::DEFAULT_DATA_DIR));
+pub async fn run(cfg: Settings) -> anyhow::Result<()> {
+    let listen = cfg.listen.clone();
+    let in_memory = cfg.in_memory;
+    let data_dir = cfg.data_dir.clone();
+    let json_out = cfg.json;
 
     let mut builder = HeartbeatServer::builder()
         .server_host(listen.host.clone())
         .server_port(listen.port)
-        .udp_heartbeats(!args.no_udp && file.udp.unwrap_or(true));
+        .udp_heartbeats(cfg.udp)
+        .max_peers(cfg.max_peers)
+        .min_network_heartbeat_freq(cfg.min_network_freq.0)
+        .pause_threshold(cfg.pause_threshold)
+        .default_rise(cfg.default_rise)
+        .max_request_bytes(cfg.max_request_bytes)
+        .max_connections_per_address(cfg.max_connections_per_address)
+        .max_streams_per_connection(cfg.max_streams_per_connection)
+        .max_watchers(cfg.max_watchers);
     builder = if in_memory {
         builder.in_memory()
     } else {
         builder.data_dir(&data_dir)
     };
-    if let Some(epoch) = args.epoch.or(file.epoch) {
+    if let Some(epoch) = cfg.epoch {
         builder = builder.server_epoch(epoch);
     }
-    if let Some(max) = args.max_peers.or(file.max_peers) {
-        builder = builder.max_peers(max);
-    }
-    let min_freq = match (args.min_network_freq, &file.min_network_freq) {
-        (Some(d), _) => Some(d),
-        (None, Some(text)) => Some(
-            humantime::parse_duration(text)
-                .map_err(|e| anyhow::anyhow!("config file: min_network_freq: {e}"))?,
-        ),
-        (None, None) => None,
-    };
-    if let Some(min) = min_freq {
-        builder = builder.min_network_heartbeat_freq(min);
-    }
-    let pause = match (args.pause_threshold, &file.pause_threshold) {
-        (Some(p), _) => Some(p),
-        (None, Some(text)) => Some(
-            parse_pause_threshold(text)
-                .map_err(|e| anyhow::anyhow!("config file: pause_threshold: {e}"))?,
-        ),
-        (None, None) => None,
-    };
-    if let Some(pause) = pause {
-        builder = builder.pause_threshold(pause);
-    }
-    let default_detector = match (args.default_detector, file.default_detector.as_deref()) {
-        (Some(d), _) => Some(d),
-        (None, Some("count")) => Some(crate::admin::DetectorArg::Count),
-        (None, Some("phi")) => Some(crate::admin::DetectorArg::Phi),
-        (None, Some(other)) => {
-            anyhow::bail!("config file: default_detector: {other:?}; expected \"count\" or \"phi\"")
-        }
-        (None, None) => None,
-    };
-    let phi_threshold = args.phi_threshold.or(file.phi_threshold);
-    match default_detector {
-        Some(crate::admin::DetectorArg::Phi) => {
+    match cfg.default_detector {
+        crate::admin::DetectorArg::Phi => {
             builder = builder.default_detector(heartbeater::DefaultDetector::PhiAccrual {
-                threshold: phi_threshold.unwrap_or(8.0),
+                threshold: cfg.phi_threshold.unwrap_or(8.0),
             });
         }
-        _ if phi_threshold.is_some() => {
-            anyhow::bail!("--phi-threshold / phi_threshold is for --default-detector phi")
+        crate::admin::DetectorArg::Count if cfg.phi_threshold.is_some() => {
+            anyhow::bail!("phi_threshold is for default_detector phi (--default-detector phi)")
         }
-        _ => {}
+        crate::admin::DetectorArg::Count => {}
     }
-    if let Some(rise) = args.default_rise.or(file.default_rise) {
-        builder = builder.default_rise(rise);
-    }
-    let key_file = args.cluster_key_file.or(file.cluster_key_file);
-    let keyring = match (&key_file, &args.cluster_keys) {
+    let key_file = cfg.cluster_key_file.clone();
+    let keyring = match (&key_file, &cfg.cluster_keys) {
         (Some(path), _) => Some(read_keys(path)?),
         (None, Some(keys)) => Some(
-            heartbeater::Keyring::parse(keys)
+            heartbeater::Keyring::parse(&keys.0)
                 .context("HEARTBEATER_CLUSTER_KEYS / --cluster-keys")?,
         ),
         (None, None) => None,
@@ -355,29 +207,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(keyring) = keyring {
         builder = builder.cluster_keys(keyring);
     }
-    if let Some(n) = args.max_request_bytes.or(file.max_request_bytes) {
-        builder = builder.max_request_bytes(n);
-    }
-    if let Some(n) = args
-        .max_connections_per_address
-        .or(file.max_connections_per_address)
-    {
-        builder = builder.max_connections_per_address(n);
-    }
-    if let Some(n) = args
-        .max_streams_per_connection
-        .or(file.max_streams_per_connection)
-    {
-        builder = builder.max_streams_per_connection(n);
-    }
-    if let Some(n) = args.max_watchers.or(file.max_watchers) {
-        builder = builder.max_watchers(n);
-    }
     let tls_files = ServerTlsFiles {
-        cert: args.tls_cert.or(file.tls_cert),
-        key: args.tls_key.or(file.tls_key),
-        client_ca: args.tls_client_ca.or(file.tls_client_ca),
-        ca: args.tls_ca.or(file.tls_ca),
+        cert: cfg.tls_cert.clone(),
+        key: cfg.tls_key.clone(),
+        client_ca: cfg.tls_client_ca.clone(),
+        ca: cfg.tls_ca.clone(),
     };
     let tls = tls_files.server()?;
     let mutual = tls
@@ -393,8 +227,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(peer_tls) = peer_tls {
         builder = builder.peer_tls(peer_tls);
     }
-    let token_file = args.auth_token_file.or(file.auth_token_file);
-    let auth_reads = args.auth_reads || file.auth_reads.unwrap_or(false);
+    let token_file = cfg.auth_token_file.clone();
+    let auth_reads = cfg.auth_reads;
     if auth_reads && token_file.is_none() {
         anyhow::bail!("auth_reads needs auth_token_file: there is no token to require");
     }
@@ -403,21 +237,33 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .auth_tokens(read_tokens(path)?)
             .auth_reads(auth_reads);
     }
-    let server = builder.build_async().await?;
+    let server = std::sync::Arc::new(builder.build_async().await?);
     let mut events = server.events();
     let addr = server.start().await?;
+    let http = match &cfg.http_listen {
+        crate::config::HttpListen::Off => None,
+        crate::config::HttpListen::On(at) => Some(
+            crate::http::HttpServer::start(at, server.clone(), cfg.metrics_peer_labels)
+                .await
+                .with_context(|| {
+                    format!("cannot serve HTTP on {at} (http_listen; `off` disables it)")
+                })?,
+        ),
+    };
+    let http_addr = http.as_ref().map(|h| h.local_addr().to_string());
     let storage = if in_memory {
         "memory (nothing persists)".to_string()
     } else {
         format!("{} (RocksDB)", data_dir.display())
     };
     let identity = server.identity();
-    if args.json {
+    if json_out {
         say!(
             "{}",
             json!({
                 "event": "started",
                 "listen": addr.to_string(),
+                "http_listen": http_addr,
                 "identity": identity,
                 "epoch": server.epoch(),
                 "data_dir": (!in_memory).then(|| data_dir.display().to_string()),
@@ -432,6 +278,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         say!("heartbeater node started");
         say!("  listen    {addr}");
+        if let Some(h) = &http_addr {
+            say!("  http      http://{h}/  (status page, /metrics, /api, /healthz)");
+        }
         say!("  identity  {identity}");
         say!("  epoch     {}", server.epoch());
         say!("  data dir  {storage}");
@@ -460,12 +309,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tokio::select! {
             r = &mut stop => { r?; break }
             Some(()) = hangup.recv() => {
-                reload(&server, key_file.as_deref(), &tls_files, token_file.as_deref(), args.json).await?;
+                reload(&server, key_file.as_deref(), &tls_files, token_file.as_deref(), json_out).await?;
             }
             event = events.next() => {
                 let Some(event) = event else { break };
                 let e = event.to_proto(&identity);
-                if args.json {
+                if json_out {
                     say!("{}", output::event_json(&e));
                 } else {
                     say!("{}", output::event_text(&e));
@@ -473,8 +322,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
     }
+    if let Some(http) = http {
+        http.stop().await;
+    }
     server.stop().await?;
-    if args.json {
+    if json_out {
         say!(
             "{}",
             json!({"event": "stopped", "identity": identity, "timestamp": output::now_rfc3339()})
@@ -483,17 +335,4 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         say!("heartbeater node stopped");
     }
     Ok(())
-}
-
-/// `auto`, `off`, or a duration such as `200ms`.
-fn parse_pause_threshold(text: &str) -> Result<heartbeater::PauseThreshold, String> {
-    match text.trim() {
-        "auto" => Ok(heartbeater::PauseThreshold::Auto),
-        "off" => Ok(heartbeater::PauseThreshold::Off),
-        other => humantime::parse_duration(other)
-            .map(heartbeater::PauseThreshold::Fixed)
-            .map_err(|e| {
-                format!("{other:?}: expected auto, off or a duration such as 200ms ({e})")
-            }),
-    }
 }

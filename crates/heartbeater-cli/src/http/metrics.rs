@@ -1,0 +1,410 @@
+//! `/metrics`: a node's counters in the Prometheus text format, encoded by
+//! `prometheus-client` from one snapshot per scrape. The node keeps plain
+//! atomics (`HeartbeatServer::metrics` and friends); nothing here is on the
+//! heartbeat path.
+
+use heartbeater::{HeartbeatServer, HistogramSnapshot, NodeMetrics, PeerState, PeerStatus};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+/// Upper bounds for the scheduler-lateness histogram, in seconds.
+const LATENESS_BUCKETS: &[f64] = &[0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0];
+
+/// Everything one scrape reports, copied out of the node first (the copy
+/// is async, the encoding is not).
+#[derive(Debug)]
+pub struct Snapshot {
+    identity: String,
+    epoch: u64,
+    work: NodeMetrics,
+    datagrams: heartbeater::DatagramStats,
+    security: heartbeater::SecurityStats,
+    pauses: heartbeater::PauseStats,
+    lateness: HistogramSnapshot,
+    awareness: u8,
+    answered: u64,
+    quarantined: usize,
+    counts: heartbeater::StateCounts,
+    /// Per-peer series, or `None` when the registry is past the limit.
+    peers: Option<Vec<PeerStatus>>,
+    topics: Vec<heartbeater::TopicStats>,
+    label_limit: usize,
+}
+
+impl Snapshot {
+    /// Copies what the node knows now. Per-peer and per-topic series only
+    /// while there are at most `label_limit` of them (the cardinality
+    /// guard).
+    pub async fn take(server: &HeartbeatServer, label_limit: usize) -> Snapshot {
+        let counts = server.peer_counts().await;
+        let peers = if counts.total() <= label_limit {
+            Some(server.peers().await)
+        } else {
+            None
+        };
+        Snapshot {
+            identity: server.identity(),
+            epoch: server.epoch(),
+            work: server.metrics(),
+            datagrams: server.datagram_stats(),
+            security: server.security_stats(),
+            pauses: server.pause_stats(),
+            lateness: server.scheduler_lateness().histogram(LATENESS_BUCKETS),
+            awareness: server.awareness_score(),
+            answered: server.heartbeats_answered(),
+            quarantined: server.quarantined_peers().len(),
+            counts,
+            peers,
+            topics: server.topics(),
+            label_limit,
+        }
+    }
+
+    /// The Prometheus text exposition of this snapshot.
+    pub fn encode(self) -> Result<String, std::fmt::Error> {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry)?;
+        Ok(out)
+    }
+}
+
+type Labels<'a> = [(&'static str, &'a str); 1];
+
+fn counter(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    series: &[(Option<Labels<'_>>, u64)],
+) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, unit, MetricType::Counter)?;
+    for (labels, v) in series {
+        match labels {
+            Some(l) => m
+                .encode_family(l)?
+                .encode_counter::<NoLabelSet, u64, u64>(v, None)?,
+            None => m.encode_counter::<NoLabelSet, u64, u64>(v, None)?,
+        }
+    }
+    Ok(())
+}
+
+fn seconds_counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> std::fmt::Result {
+    e.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Counter)?
+        .encode_counter::<NoLabelSet, f64, f64>(&v, None)
+}
+
+fn gauge<V: prometheus_client::encoding::EncodeGaugeValue>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    series: &[(Option<Labels<'_>>, V)],
+) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    for (labels, v) in series {
+        match labels {
+            Some(l) => m.encode_family(l)?.encode_gauge(v)?,
+            None => m.encode_gauge(v)?,
+        }
+    }
+    Ok(())
+}
+
+fn histogram(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    h: &HistogramSnapshot,
+) -> std::fmt::Result {
+    // The text format wants per-bucket counts; the snapshot is cumulative.
+    let mut previous = 0;
+    let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(h.buckets.len() + 1);
+    for &(bound, cumulative) in &h.buckets {
+        buckets.push((bound, cumulative.saturating_sub(previous)));
+        previous = cumulative;
+    }
+    buckets.push((f64::INFINITY, h.count.saturating_sub(previous)));
+    e.encode_descriptor(name, help, unit, MetricType::Histogram)?
+        .encode_histogram::<NoLabelSet>(h.sum, h.count, &buckets, None)
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let e = &mut e;
+        let w = &self.work;
+        let secs = Some(&Unit::Seconds);
+        gauge(
+            e,
+            "heartbeater_node_epoch",
+            "This node's epoch (it grows at every start).",
+            None,
+            &[(Some([("identity", self.identity.as_str())]), self.epoch)],
+        )?;
+        let path = |p: &'static str| Some([("path", p)]);
+        counter(
+            e,
+            "heartbeater_heartbeats_sent",
+            "Heartbeats sent to peers, by path.",
+            None,
+            &[
+                (path("datagram"), w.datagram.sent),
+                (path("grpc"), w.grpc.sent),
+            ],
+        )?;
+        counter(
+            e,
+            "heartbeater_heartbeats_acked",
+            "Valid acknowledgements received, by the path they came on.",
+            None,
+            &[
+                (path("datagram"), w.datagram.acked),
+                (path("grpc"), w.grpc.acked),
+            ],
+        )?;
+        counter(
+            e,
+            "heartbeater_heartbeats_timed_out",
+            "Heartbeats whose timeout passed with no valid answer, by the path they were sent on.",
+            None,
+            &[
+                (path("datagram"), w.datagram.timed_out),
+                (path("grpc"), w.grpc.timed_out),
+            ],
+        )?;
+        counter(
+            e,
+            "heartbeater_heartbeats_answered",
+            "Heartbeats this node answered, from its monitors and clients.",
+            None,
+            &[(None, self.answered)],
+        )?;
+        histogram(
+            e,
+            "heartbeater_heartbeat_rtt",
+            "Round-trip time of every valid acknowledgement.",
+            secs,
+            &w.rtt_seconds,
+        )?;
+        let state = |s: &'static str| Some([("state", s)]);
+        gauge(
+            e,
+            "heartbeater_peers",
+            "Registered peers, by liveness state.",
+            None,
+            &[
+                (state("alive"), self.counts.alive as u64),
+                (state("unreachable"), self.counts.unreachable as u64),
+                (state("unknown"), self.counts.unknown as u64),
+            ],
+        )?;
+        gauge(
+            e,
+            "heartbeater_peers_quarantined",
+            "Stored peer records that could not be read at start (see docs/OPERATIONS.md).",
+            None,
+            &[(None, self.quarantined as u64)],
+        )?;
+        let t = &w.transitions;
+        let kind = |k: &'static str| Some([("kind", k)]);
+        counter(
+            e,
+            "heartbeater_transitions",
+            "Liveness events, by kind.",
+            None,
+            &[
+                (kind("registered"), t.registered),
+                (kind("peer_up"), t.peer_up),
+                (kind("peer_down"), t.peer_down),
+                (kind("restarted"), t.restarted),
+                (kind("identity_mismatch"), t.identity_mismatch),
+                (kind("deregistered"), t.deregistered),
+            ],
+        )?;
+        counter(
+            e,
+            "heartbeater_peer_restarts",
+            "Restarts seen: a peer answered with a higher epoch.",
+            None,
+            &[(None, t.restarted)],
+        )?;
+        counter(
+            e,
+            "heartbeater_identity_mismatches",
+            "Answers from another identity than the registered one.",
+            None,
+            &[(None, t.identity_mismatch)],
+        )?;
+        let d = &self.datagrams;
+        let reason = |r: &'static str| Some([("reason", r)]);
+        counter(
+            e,
+            "heartbeater_datagrams_dropped",
+            "Heartbeat datagrams dropped, by reason: malformed, unauthenticated (cluster key), \
+             forged_token (not made by this node), stale (answers a heartbeat already settled), \
+             too_short (a ping whose pong would be longer).",
+            None,
+            &[
+                (reason("malformed"), d.malformed),
+                (reason("unauthenticated"), d.auth_failed),
+                (reason("forged_token"), d.forged_tokens),
+                (reason("stale"), d.unmatched_pongs),
+                (reason("too_short"), d.too_short),
+            ],
+        )?;
+        let s = &self.security;
+        counter(
+            e,
+            "heartbeater_grpc_refused",
+            "gRPC calls and connections refused, by reason.",
+            None,
+            &[
+                (reason("unauthenticated"), s.unauthenticated_calls),
+                (reason("connections_over_limit"), s.connections_over_limit),
+                (reason("tls_handshake_failed"), s.tls_handshakes_failed),
+            ],
+        )?;
+        histogram(
+            e,
+            "heartbeater_scheduler_lateness",
+            "How late heartbeats left against their schedule.",
+            secs,
+            &self.lateness,
+        )?;
+        counter(
+            e,
+            "heartbeater_local_pauses",
+            "Times this node did not run for longer than its pause threshold.",
+            None,
+            &[(None, self.pauses.pauses)],
+        )?;
+        seconds_counter(
+            e,
+            "heartbeater_local_pause",
+            "Time spent in local pauses.",
+            self.pauses.total.as_secs_f64(),
+        )?;
+        counter(
+            e,
+            "heartbeater_heartbeats_voided",
+            "Heartbeats in flight across a local pause, neither answered nor missed.",
+            None,
+            &[(None, self.pauses.voided_heartbeats)],
+        )?;
+        gauge(
+            e,
+            "heartbeater_awareness_score",
+            "Local health score, 0 to 3: above 0, conviction thresholds are stretched.",
+            None,
+            &[(None, u64::from(self.awareness))],
+        )?;
+        histogram(
+            e,
+            "heartbeater_registry_write",
+            "Duration of each synced registry write.",
+            secs,
+            &w.registry_write_seconds,
+        )?;
+        histogram(
+            e,
+            "heartbeater_registry_write_group_size",
+            "Registry changes carried by each synced write.",
+            None,
+            &w.registry_group_size,
+        )?;
+        self.encode_labelled(e)
+    }
+}
+
+impl Snapshot {
+    /// The series with a label per peer or per topic, within the guard.
+    fn encode_labelled(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        gauge(
+            e,
+            "heartbeater_metrics_peer_series_suppressed",
+            "1 while per-peer series are left out: more peers than metrics_peer_labels.",
+            None,
+            &[(None, u64::from(self.peers.is_none()))],
+        )?;
+        if let Some(peers) = &self.peers {
+            fn label(p: &PeerStatus) -> Option<Labels<'_>> {
+                Some([("peer", p.peer_id.as_str())])
+            }
+            let up: Vec<_> = peers
+                .iter()
+                .map(|p| (label(p), u64::from(p.state == PeerState::Alive)))
+                .collect();
+            gauge(
+                e,
+                "heartbeater_peer_up",
+                "1 while the peer is alive, 0 while unreachable or not yet heard.",
+                None,
+                &up,
+            )?;
+            let missed: Vec<_> = peers
+                .iter()
+                .map(|p| (label(p), u64::from(p.missed)))
+                .collect();
+            gauge(
+                e,
+                "heartbeater_peer_missed",
+                "Consecutive heartbeats the peer missed, right now.",
+                None,
+                &missed,
+            )?;
+            let rtt: Vec<_> = peers
+                .iter()
+                .filter_map(|p| p.last_rtt.map(|r| (label(p), r.as_secs_f64())))
+                .collect();
+            gauge(
+                e,
+                "heartbeater_peer_last_rtt",
+                "Round-trip time of the peer's last valid reply.",
+                Some(&Unit::Seconds),
+                &rtt,
+            )?;
+        }
+        let topics: Vec<_> = self.topics.iter().take(self.label_limit).collect();
+        fn topic<'a>(t: &&'a heartbeater::TopicStats) -> Option<Labels<'a>> {
+            Some([("topic", t.topic.as_str())])
+        }
+        let subs: Vec<_> = topics
+            .iter()
+            .map(|t| (topic(t), t.subscribers.len() as u64))
+            .collect();
+        gauge(
+            e,
+            "heartbeater_topic_subscribers",
+            "Subscription streams open, per published topic.",
+            None,
+            &subs,
+        )?;
+        let connected: Vec<_> = topics
+            .iter()
+            .map(|t| (topic(t), t.connected.len() as u64))
+            .collect();
+        gauge(
+            e,
+            "heartbeater_topic_clients_connected",
+            "Clients answering the topic's heartbeats.",
+            None,
+            &connected,
+        )?;
+        let sent: Vec<_> = topics
+            .iter()
+            .map(|t| (topic(t), t.heartbeats_sent))
+            .collect();
+        counter(
+            e,
+            "heartbeater_topic_heartbeats_sent",
+            "Heartbeat requests sent to a topic's clients.",
+            None,
+            &sent,
+        )
+    }
+}
