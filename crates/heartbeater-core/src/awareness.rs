@@ -34,7 +34,11 @@ pub const DECAY_WINDOWS: u32 = 10;
 pub struct Awareness {
     score: u8,
     window_start: Option<Instant>,
-    window_silences: usize,
+    /// The peers silent in the current window, each counted once: one dead
+    /// peer whose heartbeats expire twice in a window is still one peer.
+    /// At most one entry per monitored peer; cleared (capacity kept) at
+    /// each new window.
+    window_peers: std::collections::HashSet<u64>,
     raised_in_window: bool,
     /// When the score last moved (up or down), for the decay.
     last_change: Option<Instant>,
@@ -61,19 +65,20 @@ impl Awareness {
         }
     }
 
-    /// A heartbeat is about to be settled unanswered at `now`, with `peers`
-    /// monitored and windows of `window`. Returns whether the score rose.
-    pub fn on_silence(&mut self, now: Instant, peers: usize, window: Duration) -> bool {
+    /// A heartbeat of `peer` (any stable per-peer number) is about to be
+    /// settled unanswered at `now`, with `peers` monitored and windows of
+    /// `window`. Returns whether the score rose.
+    pub fn on_silence(&mut self, now: Instant, peer: u64, peers: usize, window: Duration) -> bool {
         match self.window_start {
             Some(start) if now.saturating_duration_since(start) < window => {}
             _ => {
                 self.window_start = Some(now);
-                self.window_silences = 0;
+                self.window_peers.clear();
                 self.raised_in_window = false;
             }
         }
-        self.window_silences += 1;
-        let mass = peers >= MIN_PEERS && self.window_silences * 2 >= peers;
+        self.window_peers.insert(peer);
+        let mass = peers >= MIN_PEERS && self.window_peers.len() * 2 >= peers;
         if mass && !self.raised_in_window {
             self.raised_in_window = true;
             return self.raise(now);
@@ -111,16 +116,23 @@ mod tests {
         let t0 = Instant::now();
         let mut a = Awareness::default();
         for i in 0..4 {
-            assert!(!a.on_silence(t0 + i * MS, 10, WINDOW), "{} of 10", i + 1);
+            assert!(
+                !a.on_silence(t0 + i * MS, i.into(), 10, WINDOW),
+                "{} of 10",
+                i + 1
+            );
         }
-        assert!(a.on_silence(t0 + 4 * MS, 10, WINDOW), "5 of 10");
+        assert!(a.on_silence(t0 + 4 * MS, 4, 10, WINDOW), "5 of 10");
         assert_eq!((a.score(), a.tolerance()), (1, 2));
         for i in 5..10 {
-            assert!(!a.on_silence(t0 + i * MS, 10, WINDOW), "once per window");
+            assert!(
+                !a.on_silence(t0 + i * MS, i.into(), 10, WINDOW),
+                "once per window"
+            );
         }
         // The next window, the same again: one more.
         for i in 0..5 {
-            a.on_silence(t0 + WINDOW + i * MS, 10, WINDOW);
+            a.on_silence(t0 + WINDOW + i * MS, i.into(), 10, WINDOW);
         }
         assert_eq!(a.score(), 2);
     }
@@ -131,12 +143,18 @@ mod tests {
         let mut a = Awareness::default();
         // One silence per window: a lossy link, not a sick monitor.
         for w in 0..50u32 {
-            a.on_silence(t0 + WINDOW * w, 10, WINDOW);
+            a.on_silence(t0 + WINDOW * w, w.into(), 10, WINDOW);
         }
         assert_eq!(a.score(), 0);
         // Two of three peers silent: too few peers to tell.
-        a.on_silence(t0, 3, WINDOW);
-        a.on_silence(t0, 3, WINDOW);
+        a.on_silence(t0, 1, 3, WINDOW);
+        a.on_silence(t0, 2, 3, WINDOW);
+        assert_eq!(a.score(), 0);
+        // One peer of four silent many times in one window (a dead peer,
+        // heartbeated again at once after each miss): still one peer.
+        for i in 0..10u32 {
+            a.on_silence(t0 + WINDOW * 60 + i * MS, 7, 4, WINDOW);
+        }
         assert_eq!(a.score(), 0);
     }
 
@@ -146,7 +164,7 @@ mod tests {
         let mut a = Awareness::default();
         for w in 0..10u32 {
             for i in 0..5u32 {
-                a.on_silence(t0 + WINDOW * w + i * MS, 10, WINDOW);
+                a.on_silence(t0 + WINDOW * w + i * MS, i.into(), 10, WINDOW);
             }
         }
         assert_eq!((a.score(), a.tolerance()), (MAX_AWARENESS, 4));

@@ -460,7 +460,11 @@ impl<F: DetectorFactory> PeerTable<F> {
             };
             // Awareness first: if this silence makes half the peers silent
             // at once, every threshold widens before it is judged.
-            if self.in_flight(id) && self.awareness.on_silence(now, self.index.len(), window) {
+            if self.in_flight(id)
+                && self
+                    .awareness
+                    .on_silence(now, e.key, self.index.len(), window)
+            {
                 self.apply_tolerance();
             }
             let mut changes = std::mem::take(&mut self.changes);
