@@ -407,9 +407,11 @@ settings! {
     [value_name = "HOST:PORT"]
     listen: HostPort = HostPort { host: heartbeater::DEFAULT_HOST.into(), port: heartbeater::DEFAULT_PORT };
     /// Address of the HTTP listener: /metrics, /api, /healthz, /readyz and
-    /// the status page; `off` disables it.
+    /// the status page; `off` disables it [default: 127.0.0.1 and the
+    /// listen port + 1000, so 127.0.0.1:9181 beside 8181, and a free port
+    /// beside port 0].
     [value_name = "HOST:PORT|off"]
-    http_listen: HttpListen = HttpListen::On(HostPort { host: "127.0.0.1".into(), port: 9181 });
+    http_listen: HttpListen;
     /// Where the embedded RocksDB keeps identity, epoch and peers.
     [value_name = "DIR"]
     data_dir: PathBuf = PathBuf::from(heartbeater::DEFAULT_DATA_DIR);
@@ -530,7 +532,34 @@ impl Settings {
             None => Layer::default(),
         };
         let env = Layer::from_env(var)?;
-        Ok(Layer::resolve(flags, env, file))
+        let mut settings = Layer::resolve(flags, env, file);
+        settings.derive_defaults();
+        Ok(settings)
+    }
+
+    /// Fills the defaults that depend on other settings: the HTTP port
+    /// follows the listen port, so two nodes started side by side with
+    /// different ports do not both claim 9181.
+    fn derive_defaults(&mut self) {
+        if self.http_listen.is_some() {
+            return;
+        }
+        let port = match self.listen.port {
+            0 => 0,
+            p => p.checked_add(1000).unwrap_or(0),
+        };
+        let value = HttpListen::On(HostPort {
+            host: "127.0.0.1".into(),
+            port,
+        });
+        if let Some(entry) = self
+            .sources
+            .iter_mut()
+            .find(|(k, _, _)| *k == "http_listen")
+        {
+            entry.2 = value.show();
+        }
+        self.http_listen = Some(value);
     }
 
     /// The effective settings as a TOML file that `--config` reads back,
@@ -545,6 +574,9 @@ impl Settings {
                 Source::Flag => format!("flag --{}", key.replace('_', "-")),
                 Source::Env => format!("environment {}", env_name(key)),
                 Source::File => "config file".to_string(),
+                Source::Default if *key == "http_listen" => {
+                    "default: listen port + 1000".to_string()
+                }
                 Source::Default => "default".to_string(),
             };
             let _ = if value.is_empty() {
@@ -652,7 +684,7 @@ mod tests {
         );
         for s in [from_file, from_env] {
             assert_eq!(s.listen.to_string(), "0.0.0.0:9000");
-            assert_eq!(s.http_listen, HttpListen::Off);
+            assert_eq!(s.http_listen, Some(HttpListen::Off));
             assert_eq!(s.epoch, Some(7));
             assert_eq!(s.min_network_freq.0, Duration::from_millis(50));
             assert_eq!(s.pause_threshold, heartbeater::PauseThreshold::Off);

@@ -152,6 +152,14 @@ fn main() -> ExitCode {
             );
             return ExitCode::SUCCESS;
         }
+        Command::Demo(args) => {
+            // The demo shows every transition itself.
+            init_logging(
+                config::LogFormat::Text,
+                "warn,heartbeater::transitions=error",
+            );
+            Run::Other(Command::Demo(args))
+        }
         other => {
             init_logging(config::LogFormat::Text, "warn");
             Run::Other(other)

@@ -241,8 +241,8 @@ pub async fn run(cfg: Settings) -> anyhow::Result<()> {
     let mut events = server.events();
     let addr = server.start().await?;
     let http = match &cfg.http_listen {
-        crate::config::HttpListen::Off => None,
-        crate::config::HttpListen::On(at) => Some(
+        None | Some(crate::config::HttpListen::Off) => None,
+        Some(crate::config::HttpListen::On(at)) => Some(
             crate::http::HttpServer::start(at, server.clone(), cfg.metrics_peer_labels)
                 .await
                 .with_context(|| {

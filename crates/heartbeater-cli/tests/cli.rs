@@ -12,7 +12,11 @@ use serde_json::Value;
 const PATIENCE: Duration = Duration::from_secs(15);
 
 fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_heartbeater"))
+    // No HTTP listener unless a test asks for one (a flag wins over
+    // this): many nodes run at once, some on fixed ports.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_heartbeater"));
+    cmd.env("HEARTBEATER_HTTP_LISTEN", "off");
+    cmd
 }
 
 /// A `heartbeater serve --json` child; killed (SIGKILL) on drop.

@@ -28,6 +28,7 @@ struct Serve {
 
 fn start(dir: &Path) -> Serve {
     let mut child = Command::new(env!("CARGO_BIN_EXE_heartbeater"))
+        .env("HEARTBEATER_HTTP_LISTEN", "off")
         .args(["serve", "--json", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
         .stdout(Stdio::piped())

@@ -106,6 +106,8 @@ impl Net {
     fn exec(ns: &str, program: &str) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns, program]);
+        // A namespace's loopback is down: no HTTP listener there.
+        cmd.env("HEARTBEATER_HTTP_LISTEN", "off");
         cmd
     }
 

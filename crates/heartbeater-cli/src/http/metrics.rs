@@ -72,6 +72,34 @@ impl Snapshot {
     }
 }
 
+/// The OpenMetrics text `prometheus-client` writes, in the classic
+/// Prometheus text format (0.0.4) that `promtool check metrics`, older
+/// scrapers and people with `curl` read: a counter's HELP and TYPE name
+/// its `_total` series, and there is no `# UNIT` or `# EOF` line.
+pub fn to_classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 64 * counters.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
 type Labels<'a> = [(&'static str, &'a str); 1];
 
 fn counter(
@@ -406,5 +434,22 @@ impl Snapshot {
             None,
             &sent,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_text_names_counters_by_their_total_series() {
+        let om = "# HELP a_b Things.\n# TYPE a_b counter\na_b_total{x=\"1\"} 3\n\
+                  # HELP t_seconds Time.\n# TYPE t_seconds histogram\n# UNIT t_seconds seconds\n\
+                  t_seconds_count 1\n# EOF\n";
+        assert_eq!(
+            to_classic_text(om),
+            "# HELP a_b_total Things.\n# TYPE a_b_total counter\na_b_total{x=\"1\"} 3\n\
+             # HELP t_seconds Time.\n# TYPE t_seconds histogram\nt_seconds_count 1\n"
+        );
     }
 }

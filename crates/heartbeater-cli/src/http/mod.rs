@@ -193,15 +193,30 @@ async fn status_page() -> Response {
         .into_response()
 }
 
-async fn metrics_text(State(app): State<App>) -> Response {
+/// OpenMetrics for a scraper that asks for it (Prometheus does), the
+/// classic text format otherwise.
+async fn metrics_text(State(app): State<App>, headers: axum::http::HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
     let snapshot = metrics::Snapshot::take(&app.server, app.label_limit).await;
     match snapshot.encode() {
-        Ok(text) => (
+        Ok(text) if openmetrics => (
             [(
                 header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )],
             text,
+        )
+            .into_response(),
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            metrics::to_classic_text(&text),
         )
             .into_response(),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response(),

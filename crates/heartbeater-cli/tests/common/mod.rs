@@ -13,7 +13,11 @@ pub mod relay;
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
 pub fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_heartbeater"))
+    // No HTTP listener unless a test asks for one (a flag wins over
+    // this): many nodes run at once, some on fixed ports.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_heartbeater"));
+    cmd.env("HEARTBEATER_HTTP_LISTEN", "off");
+    cmd
 }
 
 /// Runs `cmd` (a `heartbeater register ...`) and fails the test, with its
@@ -44,6 +48,8 @@ pub struct Serve {
     pub child: Child,
     pub addr: String,
     pub identity: String,
+    /// The start line.
+    pub started: Value,
     pub lines: std::sync::mpsc::Receiver<Value>,
     pub stderr: std::sync::mpsc::Receiver<String>,
 }
@@ -92,6 +98,7 @@ impl Serve {
             child,
             addr: v["listen"].as_str().expect("listen").to_owned(),
             identity: v["identity"].as_str().expect("identity").to_owned(),
+            started: v.clone(),
             lines,
             stderr,
         }
