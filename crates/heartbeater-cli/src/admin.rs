@@ -198,10 +198,49 @@ pub struct PeersArgs {
     /// One JSON object per peer, one per line.
     #[arg(long)]
     json: bool,
+    /// Refresh every INTERVAL until interrupted: in place on a terminal,
+    /// as timestamped tables one after another in a pipe.
+    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "1s",
+          value_parser = humantime::parse_duration)]
+    watch: Option<Duration>,
 }
 
 pub async fn peers(args: PeersArgs) -> anyhow::Result<()> {
     let c = client(&args.server)?;
+    let Some(every) = args.watch else {
+        return show_peers(&c, &args, false).await;
+    };
+    if every < Duration::from_millis(100) {
+        anyhow::bail!("--watch: refresh at most every 100ms");
+    }
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let stop = crate::interrupted();
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            r = &mut stop => return r,
+            _ = tick.tick() => {
+                if tty {
+                    // Home and clear: the table redraws in place.
+                    print!("\x1b[H\x1b[2J");
+                }
+                println!("{}  peers of {}  (every {})", output::now_rfc3339(),
+                    args.server.server, humantime::format_duration(every));
+                show_peers(&c, &args, true).await?;
+                if !tty {
+                    println!();
+                }
+            }
+        }
+    }
+}
+
+async fn show_peers(
+    c: &heartbeater::HeartbeatClient,
+    args: &PeersArgs,
+    watching: bool,
+) -> anyhow::Result<()> {
     let response = c.list_peers().await.map_err(|e| explain(e, &args.server))?;
     if args.json {
         for p in &response.peers {
@@ -210,7 +249,13 @@ pub async fn peers(args: PeersArgs) -> anyhow::Result<()> {
     } else if response.peers.is_empty() {
         println!("no peers registered on node {}", response.server_id);
     } else {
-        print!("{}", output::peers_table(&response.peers));
+        print!(
+            "{}",
+            output::peers_table(&response.peers, output::colour(&std::io::stdout()))
+        );
+    }
+    if watching {
+        return Ok(());
     }
     if !response.quarantined.is_empty() {
         // On stderr, so a script reading the peers from stdout is unaffected,

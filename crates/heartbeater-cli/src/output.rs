@@ -59,50 +59,58 @@ fn rtt(micros: Option<u64>) -> String {
     }
 }
 
-pub fn peers_table(peers: &[proto::PeerStatus]) -> String {
-    let mut rows = vec![[
-        "PEER ID".to_string(),
-        "ADDRESS".into(),
-        "STATE".into(),
-        "EPOCH".into(),
-        "FREQ".into(),
-        "SENT".into(),
-        "ACKED".into(),
-        "MISSED".into(),
-        "LAST RTT".into(),
-    ]];
+/// The peers as an aligned table (no borders: it reads like `ps`, and
+/// greps and `column -t` keep working); the state in colour when `colour`.
+pub fn peers_table(peers: &[proto::PeerStatus], colour: bool) -> String {
+    use comfy_table::{Cell, CellAlignment, Color, Table};
+    let mut table = Table::new();
+    table.load_style(comfy_table::presets::NOTHING);
+    if colour {
+        table.enforce_styling();
+    } else {
+        table.force_no_tty();
+    }
+    table.set_header([
+        "PEER ID", "ADDRESS", "STATE", "EPOCH", "FREQ", "SENT", "ACKED", "MISSED", "LAST RTT",
+    ]);
     for p in peers {
         let addr = if p.peer_host.contains(':') {
             format!("[{}]:{}", p.peer_host, p.peer_port)
         } else {
             format!("{}:{}", p.peer_host, p.peer_port)
         };
-        rows.push([
-            p.peer_id.clone(),
-            addr,
-            state_name(p.state).into(),
-            p.epoch.map_or("-".into(), |e| e.to_string()),
-            format!("{}ms", p.heartbeat_freq_millis),
-            p.heartbeats_sent.to_string(),
-            p.heartbeats_acked.to_string(),
-            format!("{}/{}", p.missed, p.max_missed),
-            rtt(p.last_rtt_micros),
+        let state = state_name(p.state);
+        let mut state_cell = Cell::new(state);
+        if colour {
+            state_cell = state_cell.fg(match PeerState::try_from(p.state) {
+                Ok(PeerState::Alive) => Color::Green,
+                Ok(PeerState::Unreachable) => Color::Red,
+                _ => Color::DarkGrey,
+            });
+        }
+        let right = |text: String| Cell::new(text).set_alignment(CellAlignment::Right);
+        table.add_row(vec![
+            Cell::new(&p.peer_id),
+            Cell::new(addr),
+            state_cell,
+            right(p.epoch.map_or("-".into(), |e| e.to_string())),
+            right(format!("{}ms", p.heartbeat_freq_millis)),
+            right(p.heartbeats_sent.to_string()),
+            right(p.heartbeats_acked.to_string()),
+            right(format!("{}/{}", p.missed, p.max_missed)),
+            right(rtt(p.last_rtt_micros)),
         ]);
     }
-    let mut widths = [0usize; 9];
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
+    // The preset pads each cell by one space on both sides: keep two
+    // spaces between columns and none at the margin.
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
     }
-    let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
+    let mut out: String = table
+        .lines()
+        .map(|l| format!("{}\n", l.trim_end()))
+        .collect();
+    if out.is_empty() {
         out.push('\n');
     }
     out
