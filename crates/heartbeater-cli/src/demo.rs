@@ -332,7 +332,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             ms(t0.elapsed())
         ));
     } else {
-        failures.push(format!("not every link came up within 10 s"));
+        failures.push("not every link came up within 10 s".to_string());
     }
     wait_for(&mut rx, &mut view, &mut seen, args.settle, |_| false).await;
 

@@ -89,7 +89,7 @@ struct ServerArgs {
 /// What `main` runs once logging is set up.
 enum Run {
     Serve(Box<config::Settings>),
-    Other(Command),
+    Other(Box<Command>),
 }
 
 /// Resolves at the first SIGINT (Ctrl-C) or SIGTERM.
@@ -158,11 +158,11 @@ fn main() -> ExitCode {
                 config::LogFormat::Text,
                 "warn,heartbeater::transitions=error",
             );
-            Run::Other(Command::Demo(args))
+            Run::Other(Box::new(Command::Demo(args)))
         }
         other => {
             init_logging(config::LogFormat::Text, "warn");
-            Run::Other(other)
+            Run::Other(Box::new(other))
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -179,7 +179,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         let command = match command {
             Run::Serve(settings) => return serve::run(*settings).await,
-            Run::Other(command) => command,
+            Run::Other(command) => *command,
         };
         match command {
             Command::Serve(_) | Command::Completions { .. } => Ok(()),

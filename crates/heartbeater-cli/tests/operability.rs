@@ -250,6 +250,9 @@ fn flags_win_over_environment_which_wins_over_the_file() {
     assert!(ok && out.contains("max_peers = 10  # config file"), "{out}");
 }
 
+/// Arguments, environment, and what stderr must say.
+type ErrorCase<'a> = (Vec<String>, Vec<(&'a str, &'a str)>, &'a str);
+
 #[test]
 fn every_settings_error_names_its_key_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
@@ -258,7 +261,7 @@ fn every_settings_error_names_its_key_and_exits_2() {
         std::fs::write(&p, text).unwrap();
         p.to_str().unwrap().to_owned()
     };
-    let cases: Vec<(Vec<String>, Vec<(&str, &str)>, &str)> = vec![
+    let cases: Vec<ErrorCase> = vec![
         (
             vec!["--config".into(), write("a.toml", "max_peer = 3\n")],
             vec![],
