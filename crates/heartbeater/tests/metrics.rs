@@ -32,7 +32,13 @@ async fn heartbeats_rtts_transitions_and_writes_are_counted() {
 
     peer.stop().await.unwrap();
     wait_state(&monitor, &id, PeerState::Unreachable).await;
-    let m = monitor.metrics();
+    // The event (and its count) follows the state change within the same
+    // turn of the driver, after the status that `wait_state` read.
+    let m = eventually("the PeerDown counted", || {
+        let m = monitor.metrics();
+        (m.transitions.peer_down > 0).then_some(m)
+    })
+    .await;
     assert!(m.datagram.timed_out >= 3, "{:?}", m.datagram);
     assert_eq!(m.transitions.peer_down, 1);
 }
