@@ -54,6 +54,10 @@ fn millis(d: Duration) -> i64 {
 
 /// Options of `register`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  heartbeater register --peer-id 9a0e... --peer 127.0.0.1:8282 --freq 100ms
+  heartbeater register --server 10.0.0.1:8181 --peer-id db-2 --peer db-2.internal:8181 --freq 250ms --max-missed 5 --rise 2
+  heartbeater register --peer-id api-1 --peer 10.0.0.7:8181 --freq 100ms --detector phi")]
 pub struct RegisterArgs {
     #[command(flatten)]
     server: ServerArgs,
@@ -156,6 +160,8 @@ pub async fn register(args: RegisterArgs) -> anyhow::Result<()> {
 
 /// Options of `deregister`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  heartbeater deregister --peer-id 9a0e...")]
 pub struct DeregisterArgs {
     #[command(flatten)]
     server: ServerArgs,
@@ -192,6 +198,10 @@ pub async fn deregister(args: DeregisterArgs) -> anyhow::Result<()> {
 
 /// Options of `peers`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  heartbeater peers
+  heartbeater peers --watch            # refreshed every second, in place
+  heartbeater peers --json | jq 'select(.state != "ALIVE") | .peer_id'")]
 pub struct PeersArgs {
     #[command(flatten)]
     server: ServerArgs,
@@ -273,6 +283,9 @@ async fn show_peers(
 
 /// Options of `watch`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  heartbeater watch
+  heartbeater watch --snapshot --json  # every peer first, then each event")]
 pub struct WatchArgs {
     #[command(flatten)]
     server: ServerArgs,
@@ -312,6 +325,8 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
 
 /// Options of `heartbeat`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  heartbeater heartbeat --server 127.0.0.1:8181   # exit 0 when the node answers")]
 pub struct HeartbeatArgs {
     #[command(flatten)]
     server: ServerArgs,

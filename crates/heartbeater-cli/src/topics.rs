@@ -16,6 +16,8 @@ use crate::security::{read_tokens, ClientSecurityArgs, ServerTlsFiles};
 
 /// Options of `publish`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  heartbeater publish --listen 127.0.0.1:8190 --topic orders --heartbeat-rate 500ms   # each stdin line is a message")]
 pub struct PublishArgs {
     /// Where this publisher's node listens for subscribers.
     #[arg(long, default_value = "127.0.0.1:8181", value_name = "HOST:PORT")]
@@ -160,6 +162,8 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
 
 /// Options of `subscribe`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  heartbeater subscribe --topic orders --publisher 127.0.0.1:8190")]
 pub struct SubscribeArgs {
     /// The publisher's node.
     #[arg(long, value_name = "HOST:PORT")]
