@@ -201,7 +201,7 @@ pub async fn deregister(args: DeregisterArgs) -> anyhow::Result<()> {
 #[command(after_help = "Examples:
   heartbeater peers
   heartbeater peers --watch            # refreshed every second, in place
-  heartbeater peers --json | jq 'select(.state != "ALIVE") | .peer_id'")]
+  heartbeater peers --json | jq -r 'select(.state != \"ALIVE\") | .peer_id'")]
 pub struct PeersArgs {
     #[command(flatten)]
     server: ServerArgs,
