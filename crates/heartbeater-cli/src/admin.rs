@@ -298,6 +298,7 @@ pub struct WatchArgs {
 }
 
 pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    let colour = output::colour(&std::io::stdout());
     let c = client(&args.server)?;
     let mut events = c
         .watch_peers(args.snapshot)
@@ -313,7 +314,7 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
                     if args.json {
                         println!("{}", output::event_json(&e));
                     } else {
-                        println!("{}", output::event_text(&e));
+                        println!("{}", output::event_text(&e, colour));
                     }
                 }
                 Some(Err(e)) => return Err(e).context("watch ended"),

@@ -189,26 +189,34 @@ fn forward(index: usize, server: &HeartbeatServer, tx: mpsc::UnboundedSender<See
     });
 }
 
-/// Waits until `done` holds for what was seen, showing events meanwhile;
-/// false at `deadline`.
-async fn wait_for(
-    rx: &mut mpsc::UnboundedReceiver<Seen>,
-    view: &mut View,
-    seen: &mut Vec<Seen>,
-    deadline: Duration,
-    mut done: impl FnMut(&[Seen]) -> bool,
-) -> bool {
-    let until = tokio::time::Instant::now() + deadline;
-    while !done(seen) {
-        match tokio::time::timeout_at(until, rx.recv()).await {
-            Ok(Some(s)) => {
-                view.on_event(s.0, &s.1);
-                seen.push(s);
+/// The events of every monitor as they come, shown on the view and kept.
+struct Watcher {
+    rx: mpsc::UnboundedReceiver<Seen>,
+    view: View,
+    seen: Vec<Seen>,
+}
+
+impl Watcher {
+    /// Waits until `done` holds for what was seen, showing events
+    /// meanwhile; false at `deadline`.
+    async fn until(&mut self, deadline: Duration, mut done: impl FnMut(&[Seen]) -> bool) -> bool {
+        let until = tokio::time::Instant::now() + deadline;
+        while !done(&self.seen) {
+            match tokio::time::timeout_at(until, self.rx.recv()).await {
+                Ok(Some(s)) => {
+                    self.view.on_event(s.0, &s.1);
+                    self.seen.push(s);
+                }
+                Ok(None) | Err(_) => return done(&self.seen),
             }
-            Ok(None) | Err(_) => return done(seen),
         }
+        true
     }
-    true
+
+    /// Shows what happens for `d`.
+    async fn show(&mut self, d: Duration) {
+        self.until(d, |_| false).await;
+    }
 }
 
 fn ms(d: Duration) -> u128 {
@@ -262,7 +270,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!("node-1's status page: http://{}/", h.local_addr());
     }
 
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::unbounded_channel();
     for (i, node) in nodes.iter().enumerate() {
         forward(i, &node.server, tx.clone());
     }
@@ -302,7 +310,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     println!();
 
-    let mut view = View {
+    let view = View {
         names: nodes
             .iter()
             .enumerate()
@@ -315,8 +323,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         drawn_lines: 0,
         started: Instant::now(),
     };
-    view.draw();
-    let mut seen: Vec<Seen> = Vec::new();
+    let mut w = Watcher {
+        rx,
+        view,
+        seen: Vec::new(),
+    };
+    w.view.draw();
     let mut failures: Vec<String> = Vec::new();
 
     // 1. Every link comes up.
@@ -326,27 +338,27 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .count()
             >= links
     };
-    if wait_for(&mut rx, &mut view, &mut seen, Duration::from_secs(10), up).await {
-        view.say(&format!(
+    if w.until(Duration::from_secs(10), up).await {
+        w.view.say(&format!(
             "all {links} links ALIVE after {} ms",
             ms(t0.elapsed())
         ));
     } else {
         failures.push("not every link came up within 10 s".to_string());
     }
-    wait_for(&mut rx, &mut view, &mut seen, args.settle, |_| false).await;
+    w.show(args.settle).await;
 
     // 2. Kill one node: it stops answering, without a word to anyone.
     let victim = n / 2;
     let victim_id = nodes[victim].identity.clone();
     let victim_name = nodes[victim].name.clone();
     let old_epoch = nodes[victim].server.epoch();
-    view.say(&format!(
+    w.view.say(&format!(
         "killing {victim_name}: it stops answering heartbeats, nobody is told"
     ));
     let killed_at = SystemTime::now();
     nodes[victim].server.stop().await?;
-    let mark = seen.len();
+    let mark = w.seen.len();
     let downs = |seen: &[Seen]| {
         seen[mark..]
             .iter()
@@ -357,9 +369,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             >= n - 1
     };
     let waited = bound.detection_bound() + Duration::from_secs(3);
-    wait_for(&mut rx, &mut view, &mut seen, waited, downs).await;
+    w.until(waited, downs).await;
     let mut latencies = Vec::new();
-    for (m, e) in &seen[mark..] {
+    for (m, e) in &w.seen[mark..] {
         if *m != victim && e.peer_id == victim_id && matches!(e.kind, PeerEventKind::PeerDown) {
             let took = e.timestamp.duration_since(killed_at).unwrap_or_default();
             latencies.push((*m, took));
@@ -373,16 +385,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let slack = Duration::from_millis(100);
     for (m, took) in &latencies {
         let within = *took <= bound.detection_bound();
-        view.say(&format!(
+        w.view.say(&format!(
             "{:<7} detected {victim_name} DOWN {} ms after the kill (bound {bound_ms} ms){}",
-            view.node_names[*m],
+            w.view.node_names[*m],
             ms(*took),
             if within { "" } else { "  <- past the bound" }
         ));
         if *took > bound.detection_bound() + slack {
             failures.push(format!(
                 "{} detected the kill after {} ms, past the {bound_ms} ms bound",
-                view.node_names[*m],
+                w.view.node_names[*m],
                 ms(*took)
             ));
         }
@@ -396,29 +408,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
 
     // 3. Restart it from its data directory: same identity, higher epoch.
-    wait_for(
-        &mut rx,
-        &mut view,
-        &mut seen,
-        Duration::from_secs(1),
-        |_| false,
-    )
-    .await;
-    view.say(&format!(
+    w.show(Duration::from_secs(1)).await;
+    w.view.say(&format!(
         "restarting {victim_name} from its data directory (same identity, epoch {old_epoch} -> next)"
     ));
     let restarted = start_node(&nodes[victim].dir, nodes[victim].port)
         .await
         .with_context(|| format!("restarting {victim_name}"))?;
     let new_epoch = restarted.epoch();
-    view.say(&format!(
+    w.view.say(&format!(
         "{victim_name} is back: identity {}, epoch {new_epoch}, {} peers restored from its registry",
         restarted.identity(),
         restarted.peers().await.len()
     ));
     forward(victim, &restarted, tx.clone());
     nodes[victim].server = restarted;
-    let mark = seen.len();
+    let mark = w.seen.len();
     let back = |seen: &[Seen]| {
         let from_others = |kind: fn(&PeerEventKind) -> bool| {
             seen[mark..]
@@ -429,7 +434,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         from_others(|k| matches!(k, PeerEventKind::Restarted { .. })) >= n - 1
             && from_others(|k| matches!(k, PeerEventKind::PeerUp)) >= n - 1
     };
-    if !wait_for(&mut rx, &mut view, &mut seen, Duration::from_secs(10), back).await {
+    if !w.until(Duration::from_secs(10), back).await {
         failures.push(format!(
             "not every node reported {victim_name} Restarted and then UP"
         ));
@@ -441,31 +446,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .count()
             >= n - 1
     };
-    if !wait_for(
-        &mut rx,
-        &mut view,
-        &mut seen,
-        Duration::from_secs(5),
-        its_view,
-    )
-    .await
-    {
+    if !w.until(Duration::from_secs(5), its_view).await {
         failures.push(format!(
             "{victim_name} did not see its {} restored peers UP",
             n - 1
         ));
     }
     // Settle, and show that nothing flaps.
-    let quiet = seen.len();
-    wait_for(
-        &mut rx,
-        &mut view,
-        &mut seen,
-        Duration::from_secs(1),
-        |_| false,
-    )
-    .await;
-    let flaps = seen[quiet..]
+    let quiet = w.seen.len();
+    w.show(Duration::from_secs(1)).await;
+    let flaps = w.seen[quiet..]
         .iter()
         .filter(|(_, e)| matches!(e.kind, PeerEventKind::PeerDown))
         .count();

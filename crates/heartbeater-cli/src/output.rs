@@ -147,11 +147,22 @@ pub fn event_json(e: &proto::PeerEvent) -> serde_json::Value {
     })
 }
 
-pub fn event_text(e: &proto::PeerEvent) -> String {
+/// One event as a line: timestamp, kind (in colour when `colour`: down
+/// and mismatches red, up green, restarts yellow), peer, state, epochs.
+pub fn event_text(e: &proto::PeerEvent, colour: bool) -> String {
+    let kind = format!("{:<16}", event_name(e.kind));
+    let kind = match PeerEventKind::try_from(e.kind) {
+        _ if !colour => kind,
+        Ok(PeerEventKind::PeerDown | PeerEventKind::IdentityMismatch) => {
+            format!("\x1b[31;1m{kind}\x1b[0m")
+        }
+        Ok(PeerEventKind::PeerUp) => format!("\x1b[32m{kind}\x1b[0m"),
+        Ok(PeerEventKind::Restarted) => format!("\x1b[33m{kind}\x1b[0m"),
+        _ => kind,
+    };
     let mut line = format!(
-        "{} {:<16} {} state={}",
+        "{} {kind} {} state={}",
         rfc3339_micros(e.timestamp_micros),
-        event_name(e.kind),
         e.peer_id,
         state_name(e.state)
     );

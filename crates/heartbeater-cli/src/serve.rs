@@ -250,6 +250,14 @@ pub async fn run(cfg: Settings) -> anyhow::Result<()> {
                 })?,
         ),
     };
+    if let Some(h) = &http {
+        if !h.local_addr().ip().is_loopback() {
+            tracing::warn!(
+                http = %h.local_addr(),
+                "the HTTP listener is reachable beyond this host; it has no TLS or token and shows every peer's id and address: keep it on a trusted network or behind a proxy"
+            );
+        }
+    }
     let http_addr = http.as_ref().map(|h| h.local_addr().to_string());
     let storage = if in_memory {
         "memory (nothing persists)".to_string()
@@ -301,6 +309,7 @@ pub async fn run(cfg: Settings) -> anyhow::Result<()> {
         }
     }
 
+    let colour = output::colour(&std::io::stdout());
     let stop = crate::interrupted();
     tokio::pin!(stop);
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -317,7 +326,7 @@ pub async fn run(cfg: Settings) -> anyhow::Result<()> {
                 if json_out {
                     say!("{}", output::event_json(&e));
                 } else {
-                    say!("{}", output::event_text(&e));
+                    say!("{}", output::event_text(&e, colour));
                 }
             }
         }

@@ -64,6 +64,20 @@ fn http_node(extra: &[&str]) -> (Serve, String) {
     (node, http)
 }
 
+/// A monitor with an HTTP listener, and a peer it heartbeats every 100 ms.
+fn monitoring(extra: &[&str]) -> (Serve, String, Serve) {
+    let (monitor, http) = http_node(extra);
+    let peer = Serve::start(&["--in-memory"]);
+    run_register(
+        bin(),
+        &monitor.addr,
+        &peer.identity,
+        &peer.addr,
+        &["--freq", "100ms"],
+    );
+    (monitor, http, peer)
+}
+
 fn wait_for_state(http: &str, peer: &str, state: &str) -> Value {
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -117,15 +131,7 @@ fn promtool_check(text: &str) {
 
 #[test]
 fn the_http_listener_shows_a_peer_alive_then_down_in_api_events_and_metrics() {
-    let (monitor, http) = http_node(&[]);
-    let mut peer = Serve::start(&["--in-memory"]);
-    run_register(
-        bin(),
-        &monitor.addr,
-        &peer.identity,
-        &peer.addr,
-        &["--freq", "100ms"],
-    );
+    let (_monitor, http, mut peer) = monitoring(&[]);
     let alive = wait_for_state(&http, &peer.identity, "ALIVE");
     assert_eq!(alive["max_missed"], 3);
     assert!(alive["last_rtt_micros"].as_u64().is_some());
@@ -189,15 +195,7 @@ fn the_http_listener_shows_a_peer_alive_then_down_in_api_events_and_metrics() {
 
 #[test]
 fn past_the_cardinality_guard_there_are_no_per_peer_series() {
-    let (monitor, http) = http_node(&["--metrics-peer-labels", "0"]);
-    let peer = Serve::start(&["--in-memory"]);
-    run_register(
-        bin(),
-        &monitor.addr,
-        &peer.identity,
-        &peer.addr,
-        &["--freq", "100ms"],
-    );
+    let (_monitor, http, peer) = monitoring(&["--metrics-peer-labels", "0"]);
     wait_for_state(&http, &peer.identity, "ALIVE");
     let (_, metrics) = get(&http, "/metrics", "", Duration::from_secs(5));
     assert!(metrics.contains("heartbeater_metrics_peer_series_suppressed 1"));
