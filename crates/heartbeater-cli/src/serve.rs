@@ -51,6 +51,9 @@ impl ServeArgs {
     /// The effective settings of this command line in this environment.
     pub fn settings(self) -> Result<Settings, String> {
         let mut flags = Layer::from(self.settings);
+        if flags.in_memory == Some(true) && flags.data_dir.is_some() {
+            return Err("--in-memory and --data-dir contradict each other".into());
+        }
         if self.no_udp {
             if flags.udp == Some(true) {
                 return Err("--no-udp and --udp true contradict each other".into());

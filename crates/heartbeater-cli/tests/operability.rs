@@ -304,6 +304,11 @@ fn every_settings_error_names_its_key_and_exits_2() {
             "cannot read config file /nonexistent/hb.toml",
         ),
         (
+            vec!["--in-memory".into(), "--data-dir".into(), "/tmp/x".into()],
+            vec![],
+            "--in-memory and --data-dir contradict each other",
+        ),
+        (
             vec!["--no-udp".into(), "--udp".into(), "true".into()],
             vec![],
             "--no-udp and --udp true contradict each other",
