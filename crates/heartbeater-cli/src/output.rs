@@ -20,15 +20,6 @@ pub fn state_name(state: i32) -> &'static str {
     }
 }
 
-/// The name of a node-side state, as `state_name` names the wire's.
-pub fn core_state_name(state: heartbeater::PeerState) -> &'static str {
-    match state {
-        heartbeater::PeerState::Alive => "ALIVE",
-        heartbeater::PeerState::Unreachable => "UNREACHABLE",
-        heartbeater::PeerState::Unknown => "UNKNOWN",
-    }
-}
-
 pub fn event_name(kind: i32) -> &'static str {
     match PeerEventKind::try_from(kind) {
         Ok(PeerEventKind::Registered) => "Registered",
@@ -130,6 +121,11 @@ pub fn peer_json(p: &proto::PeerStatus) -> serde_json::Value {
         "timeout_millis": p.timeout_millis,
         "max_missed": p.max_missed,
         "missed": p.missed,
+        "detector": match proto::Detector::try_from(p.detector) {
+            Ok(proto::Detector::PhiAccrual) => "phi",
+            _ => "count",
+        },
+        "rise": p.rise,
     })
 }
 

@@ -26,7 +26,9 @@ pub(crate) fn state_to_proto(s: PeerState) -> proto::PeerState {
     }
 }
 
-pub(crate) fn status_to_proto(s: PeerStatus) -> proto::PeerStatus {
+/// A peer's status as `ListPeers` sends it: one shape for every reporter
+/// (the gRPC API, the CLI's HTTP API).
+pub fn status_to_proto(s: PeerStatus) -> proto::PeerStatus {
     proto::PeerStatus {
         peer_id: s.peer_id,
         peer_host: s.host,

@@ -71,6 +71,7 @@ pub mod udp;
 
 pub use access::{AuthTokens, TokenError, MAX_TOKENS, MAX_TOKEN_BYTES};
 pub use client::{HeartbeatClient, HeartbeatClientBuilder};
+pub use convert::status_to_proto;
 pub use counters::{DatagramStats, PauseStats};
 pub use error::{ClientError, ServerError};
 pub use event::{EventStream, PeerEvent, PeerEventKind};

@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use futures_util::{Stream, StreamExt};
-use heartbeater::{DetectorKind, HeartbeatServer, PeerStatus};
+use heartbeater::HeartbeatServer;
 use serde_json::json;
 use tokio::sync::{broadcast, oneshot, Semaphore};
 use tokio::task::JoinHandle;
@@ -223,29 +223,6 @@ async fn metrics_text(State(app): State<App>, headers: axum::http::HeaderMap) ->
     }
 }
 
-/// One peer as the API and the status page show it.
-pub fn peer_json(p: &PeerStatus) -> serde_json::Value {
-    let detector = match p.detector.kind {
-        DetectorKind::MissCount => "count",
-        DetectorKind::PhiAccrual(_) => "phi",
-    };
-    json!({
-        "peer_id": p.peer_id,
-        "host": p.host,
-        "port": p.port,
-        "state": crate::output::core_state_name(p.state),
-        "epoch": p.epoch,
-        "heartbeats_sent": p.heartbeats_sent,
-        "heartbeats_acked": p.heartbeats_acked,
-        "last_rtt_micros": p.last_rtt.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-        "heartbeat_freq_millis": u64::try_from(p.detector.heartbeat_freq.as_millis()).unwrap_or(u64::MAX),
-        "timeout_millis": u64::try_from(p.detector.timeout.as_millis()).unwrap_or(u64::MAX),
-        "max_missed": p.detector.max_missed.get(),
-        "missed": p.missed,
-        "detector": detector,
-    })
-}
-
 async fn api_peers(State(app): State<App>) -> Response {
     let mut peers = app.server.peers().await;
     peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
@@ -258,7 +235,10 @@ async fn api_peers(State(app): State<App>) -> Response {
     json_response(json!({
         "identity": app.server.identity(),
         "epoch": app.server.epoch(),
-        "peers": peers.iter().map(peer_json).collect::<Vec<_>>(),
+        "peers": peers
+            .into_iter()
+            .map(|p| crate::output::peer_json(&heartbeater::status_to_proto(p)))
+            .collect::<Vec<_>>(),
         "quarantined": quarantined,
     }))
 }
