@@ -5,15 +5,23 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: run demo test deps check bench release
+.PHONY: run demo test deps release-deps check bench release
+
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
 deps:
-	@./scripts/ensure-build-deps.sh
+	@./scripts/ensure-build-deps.sh --announce $(TARGET_DIR)/debug
+
+release-deps:
+	@./scripts/ensure-build-deps.sh --announce $(TARGET_DIR)/release
 
 # `run` builds with the `test` profile, the one `cargo test` builds every
 # dependency with: the profile's name is part of each unit's hash, so with
 # the `dev` profile `make test` then `make run` (or the reverse) would
-# compile RocksDB from source twice. Same code, same debug info.
+# compile RocksDB from source twice. Same code, same debug info. The
+# build-dependency settings in Cargo.toml keep the two from resolving
+# RocksDB's build script differently; scripts/check-one-rocksdb-build.sh
+# (run by CI) proves it.
 run: deps
 	$(CARGO) run --profile test -p heartbeater-cli -- serve $(ARGS)
 
@@ -27,8 +35,8 @@ check: deps
 	$(CARGO) fmt --all -- --check
 	./scripts/clippy.sh
 
-release: deps
+release: release-deps
 	$(CARGO) build --release --workspace
 
-bench: deps
+bench: release-deps
 	$(CARGO) run --release -p heartbeater-bench -- $(ARGS)

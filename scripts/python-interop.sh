@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Generates a Python client from the .proto with grpcio-tools and runs
-# examples/python/interop_check.py against two real nodes.
+# examples/python/interop_check.py against two real nodes, then explores a
+# node through reflection with grpcio-reflection (which speaks v1alpha).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,8 +20,8 @@ if [ ! -x "$venv/bin/python" ]; then
         python3 -m venv "$venv"
     fi
 fi
-"$venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null \
-    || "$venv/bin/pip" install --quiet --disable-pip-version-check grpcio grpcio-tools
+"$venv/bin/python" -c 'import grpc, grpc_tools, grpc_reflection' 2>/dev/null \
+    || "$venv/bin/pip" install --quiet --disable-pip-version-check grpcio grpcio-tools grpcio-reflection
 
 work=$(mktemp -d)
 pids=()
@@ -65,6 +66,7 @@ field() { "$venv/bin/python" -c "import json,sys; print(json.loads(sys.argv[1])[
 
 PYTHONPATH="$work" "$venv/bin/python" examples/python/interop_check.py \
     "$(field "$monitor" listen)" "$(field "$peer" listen)" "$(field "$peer" identity)"
+"$venv/bin/python" examples/python/reflection_check.py "$(field "$monitor" listen)"
 
 # A registry of 100,000 peers, listed page by page.
 "${CARGO_TARGET_DIR:-target}/debug/examples/fill_registry" "$work/large" 100000 >/dev/null

@@ -168,6 +168,8 @@ def demo(args):
                            "heartbeats_sent": 0, "heartbeats_acked": 0, "last_rtt_micros": rtt,
                            "heartbeat_freq_millis": 100 if det == "count" else 1000, "timeout_millis": 100,
                            "max_missed": 3, "missed": 0 if state == "ALIVE" else 3, "detector": det}
+    # Registered under an id another node does not have: it answers as itself.
+    node.peers["node-e"]["answers_as"] = "0b6c7a1e-3d7f-4a7e-9d1c-5e2f8a9b0c1d"
     node.quarantined = [{"peer_id": "legacy-7", "reason": "stored record unreadable: <truncated>"}]
     node.topics = [{"topic": "orders", "subscribers": [node.identity, "6f1c0d5e-0000-4000-8000-00000000000b"],
                     "heartbeats_active": True, "heartbeats_sent": 0, "connected": [node.identity]},
@@ -268,6 +270,7 @@ def heartbeat(node, peer_id):
             if answer is not None and answer["identity"] != peer_id:
                 if not mismatch:
                     events.append(("IdentityMismatch", p["state"], p["epoch"], None, answer["identity"]))
+                p["answers_as"] = answer["identity"]
                 mismatch, answer = True, None
             if answer is None:
                 p["missed"] += 1
@@ -276,6 +279,7 @@ def heartbeat(node, peer_id):
                     events.append(("PeerDown", "UNREACHABLE", p["epoch"], None, None))
             else:
                 mismatch = False
+                p["answers_as"] = None
                 previous, p["epoch"] = p["epoch"], answer["epoch"]
                 p["missed"], p["last_rtt_micros"] = 0, int(rtt * 1_000_000)
                 p["heartbeats_acked"] += 1

@@ -21,8 +21,24 @@ pub struct Helper {
 impl Helper {
     /// Starts `heartbeater-bench <role args>` and waits for its ready line.
     pub async fn start(args: &[&str]) -> anyhow::Result<Helper> {
+        Self::start_with(args, None).await
+    }
+
+    /// [`Helper::start`], with the run's cluster key on or off for this
+    /// helper alone (`None`: as the run says).
+    pub async fn start_with(args: &[&str], keyed: Option<bool>) -> anyhow::Result<Helper> {
         let exe = std::env::current_exe().context("cannot find the bench binary")?;
-        let mut child = tokio::process::Command::new(exe)
+        let mut command = tokio::process::Command::new(exe);
+        match keyed {
+            Some(true) => {
+                command.env(crate::roles::KEYED_ENV, "1");
+            }
+            Some(false) => {
+                command.env_remove(crate::roles::KEYED_ENV);
+            }
+            None => {}
+        }
+        let mut child = command
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -34,7 +34,7 @@ const SCENARIOS: &[&str] = &[
 
 /// Scenarios run only when named: they test the node under load rather
 /// than measure it against a baseline, and take a minute.
-const ON_REQUEST: &[&str] = &["load", "accuracy"];
+const ON_REQUEST: &[&str] = &["load", "accuracy", "overload"];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -52,7 +52,9 @@ struct Cli {
     json: bool,
     /// Run only these scenarios (rpc, tls, peer-path, register, restore,
     /// fanout (also gives memory), detect, topic). Default: all of those.
-    /// `load` (a minute under load, see scripts/load.sh) runs only when named.
+    /// `load` (a minute under load, see scripts/load.sh), `accuracy` and
+    /// `overload` (schedules at 2x and 4x the node's capacity) run only
+    /// when named.
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
     /// Nodes and responders authenticate every datagram with a cluster key
@@ -115,6 +117,7 @@ async fn scenario(name: &str, settings: &Settings) -> anyhow::Result<Vec<Row>> {
         "detect" => scenarios::detect::run().await,
         "load" => scenarios::load::run(settings).await,
         "accuracy" => scenarios::accuracy::run(settings).await,
+        "overload" => scenarios::overload::run(settings).await,
         other => anyhow::bail!(
             "unknown scenario {other:?}; known: {}, and on request {}",
             SCENARIOS.join(", "),

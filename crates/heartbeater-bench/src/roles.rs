@@ -40,7 +40,8 @@ async fn commands(mut on: impl FnMut(&str) -> serde_json::Value) -> anyhow::Resu
 
 /// A Heartbeater node on 127.0.0.1:0 (in memory unless a data dir is given).
 /// Commands: `counts` (peers per state), `mark` (start a lateness window),
-/// `lateness` (the window's figures).
+/// `lateness` (the window's figures), `work` (heartbeats acknowledged, gRPC
+/// heartbeats sent, peers declared down, heartbeats voided, pauses).
 /// How a node role judges its peers (the accuracy scenario's detectors).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Judging {
@@ -56,11 +57,12 @@ pub async fn node(
     tls_dir: Option<PathBuf>,
     judging: Judging,
 ) -> anyhow::Result<()> {
-    // The peer path is measured at 1 ms periods, registered over gRPC.
+    // The peer path is measured at 1 ms periods, registered over gRPC, far
+    // past the default heartbeat budget on purpose: it finds the node's limit.
     let mut builder = HeartbeatServer::builder()
         .server_port(0)
         .udp_heartbeats(udp)
-        .min_network_heartbeat_freq(std::time::Duration::from_millis(1));
+        .network_heartbeat_budget(u64::MAX);
     if judging.pause_off {
         builder = builder.pause_threshold(heartbeater::PauseThreshold::Off);
     }
@@ -101,6 +103,19 @@ pub async fn node(
             "counts" => {
                 let c = server.peer_counts().await;
                 json!({"unknown": c.unknown, "alive": c.alive, "unreachable": c.unreachable})
+            }
+            "work" => {
+                let m = server.metrics();
+                json!({
+                    "acked": m.datagram.acked + m.grpc.acked,
+                    "sent_grpc": m.grpc.sent,
+                    "peer_down": m.transitions.peer_down,
+                    "voided_overloaded": server.pause_stats().voided_overloaded,
+                    "pauses": server.pause_stats().pauses,
+                    "dropped_on_receive": server.datagram_stats().dropped_on_receive,
+                    "timed_out": m.datagram.timed_out + m.grpc.timed_out,
+                    "stale_pongs": server.datagram_stats().unmatched_pongs,
+                })
             }
             "lateness" => {
                 let window = server.scheduler_lateness().since(&mark);

@@ -19,6 +19,10 @@ pub trait Setting: Sized + Clone {
     /// What a valid value looks like, for error messages.
     const EXPECTED: &'static str;
 
+    /// Every valid value, for a setting chosen from a few words (shell
+    /// completion offers them, `--help` lists them); empty for the rest.
+    const WORDS: &'static [&'static str] = &[];
+
     /// Parses `text` (a flag's argument or a variable's value).
     fn parse(text: &str) -> Result<Self, String>;
 
@@ -69,6 +73,7 @@ number_setting!(
 
 impl Setting for bool {
     const EXPECTED: &'static str = "true or false";
+    const WORDS: &'static [&'static str] = &["true", "false"];
     fn parse(text: &str) -> Result<Self, String> {
         match text.trim() {
             "true" | "1" | "yes" | "on" => Ok(true),
@@ -104,19 +109,36 @@ impl Setting for HostPort {
     }
 }
 
-/// A duration written as `humantime` does: `100ms`, `2s`, `1h`.
+/// A duration as people write it: `100ms`, `1.5s`, `2m30s`
+/// ([`crate::duration`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
 impl Setting for HumanDuration {
     const EXPECTED: &'static str = "a duration such as 100ms or 2s";
     fn parse(text: &str) -> Result<Self, String> {
-        humantime::parse_duration(text.trim())
-            .map(HumanDuration)
-            .map_err(|e| format!("{text:?} is not {} ({e})", Self::EXPECTED))
+        crate::duration::parse(text).map(HumanDuration)
     }
     fn show(&self) -> String {
-        quoted(&humantime::format_duration(self.0).to_string())
+        quoted(&crate::duration::format(self.0))
+    }
+}
+
+/// A node's name (`serve --node-id db-2`), checked as the node checks it,
+/// so a bad one is refused naming the flag, variable or file key it came
+/// from. A UUID given here is the node's own, in canonical form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeId(pub String);
+
+impl Setting for NodeId {
+    const EXPECTED: &'static str = "a node name (letters, digits, '.', '_', '-') or a UUID";
+    fn parse(text: &str) -> Result<Self, String> {
+        heartbeater::identity::canonical_identity(text)
+            .map(NodeId)
+            .map_err(|e| e.to_string())
+    }
+    fn show(&self) -> String {
+        quoted(&self.0)
     }
 }
 
@@ -154,16 +176,16 @@ impl Setting for heartbeater::PauseThreshold {
         match text.trim() {
             "auto" => Ok(heartbeater::PauseThreshold::Auto),
             "off" => Ok(heartbeater::PauseThreshold::Off),
-            other => humantime::parse_duration(other)
+            other => crate::duration::parse(other)
                 .map(heartbeater::PauseThreshold::Fixed)
-                .map_err(|e| format!("{other:?}: expected {} ({e})", Self::EXPECTED)),
+                .map_err(|_| format!("{other:?}: expected {}", Self::EXPECTED)),
         }
     }
     fn show(&self) -> String {
         quoted(&match self {
             heartbeater::PauseThreshold::Auto => "auto".to_string(),
             heartbeater::PauseThreshold::Off => "off".to_string(),
-            heartbeater::PauseThreshold::Fixed(d) => humantime::format_duration(*d).to_string(),
+            heartbeater::PauseThreshold::Fixed(d) => crate::duration::format(*d),
         })
     }
 }
@@ -173,6 +195,7 @@ macro_rules! word_setting {
     ($t:ty, $expected:literal, $($word:literal => $value:expr),+) => {
         impl Setting for $t {
             const EXPECTED: &'static str = $expected;
+            const WORDS: &'static [&'static str] = &[$($word),+];
             fn parse(text: &str) -> Result<Self, String> {
                 match text.trim() {
                     $($word => Ok($value),)+
@@ -229,6 +252,75 @@ fn parse_flag<T: Setting + Send + Sync + 'static>(text: &str) -> Result<T, Strin
     T::parse(text)
 }
 
+/// Clap's value parser for every setting: [`Setting::parse`], and the
+/// setting's words for shell completion (without them, completion offers
+/// file names for `--log-format`).
+#[derive(Clone)]
+struct SettingParser<T>(std::marker::PhantomData<fn() -> T>);
+
+impl<T> SettingParser<T> {
+    fn new() -> Self {
+        SettingParser(std::marker::PhantomData)
+    }
+}
+
+impl<T: Setting + Send + Sync + 'static> clap::builder::TypedValueParser for SettingParser<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        // A plain function's parser words its errors as clap does.
+        clap::builder::TypedValueParser::parse_ref(&parse_flag::<T>, cmd, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        if T::WORDS.is_empty() {
+            return None;
+        }
+        Some(Box::new(
+            T::WORDS
+                .iter()
+                .map(|w| clap::builder::PossibleValue::new(*w)),
+        ))
+    }
+}
+
+/// Adds each setting's variable and default to its line in `serve
+/// --help`. Not clap's `env` and `default_value`: those would make clap
+/// read the variable and fill in the default itself, as if they were
+/// flags, and the layers would no longer be told apart.
+pub fn annotate_help(serve: clap::Command) -> clap::Command {
+    let defaults = Layer::resolve(Layer::default(), Layer::default(), Layer::default());
+    defaults
+        .sources
+        .iter()
+        .fold(serve, |cmd, (key, _, default)| {
+            let mut extra = format!("[env: {}]", env_name(key));
+            if !default.is_empty() {
+                let default = default.trim_matches('"');
+                extra.push_str(&format!(" [default: {default}]"));
+            }
+            cmd.mut_arg(*key, |arg| {
+                let help = arg.get_help().map(|h| format!("{h} {extra}"));
+                let long = arg.get_long_help().map(|h| format!("{h}\n\n{extra}"));
+                let arg = match help {
+                    Some(help) => arg.help(help),
+                    None => arg.help(extra.clone()),
+                };
+                match long {
+                    Some(long) => arg.long_help(long),
+                    None => arg,
+                }
+            })
+        })
+}
+
 /// Which layer a setting's effective value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -269,7 +361,7 @@ macro_rules! settings {
         pub struct SettingFlags {
             $(
                 $(#[doc = $doc])*
-                #[arg(long, value_parser = parse_flag::<$t>, $($arg)*)]
+                #[arg(long, value_parser = SettingParser::<$t>::new(), $($arg)*)]
                 pub $key: Option<$t>,
             )*
         }
@@ -374,6 +466,52 @@ pub fn env_name(key: &str) -> String {
     format!("HEARTBEATER_{}", key.to_ascii_uppercase())
 }
 
+/// The `HEARTBEATER_*` variables the command line reads that are not
+/// settings of `serve`: never taken for typos.
+const OTHER_VARIABLES: &[&str] = &[
+    "HEARTBEATER_CONFIG",
+    "HEARTBEATER_LOG",
+    "HEARTBEATER_TOKEN",
+    "HEARTBEATER_TLS_CA",
+    "HEARTBEATER_CLIENT_CERT",
+    "HEARTBEATER_CLIENT_KEY",
+];
+
+/// A warning for each variable in `names` that looks like a misspelt
+/// setting (`HEARTBEATER_MAXPEERS`), naming the setting it is closest to.
+/// A typo in the config file is an error, but the environment is shared
+/// with everything else a process runs, so an unknown name there is only
+/// worth a warning, and only when it is close to a setting: scripts and
+/// tests keep variables of their own under the same prefix.
+pub fn misspelt_variables(names: impl IntoIterator<Item = String>) -> Vec<String> {
+    const PREFIX: &str = "HEARTBEATER_";
+    let mut warnings = Vec::new();
+    for name in names {
+        let Some(rest) = name
+            .get(..PREFIX.len())
+            .filter(|p| p.eq_ignore_ascii_case(PREFIX))
+            .and_then(|_| name.get(PREFIX.len()..))
+        else {
+            continue;
+        };
+        if OTHER_VARIABLES.contains(&name.as_str()) || KEYS.iter().any(|k| env_name(k) == name) {
+            continue;
+        }
+        let typed = rest.to_ascii_lowercase();
+        let closest = KEYS
+            .iter()
+            .min_by_key(|k| edit_distance(k, &typed))
+            .filter(|k| strsim_close(k, &typed));
+        if let Some(key) = closest {
+            warnings.push(format!(
+                "environment variable {name} is not a setting and is ignored; did you mean {}?",
+                env_name(key)
+            ));
+        }
+    }
+    warnings
+}
+
 fn unknown_key(origin: &str, key: &str) -> String {
     let close = KEYS
         .iter()
@@ -388,6 +526,11 @@ fn unknown_key(origin: &str, key: &str) -> String {
 
 /// Whether two keys differ by at most two edits: enough for a typo hint.
 fn strsim_close(a: &str, b: &str) -> bool {
+    edit_distance(a, b) <= 2
+}
+
+/// The Levenshtein distance between two keys.
+fn edit_distance(a: &str, b: &str) -> usize {
     let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.iter().enumerate() {
@@ -398,7 +541,7 @@ fn strsim_close(a: &str, b: &str) -> bool {
         }
         prev = cur;
     }
-    prev[b.len()] <= 2
+    prev[b.len()]
 }
 
 settings! {
@@ -418,6 +561,12 @@ settings! {
     /// Keep the registry in memory only (a new identity at every start).
     [value_name = "BOOL", num_args = 0..=1, default_missing_value = "true"]
     in_memory: bool = false;
+    /// The identity this node answers with and peers are registered by,
+    /// instead of the UUID chosen at its first start: 1 to 64 letters,
+    /// digits, '.', '_' or '-' (e.g. `db-2`). Stored at the first start;
+    /// a data directory that holds another identity is refused.
+    [value_name = "NAME"]
+    node_id: NodeId;
     /// Explicit epoch (at least the stored one) instead of stored + 1.
     [value_name = "N"]
     epoch: u64;
@@ -441,10 +590,17 @@ settings! {
     [value_name = "N"]
     max_peers: usize = heartbeater::DEFAULT_MAX_PEERS;
     /// The shortest heartbeat period a RegisterPeer call over gRPC may ask
-    /// for, so that no one can make the node send a datagram every
-    /// millisecond to a third party.
+    /// for; by default the shortest any registration may (1ms), since
+    /// --heartbeat-budget bounds what callers can make the node send.
     [value_name = "DURATION"]
     min_network_freq: HumanDuration = HumanDuration(heartbeater::DEFAULT_MIN_NETWORK_FREQ);
+    /// Heartbeats per second all peers together may ask for (each peer
+    /// 1000 / its period in ms); a RegisterPeer call over gRPC that would
+    /// go past it is refused with RESOURCE_EXHAUSTED. Peers registered
+    /// in-process or restored from the data directory count, but are never
+    /// refused.
+    [value_name = "PER_SECOND"]
+    heartbeat_budget: u64 = heartbeater::DEFAULT_NETWORK_HEARTBEAT_BUDGET;
     /// The local-pause guard: when this node did not run for longer than
     /// this (stopped, starved, frozen), no peer is judged on the gap.
     /// `auto` is half the shortest heartbeat period (at least 20ms), `off`
@@ -492,7 +648,7 @@ settings! {
     /// RESOURCE_EXHAUSTED.
     [value_name = "BYTES"]
     max_request_bytes: usize = heartbeater::DEFAULT_MAX_REQUEST_BYTES;
-    /// The most connections one client IP address may hold open.
+    /// The most connections one client (an IPv4 address, an IPv6 /64) may hold open.
     [value_name = "N"]
     max_connections_per_address: usize = heartbeater::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS;
     /// The most calls in progress on one connection.
@@ -721,6 +877,37 @@ mod tests {
         assert!(
             e.contains("HEARTBEATER_HTTP_LISTEN") && e.contains("off"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn a_misspelt_variable_names_the_setting_and_others_are_left_alone() {
+        let names = [
+            "HEARTBEATER_MAXPEERS",
+            "HEARTBEATER_max_peers",
+            "HEARTBEATER_LISTN",
+            "HEARTBEATER_MAX_PEERS",
+            "HEARTBEATER_CONFIG",
+            "HEARTBEATER_LOG",
+            "HEARTBEATER_NETNS",
+            "HEARTBEATER_CRASH_ROUNDS",
+            "PATH",
+        ];
+        let warnings = misspelt_variables(names.map(String::from));
+        assert_eq!(warnings.len(), 3, "{warnings:#?}");
+        assert_eq!(
+            warnings[0],
+            "environment variable HEARTBEATER_MAXPEERS is not a setting and is ignored; did you mean HEARTBEATER_MAX_PEERS?"
+        );
+        assert!(
+            warnings[1].contains("HEARTBEATER_max_peers"),
+            "{}",
+            warnings[1]
+        );
+        assert!(
+            warnings[2].ends_with("did you mean HEARTBEATER_LISTEN?"),
+            "{}",
+            warnings[2]
         );
     }
 

@@ -17,6 +17,7 @@ use heartbeater::{HeartbeatServer, PeerEvent, PeerEventKind, PeerState};
 use tokio::sync::mpsc;
 
 use crate::address::HostPort;
+use crate::output::outln;
 
 /// Options of `demo`.
 #[derive(Debug, clap::Args)]
@@ -29,13 +30,14 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(3..=9))]
     nodes: u8,
     /// Heartbeat period of every registration (10ms to 1s).
-    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "100ms",
+          value_parser = crate::duration::within(Duration::from_millis(10), Some(Duration::from_secs(1))))]
     freq: Duration,
     /// Serve node-1's status page, metrics and API here while the demo runs.
     #[arg(long, value_name = "HOST:PORT")]
     http_listen: Option<HostPort>,
     /// How long to watch the healthy cluster before the kill.
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = crate::duration::parse)]
     settle: Duration,
 }
 
@@ -56,13 +58,22 @@ struct Node {
     server: Arc<HeartbeatServer>,
 }
 
-async fn start_node(dir: &std::path::Path, port: u16) -> anyhow::Result<Arc<HeartbeatServer>> {
+/// Builds and starts a node, its events forwarded from before the start: a
+/// restarted node reaches its restored peers within a millisecond on
+/// loopback, before any later subscription would hear it.
+async fn start_node(
+    dir: &std::path::Path,
+    port: u16,
+    index: usize,
+    tx: &mpsc::UnboundedSender<Seen>,
+) -> anyhow::Result<Arc<HeartbeatServer>> {
     let server = HeartbeatServer::builder()
         .server_host("127.0.0.1")
         .server_port(port)
         .data_dir(dir)
         .build_async()
         .await?;
+    forward(index, &server, tx.clone());
     server.start().await?;
     Ok(Arc::new(server))
 }
@@ -224,9 +235,6 @@ fn ms(d: Duration) -> u128 {
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    if args.freq < Duration::from_millis(10) || args.freq > Duration::from_secs(1) {
-        anyhow::bail!("--freq must be from 10ms to 1s");
-    }
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let n = usize::from(args.nodes);
     let nonce = u64::from(std::process::id())
@@ -237,18 +245,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&tmp.0)
         .with_context(|| format!("cannot create {}", tmp.0.display()))?;
 
-    println!(
+    outln!(
         "Heartbeater demo: {n} nodes on 127.0.0.1, each heartbeating every other one every {}.",
-        humantime::format_duration(args.freq)
+        crate::duration::format(args.freq)
     );
-    println!(
+    outln!(
         "Each node keeps its registry, identity and epoch in its own RocksDB under {}.",
         tmp.0.display()
     );
+    let (tx, rx) = mpsc::unbounded_channel();
     let mut nodes = Vec::with_capacity(n);
     for i in 0..n {
         let dir = tmp.0.join(format!("node-{}", i + 1));
-        let server = start_node(&dir, 0).await?;
+        let server = start_node(&dir, 0, i, &tx).await?;
         let port = server.local_addr().map_or(0, |a| a.port());
         nodes.push(Node {
             name: format!("node-{}", i + 1),
@@ -260,20 +269,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let http = match &args.http_listen {
         Some(at) => Some(
-            crate::http::HttpServer::start(at, nodes[0].server.clone(), 100)
-                .await
-                .with_context(|| format!("cannot serve HTTP on {at}"))?,
+            async {
+                let listener = crate::http::HttpServer::bind(at).await?;
+                crate::http::HttpServer::start(listener, nodes[0].server.clone(), 100).await
+            }
+            .await
+            .with_context(|| format!("cannot serve HTTP on {at}"))?,
         ),
         None => None,
     };
     if let Some(h) = &http {
-        println!("node-1's status page: http://{}/", h.local_addr());
+        outln!("node-1's status page: http://{}/", h.local_addr());
     }
 
-    let (tx, rx) = mpsc::unbounded_channel();
-    for (i, node) in nodes.iter().enumerate() {
-        forward(i, &node.server, tx.clone());
-    }
     let freq_ms = i64::try_from(args.freq.as_millis()).unwrap_or(1000);
     let t0 = Instant::now();
     for monitor in &nodes {
@@ -299,7 +307,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .map(|p| p.detector)
         .context("no registration")?;
     let links = n * (n - 1);
-    println!(
+    outln!(
         "{links} registrations. A node is declared DOWN after {} missed heartbeats in a row, \
          at most {} ms after its last answer ({} x {} ms + a {} ms timeout).",
         bound.max_missed,
@@ -308,7 +316,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ms(bound.heartbeat_freq),
         ms(bound.timeout),
     );
-    println!();
+    outln!();
 
     let view = View {
         names: nodes
@@ -412,7 +420,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     w.view.say(&format!(
         "restarting {victim_name} from its data directory (same identity, epoch {old_epoch} -> next)"
     ));
-    let restarted = start_node(&nodes[victim].dir, nodes[victim].port)
+    let restarted = start_node(&nodes[victim].dir, nodes[victim].port, victim, &tx)
         .await
         .with_context(|| format!("restarting {victim_name}"))?;
     let new_epoch = restarted.epoch();
@@ -421,7 +429,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         restarted.identity(),
         restarted.peers().await.len()
     ));
-    forward(victim, &restarted, tx.clone());
     nodes[victim].server = restarted;
     let mark = w.seen.len();
     let back = |seen: &[Seen]| {
@@ -469,17 +476,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     for node in &nodes {
         let _ = node.server.stop().await;
     }
-    println!();
+    outln!();
     if failures.is_empty() {
         let worst = latencies.iter().map(|(_, d)| ms(*d)).max().unwrap_or(0);
-        println!(
+        outln!(
             "OK: every node detected the kill within the {bound_ms} ms bound (slowest {worst} ms), \
              saw the restart (epoch {old_epoch} -> {new_epoch}) and the node UP again; no false alarm."
         );
         Ok(())
     } else {
         for f in &failures {
-            println!("MISSING: {f}");
+            outln!("MISSING: {f}");
         }
         anyhow::bail!("the demo did not see every expected transition")
     }

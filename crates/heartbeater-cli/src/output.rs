@@ -1,6 +1,51 @@
 //! Rendering of statuses and events, as text for people and JSON lines for
 //! programs.
 
+/// Standard output went away: its reader closed the pipe (`peers --json |
+/// head -1`). Not a failure of the command: `main` ends quietly with the
+/// status a shell gives a process stopped by `SIGPIPE`.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output closed by its reader")]
+pub struct ReaderGone;
+
+/// The exit status for [`ReaderGone`]: 128 + SIGPIPE, what `sh` reports for
+/// a command stopped by a closed pipe, so `set -o pipefail` scripts see the
+/// same as with any other Unix tool.
+pub const READER_GONE_STATUS: u8 = 141;
+
+/// Writes to standard output and flushes, so a closed pipe shows up at
+/// once as [`ReaderGone`] instead of a panic (`println!` panics on it).
+/// Other write errors (a full disk) are real failures and say so.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(args).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(ReaderGone.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot write to standard output")),
+    }
+}
+
+/// `print!` for commands: returns early from the calling function with
+/// [`ReaderGone`] when the reader went away.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!($($arg)*))?
+    };
+}
+
+/// `println!` for commands: returns early from the calling function with
+/// [`ReaderGone`] when the reader went away.
+macro_rules! outln {
+    () => {
+        $crate::output::write_stdout(format_args!("\n"))?
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+pub(crate) use {out, outln};
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use heartbeater::proto::{self, PeerEventKind, PeerState};
@@ -10,6 +55,16 @@ use serde_json::json;
 /// with `NO_COLOR` set (https://no-color.org).
 pub fn colour(stream: &impl std::io::IsTerminal) -> bool {
     stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// A string that came from the network (an identity a node or a peer
+/// sent, a peer id or host read back from a node), made safe to print on a
+/// terminal: control characters and text-reordering characters escaped as
+/// `\u{1b}`, backslashes doubled. Every such string goes through this on
+/// its way to the screen, so that no node or peer can move the cursor,
+/// clear the screen or retitle the window of an operator.
+pub fn untrusted(text: &str) -> std::borrow::Cow<'_, str> {
+    heartbeater::identity::printable(text)
 }
 
 pub fn state_name(state: i32) -> &'static str {
@@ -50,8 +105,22 @@ fn rtt(micros: Option<u64>) -> String {
     }
 }
 
+/// The MISSED column: consecutive heartbeats without a valid reply
+/// against the number that convicts, capped at that number (`3+/3`):
+/// past it the count only says how long the peer has been down, which
+/// `82/3` made read like a broken limit. `peers --json` has the exact count.
+fn missed(missed: u32, max_missed: u32) -> String {
+    if missed > max_missed {
+        format!("{max_missed}+/{max_missed}")
+    } else {
+        format!("{missed}/{max_missed}")
+    }
+}
+
 /// The peers as an aligned table (no borders: it reads like `ps`, and
 /// greps and `column -t` keep working); the state in colour when `colour`.
+/// A last NOTE column, only when a peer needs one, says whom a peer
+/// answers as when replies at its address carry another identity.
 pub fn peers_table(peers: &[proto::PeerStatus], colour: bool) -> String {
     use comfy_table::{Cell, CellAlignment, Color, Table};
     let mut table = Table::new();
@@ -61,14 +130,20 @@ pub fn peers_table(peers: &[proto::PeerStatus], colour: bool) -> String {
     } else {
         table.force_no_tty();
     }
-    table.set_header([
+    let noted = peers.iter().any(|p| p.answers_as.is_some());
+    let mut header = vec![
         "PEER ID", "ADDRESS", "STATE", "EPOCH", "FREQ", "SENT", "ACKED", "MISSED", "LAST RTT",
-    ]);
+    ];
+    if noted {
+        header.push("NOTE");
+    }
+    table.set_header(header);
     for p in peers {
-        let addr = if p.peer_host.contains(':') {
-            format!("[{}]:{}", p.peer_host, p.peer_port)
+        let host = untrusted(&p.peer_host);
+        let addr = if host.contains(':') {
+            format!("[{host}]:{}", p.peer_port)
         } else {
-            format!("{}:{}", p.peer_host, p.peer_port)
+            format!("{host}:{}", p.peer_port)
         };
         let state = state_name(p.state);
         let mut state_cell = Cell::new(state);
@@ -80,17 +155,26 @@ pub fn peers_table(peers: &[proto::PeerStatus], colour: bool) -> String {
             });
         }
         let right = |text: String| Cell::new(text).set_alignment(CellAlignment::Right);
-        table.add_row(vec![
-            Cell::new(&p.peer_id),
+        let mut row = vec![
+            Cell::new(untrusted(&p.peer_id)),
             Cell::new(addr),
             state_cell,
             right(p.epoch.map_or("-".into(), |e| e.to_string())),
-            right(format!("{}ms", p.heartbeat_freq_millis)),
+            right(crate::duration::format(Duration::from_millis(
+                u64::try_from(p.heartbeat_freq_millis).unwrap_or(0),
+            ))),
             right(p.heartbeats_sent.to_string()),
             right(p.heartbeats_acked.to_string()),
-            right(format!("{}/{}", p.missed, p.max_missed)),
+            right(missed(p.missed, p.max_missed)),
             right(rtt(p.last_rtt_micros)),
-        ]);
+        ];
+        if noted {
+            row.push(Cell::new(match &p.answers_as {
+                Some(id) => format!("answers as {}", untrusted(id)),
+                None => String::new(),
+            }));
+        }
+        table.add_row(row);
     }
     // The preset pads each cell by one space on both sides: keep two
     // spaces between columns and none at the margin.
@@ -126,6 +210,7 @@ pub fn peer_json(p: &proto::PeerStatus) -> serde_json::Value {
             _ => "count",
         },
         "rise": p.rise,
+        "answers_as": p.answers_as,
     })
 }
 
@@ -159,7 +244,7 @@ pub fn event_text(e: &proto::PeerEvent, colour: bool) -> String {
     let mut line = format!(
         "{} {kind} {} state={}",
         rfc3339_micros(e.timestamp_micros),
-        e.peer_id,
+        untrusted(&e.peer_id),
         state_name(e.state)
     );
     if let Some(epoch) = e.epoch {
@@ -169,7 +254,7 @@ pub fn event_text(e: &proto::PeerEvent, colour: bool) -> String {
         line.push_str(&format!(" previous_epoch={prev}"));
     }
     if !e.observed_id.is_empty() {
-        line.push_str(&format!(" observed_id={}", e.observed_id));
+        line.push_str(&format!(" observed_id={}", untrusted(&e.observed_id)));
     }
     line
 }

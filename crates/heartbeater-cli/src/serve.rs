@@ -160,6 +160,10 @@ async fn reload(
     Ok(())
 }
 
+fn http_context(at: &crate::address::HostPort) -> String {
+    format!("cannot serve HTTP on {at} (http_listen; `off` disables it)")
+}
+
 pub async fn run(cfg: Settings) -> anyhow::Result<()> {
     let listen = cfg.listen.clone();
     let in_memory = cfg.in_memory;
@@ -172,6 +176,7 @@ pub async fn run(cfg: Settings) -> anyhow::Result<()> {
         .udp_heartbeats(cfg.udp)
         .max_peers(cfg.max_peers)
         .min_network_heartbeat_freq(cfg.min_network_freq.0)
+        .network_heartbeat_budget(cfg.heartbeat_budget)
         .pause_threshold(cfg.pause_threshold)
         .default_rise(cfg.default_rise)
         .max_request_bytes(cfg.max_request_bytes)
@@ -185,6 +190,9 @@ pub async fn run(cfg: Settings) -> anyhow::Result<()> {
     };
     if let Some(epoch) = cfg.epoch {
         builder = builder.server_epoch(epoch);
+    }
+    if let Some(id) = &cfg.node_id {
+        builder = builder.node_id(id.0.clone());
     }
     match cfg.default_detector {
         crate::admin::DetectorArg::Phi => {
@@ -240,18 +248,27 @@ pub async fn run(cfg: Settings) -> anyhow::Result<()> {
             .auth_tokens(read_tokens(path)?)
             .auth_reads(auth_reads);
     }
-    let server = std::sync::Arc::new(builder.build_async().await?);
-    let mut events = server.events();
-    let addr = server.start().await?;
-    let http = match &cfg.http_listen {
+    // Every port first: a start that cannot listen must fail before the
+    // data directory is created and a new epoch is stored.
+    let sockets = builder.bind().await?;
+    let http_listener = match &cfg.http_listen {
         None | Some(crate::config::HttpListen::Off) => None,
         Some(crate::config::HttpListen::On(at)) => Some(
-            crate::http::HttpServer::start(at, server.clone(), cfg.metrics_peer_labels)
+            crate::http::HttpServer::bind(at)
                 .await
-                .with_context(|| {
-                    format!("cannot serve HTTP on {at} (http_listen; `off` disables it)")
-                })?,
+                .with_context(|| http_context(at))?,
         ),
+    };
+    let server = std::sync::Arc::new(builder.build_async().await?);
+    let mut events = server.events();
+    let addr = server.start_on(sockets).await?;
+    let http = match (http_listener, &cfg.http_listen) {
+        (Some(listener), Some(crate::config::HttpListen::On(at))) => Some(
+            crate::http::HttpServer::start(listener, server.clone(), cfg.metrics_peer_labels)
+                .await
+                .with_context(|| http_context(at))?,
+        ),
+        _ => None,
     };
     if let Some(h) = &http {
         if !h.local_addr().ip().is_loopback() {

@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use heartbeater::{ClientConnectionListener, HeartbeatParameters, HeartbeatServer, Uuid};
+use heartbeater::{
+    ClientConnectionListener, HeartbeatParameters, HeartbeatServer, SubscriptionState, Uuid,
+};
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 
 use crate::address::HostPort;
-use crate::output;
+use crate::output::{self, outln};
 use crate::security::{read_tokens, ClientSecurityArgs, ServerTlsFiles};
 
 /// Options of `publish`.
@@ -26,10 +28,10 @@ pub struct PublishArgs {
     #[arg(long)]
     topic: String,
     /// Time between heartbeats to the subscribers.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = crate::duration::parse_positive)]
     heartbeat_rate: Duration,
     /// How long a heartbeat answer counts [default: the rate].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = crate::duration::parse_positive)]
     heartbeat_timeout: Option<Duration>,
     /// Unanswered heartbeats before a client is disconnected.
     #[arg(long, default_value_t = 3)]
@@ -40,7 +42,7 @@ pub struct PublishArgs {
     /// How long a message waits for a subscriber that has stopped reading
     /// before that subscriber is dropped (and reported disconnected)
     /// [default: 5s].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = crate::duration::parse_positive)]
     stall_timeout: Option<Duration>,
     /// Serve subscribers over TLS with this certificate chain (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -125,7 +127,7 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         publisher.activate_heartbeats(PrintingListener { json: args.json }, params)?;
     }
     if args.json {
-        println!(
+        outln!(
             "{}",
             json!({"event": "publishing", "topic": args.topic, "listen": addr.to_string(),
                    "identity": server.identity(), "heartbeats": !args.no_heartbeats,
@@ -157,6 +159,58 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     publisher.deactivate_heartbeats_and_wait().await;
     drop(publisher);
     server.stop().await?;
+    Ok(())
+}
+
+/// A line for the person at the terminal, on stderr; a closed stderr is
+/// no reason to stop.
+fn note(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Says where a subscription stands: on stderr as text, or on stdout as a
+/// JSON line with --json (`connected`, `not_found`, `retrying` and its
+/// `reason`). `was_connected`: whether it was connected before, which
+/// makes a connection a reconnection and a failure a loss.
+fn show_state(
+    args: &SubscribeArgs,
+    state: &SubscriptionState,
+    was_connected: bool,
+) -> anyhow::Result<()> {
+    let (event, reason) = match state {
+        SubscriptionState::Connected => ("connected", None),
+        SubscriptionState::NotFound => ("not_found", None),
+        SubscriptionState::Retrying { reason } => ("retrying", Some(reason.as_str())),
+        _ => ("connecting", None),
+    };
+    if args.json {
+        outln!(
+            "{}",
+            json!({"event": event, "topic": args.topic, "publisher": args.publisher.to_string(),
+                   "reason": reason, "again": was_connected, "timestamp": output::now_rfc3339()})
+        );
+        return Ok(());
+    }
+    let (topic, publisher) = (&args.topic, &args.publisher);
+    match (state, was_connected) {
+        (SubscriptionState::Connected, false) => note(format_args!(
+            "connected: messages of {topic:?} from {publisher} follow"
+        )),
+        (SubscriptionState::Connected, true) => {
+            note(format_args!("connected again to {publisher}"))
+        }
+        (SubscriptionState::NotFound, _) => note(format_args!(
+            "{publisher} does not publish topic {topic:?}; retrying until it does"
+        )),
+        (SubscriptionState::Retrying { reason }, false) => note(format_args!(
+            "not subscribed yet, retrying: {}",
+            output::untrusted(reason)
+        )),
+        (SubscriptionState::Retrying { reason }, true) => {
+            note(format_args!("reconnecting: {}", output::untrusted(reason)))
+        }
+        _ => note(format_args!("connecting to {publisher}")),
+    }
     Ok(())
 }
 
@@ -196,6 +250,9 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
     }
     let node = builder.build()?;
     let json = args.json;
+    // The messages are what `subscribe` is for: once nobody reads them
+    // (`subscribe ... | head -3`), the command is over.
+    let (reader_gone, mut gone) = tokio::sync::watch::channel(false);
     let subscription = node.subscribe(&args.topic, publisher, move |topic: &str, payload: &[u8]| {
         let text = String::from_utf8_lossy(payload);
         let line = if json {
@@ -204,25 +261,47 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
         } else {
             text.into_owned()
         };
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
+        if let Err(e) = output::write_stdout(format_args!("{line}\n")) {
+            if e.is::<output::ReaderGone>() {
+                reader_gone.send_replace(true);
+            }
+        }
     })?;
     if json {
-        println!(
+        outln!(
             "{}",
             json!({"event": "subscribed", "topic": args.topic, "publisher": args.publisher.to_string(),
                    "client": node.instance_id().to_string(), "timestamp": output::now_rfc3339()})
         );
     } else {
-        eprintln!(
-            "subscribed to {:?} at {} as client {}",
+        note(format_args!(
+            "subscribing to {:?} at {} as client {} (Ctrl-C to stop)",
             args.topic,
             args.publisher,
             node.instance_id()
-        );
+        ));
     }
-    crate::interrupted().await?;
+    let mut states = subscription.watch_state();
+    let mut shown = SubscriptionState::Connecting;
+    let mut was_connected = false;
+    let stop = crate::interrupted();
+    tokio::pin!(stop);
+    loop {
+        let state = states.borrow_and_update().clone();
+        if state != shown {
+            show_state(&args, &state, was_connected)?;
+            was_connected |= state == SubscriptionState::Connected;
+            shown = state;
+        }
+        tokio::select! {
+            r = &mut stop => { r?; break }
+            changed = states.changed() => if changed.is_err() { break },
+            Ok(_) = gone.wait_for(|gone| *gone) => {
+                drop(subscription);
+                return Err(output::ReaderGone.into());
+            }
+        }
+    }
     drop(subscription);
     Ok(())
 }

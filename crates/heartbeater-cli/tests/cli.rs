@@ -252,8 +252,15 @@ fn sigterm_stops_a_node_gracefully() {
 
 #[test]
 fn a_port_taken_for_udp_is_named_and_no_udp_starts_anyway() {
-    let squatter = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = squatter.local_addr().unwrap().to_string();
+    // A UDP port whose TCP twin is free (other tests' connections take
+    // ephemeral TCP ports from the same range).
+    let (_squatter, addr) = loop {
+        let squatter = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = squatter.local_addr().unwrap();
+        if std::net::TcpListener::bind(addr).is_ok() {
+            break (squatter, addr.to_string());
+        }
+    };
     let out = run(&["serve", "--in-memory", "--listen", &addr]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -315,7 +322,11 @@ fn start_failures_are_one_clear_line_and_exit_code_1() {
         "--freq",
         "0ms",
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a zero period is a usage error like any other"
+    );
     let out = run(&["peers", "--server", "nonsense"]);
     assert_eq!(
         out.status.code(),

@@ -399,3 +399,43 @@ fn the_demo_sees_the_kill_within_the_bound_and_the_restart() {
         "no escape codes in a pipe: {text}"
     );
 }
+
+/// Opens `/api/events` and reads its status line; the stream stays open
+/// while the returned socket lives.
+fn open_events(addr: &str) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to the HTTP listener");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(stream, "GET /api/events HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut buf = [0u8; 512];
+    let n = stream.read(&mut buf).unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+    (stream, head)
+}
+
+#[test]
+fn one_client_cannot_take_every_event_stream() {
+    let (_node, http) = http_node(&[]);
+    let held: Vec<_> = (0..8).map(|_| open_events(&http)).collect();
+    for (_, head) in &held {
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+    let (_, refused) = open_events(&http);
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(
+        refused.contains("this address has 8 event streams open"),
+        "{refused}"
+    );
+    // A closed stream gives its place back.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_s, head) = open_events(&http);
+        if head.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no place given back: {head}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

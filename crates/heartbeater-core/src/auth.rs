@@ -327,6 +327,20 @@ mod tests {
     }
 
     #[test]
+    fn signing_matches_the_documented_test_vector() {
+        // docs/PROTOCOL.md, computed there with Python's `blake3` package.
+        let ring = Keyring::new(&[[0x5a_u8; 32]]).unwrap();
+        let mut out = b"heartbeater test vector".to_vec();
+        ring.sign(&mut out);
+        let trailer: String = out[out.len() - TRAILER_BYTES..]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(trailer, "8d5a3a0d3772c5d47cc2a1b4651b4a1cd78fd405");
+        assert_eq!(ring.verify(&out), Ok(&b"heartbeater test vector"[..]));
+    }
+
+    #[test]
     fn any_change_to_a_signed_datagram_fails() {
         let ring = Keyring::parse(K1).unwrap();
         let mut msg = b"heartbeat".to_vec();

@@ -12,20 +12,9 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Longest accepted peer id, in bytes. Ids are node UUIDs (36 bytes) in
-/// practice; the limit only stops abuse of the registry.
-pub const MAX_PEER_ID_BYTES: usize = 256;
-
-/// Shortest heartbeat frequency and reply timeout.
-pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
-
-/// Longest heartbeat frequency and reply timeout. A peer checked less than
-/// once an hour is not being monitored in any useful sense.
-pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
-
-/// Most consecutive misses that may be required before a peer is declared
-/// unreachable.
-pub const MAX_MISSED_LIMIT: u32 = 1000;
+pub use crate::identity::MAX_PEER_ID_BYTES;
+use crate::validation::{check_count, check_interval};
+pub use crate::validation::{ValidationError, MAX_INTERVAL, MAX_MISSED_LIMIT, MIN_INTERVAL};
 
 /// Longest reply timeout, in heartbeat periods. At most
 /// [`crate::probe::PROBE_WINDOW`] heartbeats of a peer are then in flight at
@@ -37,26 +26,6 @@ pub const MAX_TIMEOUT_PERIODS: u32 = 7;
 
 /// Consecutive misses that make a peer unreachable when none is given.
 pub const DEFAULT_MAX_MISSED: u32 = 3;
-
-/// A value that cannot be accepted, with the wire field it came from.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {field}: {reason}")]
-pub struct ValidationError {
-    /// The field, as named in the `.proto` (`peer_port`, `peer_host`, ...).
-    pub field: &'static str,
-    /// What is wrong with it, in words a user can act on.
-    pub reason: String,
-}
-
-impl ValidationError {
-    /// An error for `field`.
-    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        Self {
-            field,
-            reason: reason.into(),
-        }
-    }
-}
 
 /// How one peer is judged: how often it is asked, how long an answer is
 /// accepted, and how many silences convict it.
@@ -196,37 +165,6 @@ fn interval_from_millis(field: &'static str, millis: i64) -> Result<Duration, Va
     Ok(interval)
 }
 
-/// Checks a count of misses or checks: 1 to [`MAX_MISSED_LIMIT`].
-pub(crate) fn check_count(field: &'static str, n: u32) -> Result<NonZeroU32, ValidationError> {
-    if n > MAX_MISSED_LIMIT {
-        return Err(ValidationError::new(
-            field,
-            format!("{n} is more than the limit of {MAX_MISSED_LIMIT}"),
-        ));
-    }
-    NonZeroU32::new(n).ok_or_else(|| ValidationError::new(field, "must be at least 1"))
-}
-
-/// Checks an interval: [`MIN_INTERVAL`] to [`MAX_INTERVAL`].
-pub(crate) fn check_interval(
-    field: &'static str,
-    interval: Duration,
-) -> Result<(), ValidationError> {
-    if interval < MIN_INTERVAL {
-        return Err(ValidationError::new(
-            field,
-            format!("{interval:?}; must be at least 1 ms"),
-        ));
-    }
-    if interval > MAX_INTERVAL {
-        return Err(ValidationError::new(
-            field,
-            format!("{} ms; must be at most 1 hour", interval.as_millis()),
-        ));
-    }
-    Ok(())
-}
-
 /// A peer to monitor: who it is, where it listens and how it is judged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerSpec {
@@ -248,7 +186,7 @@ impl PeerSpec {
         port: u32,
         detector: DetectorConfig,
     ) -> Result<Self, ValidationError> {
-        validate_peer_id(peer_id)?;
+        let peer_id = validate_peer_id(peer_id)?;
         let host = validate_host("peer_host", host)?;
         let port = validate_port("peer_port", port)?;
         Ok(Self {
@@ -260,27 +198,13 @@ impl PeerSpec {
     }
 }
 
-/// Checks a peer id: 1 to [`MAX_PEER_ID_BYTES`] bytes, no control characters.
-pub fn validate_peer_id(peer_id: &str) -> Result<(), ValidationError> {
-    if peer_id.is_empty() {
-        return Err(ValidationError::new("peer_id", "must not be empty"));
-    }
-    if peer_id.len() > MAX_PEER_ID_BYTES {
-        return Err(ValidationError::new(
-            "peer_id",
-            format!(
-                "{} bytes; must be at most {MAX_PEER_ID_BYTES}",
-                peer_id.len()
-            ),
-        ));
-    }
-    if peer_id.chars().any(char::is_control) {
-        return Err(ValidationError::new(
-            "peer_id",
-            "must not contain control characters",
-        ));
-    }
-    Ok(())
+/// Checks a peer id and returns its canonical spelling: a UUID in
+/// lower-case hyphenated form, or a node name as written
+/// ([`crate::identity`]). An id no node can answer with (`9a0e...`, `a b`)
+/// is an error, since its peer could never be `ALIVE`.
+pub fn validate_peer_id(peer_id: &str) -> Result<String, ValidationError> {
+    crate::identity::canonical_identity(peer_id)
+        .map_err(|e| ValidationError::new("peer_id", e.to_string()))
 }
 
 /// Checks a port: 1 to 65535.
@@ -399,8 +323,18 @@ mod tests {
     fn peer_ids_must_be_non_empty_and_bounded() {
         assert!(validate_peer_id("").is_err());
         assert!(validate_peer_id(&"x".repeat(257)).is_err());
-        assert!(validate_peer_id(&"x".repeat(256)).is_ok());
+        assert!(validate_peer_id(&"x".repeat(64)).is_ok());
         assert!(validate_peer_id("a\nb").is_err());
+    }
+
+    #[test]
+    fn a_registration_holds_the_canonical_spelling_of_its_uuid() {
+        let d = DetectorConfig::new(freq(100), None, None).unwrap();
+        let spec =
+            PeerSpec::new("6F1C2D3E-4A5B-4C6D-8E7F-0A1B2C3D4E5F", "127.0.0.1", 9, d).unwrap();
+        assert_eq!(&*spec.peer_id, "6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f");
+        let err = PeerSpec::new("9a0e...", "127.0.0.1", 9, d).unwrap_err();
+        assert_eq!(err.field, "peer_id");
     }
 
     #[test]

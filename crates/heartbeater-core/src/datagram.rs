@@ -19,7 +19,7 @@
 //! | 48 | n | identity of the sender, UTF-8 |
 //! | 48 + n | p | pings only: zero padding |
 //! | end - 20 | 4 | authenticated only: key id |
-//! | end - 16 | 16 | authenticated only: keyed BLAKE3 tag of all bytes before it |
+//! | end - 16 | 16 | authenticated only: keyed BLAKE3 tag of the key id, then of every byte before the key id |
 //!
 //! A pong is never longer than the ping it answers: a responder that would
 //! have to send more than it received stays silent, so spoofing a source

@@ -5,41 +5,17 @@
 //! late replies are sorted out before it by [`crate::PeerLiveness`]. That keeps
 //! detectors small and interchangeable: the seeds' miss counter is the default,
 //! and an accrual detector (phi) fits behind the same trait.
+//!
+//! This module holds the count rule and the factories that give each peer its
+//! detector; the trait itself is defined in [`crate::failure_detector`], below
+//! every kind of detector, and re-exported here.
 
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use crate::config::{DetectorConfig, DetectorKind};
+pub use crate::failure_detector::FailureDetector;
 use crate::phi::PhiAccrualDetector;
-
-/// Judges one peer from the outcome of each of its heartbeats.
-pub trait FailureDetector: Send + 'static {
-    /// A heartbeat was answered validly at `now`, after `rtt`.
-    fn on_ack(&mut self, now: Instant, rtt: Duration);
-
-    /// A heartbeat got no valid reply before its timeout (or could not be sent).
-    fn on_miss(&mut self, now: Instant);
-
-    /// Whether the peer should now be considered unreachable.
-    fn is_suspect(&self, now: Instant) -> bool;
-
-    /// Consecutive heartbeats without a valid reply, for status reports.
-    fn missed(&self) -> u32;
-
-    /// Forgets all evidence, as after the peer's registration changed.
-    fn reset(&mut self);
-
-    /// The monitor itself was paused until `now` (see [`crate::pause`]):
-    /// time that passed without a chance to hear the peer is not evidence.
-    /// A time-based detector restarts its clock here; counting detectors
-    /// need nothing, as the heartbeats in flight across the pause are voided
-    /// before they could count.
-    fn on_local_pause(&mut self, _now: Instant) {}
-
-    /// Multiplies the conviction threshold by `factor` (at least 1) while
-    /// the monitor's own health is in doubt ([`crate::awareness`]).
-    fn set_tolerance(&mut self, _factor: u32) {}
-}
 
 /// Makes the detector of each peer a [`crate::PeerTable`] monitors, from the
 /// peer's registered settings. The table is generic over it, so a detector

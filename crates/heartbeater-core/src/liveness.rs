@@ -74,7 +74,8 @@ pub enum Change {
     },
     /// Something answered for the peer with another identity.
     IdentityMismatch {
-        /// The identity that answered.
+        /// The identity that answered, as [`crate::identity::shown_identity`]
+        /// makes it safe to show.
         observed: String,
     },
 }
@@ -86,6 +87,26 @@ pub struct Reply<'a> {
     pub responder_id: &'a str,
     /// The responder's epoch.
     pub responder_epoch: u64,
+}
+
+/// When a reply arrived, as far as its reader can know: it read the reply
+/// at `read`, and had found nothing waiting at `after`, so the reply came
+/// in between. A reader that falls behind (an overloaded monitor) widens
+/// the window; a reply is late only if it was late at `after`, so the
+/// monitor's own lag never turns a timely answer into a miss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    /// The last time the reader found no reply waiting on this path.
+    pub after: Instant,
+    /// When the reader took this reply.
+    pub read: Instant,
+}
+
+impl Arrival {
+    /// A reply read the moment it arrived.
+    pub fn at(t: Instant) -> Self {
+        Self { after: t, read: t }
+    }
 }
 
 /// What became of a reply handed to [`PeerLiveness::on_reply`].
@@ -116,7 +137,8 @@ impl ReplyVerdict {
 }
 
 /// Per-peer liveness state: about 160 bytes with the default detector, no
-/// allocation after construction.
+/// allocation after construction but the identity of a peer that answers
+/// as another.
 #[derive(Debug, Clone)]
 pub struct PeerLiveness<D = MissCountDetector> {
     /// The one part of the configuration this needs; the rest lives with
@@ -135,7 +157,10 @@ pub struct PeerLiveness<D = MissCountDetector> {
     sent: u64,
     acked: u64,
     last_rtt: Option<Duration>,
-    mismatch_reported: bool,
+    /// The identity the last reply of the current run of replies from
+    /// another identity carried (made safe to show); `None` once the
+    /// registered identity answers. Boxed: the common case costs a pointer.
+    answers_as: Option<Box<str>>,
 }
 
 impl PeerLiveness<MissCountDetector> {
@@ -165,7 +190,7 @@ impl<D: FailureDetector> PeerLiveness<D> {
             sent: 0,
             acked: 0,
             last_rtt: None,
-            mismatch_reported: false,
+            answers_as: None,
         }
     }
 
@@ -201,6 +226,22 @@ impl<D: FailureDetector> PeerLiveness<D> {
         reply: Reply<'_>,
         out: &mut Vec<Change>,
     ) -> ReplyVerdict {
+        self.on_reply_in(seq, path, Arrival::at(now), expected_id, reply, out)
+    }
+
+    /// [`PeerLiveness::on_reply`] for a reply that arrived within `arrival`:
+    /// its RTT is measured to the read, its lateness judged at the earliest
+    /// moment it may have come.
+    pub fn on_reply_in(
+        &mut self,
+        seq: u64,
+        path: Path,
+        arrival: Arrival,
+        expected_id: &str,
+        reply: Reply<'_>,
+        out: &mut Vec<Change>,
+    ) -> ReplyVerdict {
+        let now = arrival.read;
         match self.window.paths(seq) {
             None => return ReplyVerdict::NotInFlight,
             Some(paths) if !paths.contains(path) => return ReplyVerdict::WrongPath,
@@ -212,21 +253,28 @@ impl<D: FailureDetector> PeerLiveness<D> {
         let Some(settled) = self.window.settle(seq) else {
             return ReplyVerdict::NotInFlight;
         };
-        if rtt > self.timeout {
+        let unread_for = arrival.read.saturating_duration_since(arrival.after);
+        if rtt.saturating_sub(unread_for) > self.timeout {
             self.no_reply(seq, settled, now, out);
             return ReplyVerdict::Late;
         }
         if reply.responder_id != expected_id {
-            if !self.mismatch_reported {
-                self.mismatch_reported = true;
+            // The identity is whatever the network sent: kept and reported
+            // only in a form that cannot steer a terminal or fill a log.
+            let observed = crate::identity::shown_identity(reply.responder_id);
+            let reported = self.answers_as.is_some();
+            if self.answers_as.as_deref() != Some(&*observed) {
+                self.answers_as = Some(Box::from(&*observed));
+            }
+            if !reported {
                 out.push(Change::IdentityMismatch {
-                    observed: reply.responder_id.to_owned(),
+                    observed: observed.into_owned(),
                 });
             }
             self.count_miss(seq, now, out);
             return ReplyVerdict::WrongIdentity;
         }
-        self.mismatch_reported = false;
+        self.answers_as = None;
         if matches!(self.epoch, Some(known) if reply.responder_epoch < known) {
             self.count_miss(seq, now, out);
             return ReplyVerdict::StaleEpoch;
@@ -283,6 +331,13 @@ impl<D: FailureDetector> PeerLiveness<D> {
         Some((settled.paths, counted))
     }
 
+    /// Heartbeat `seq` gets no outcome: the monitor could not carry it
+    /// (its own send buffer was full, its budget of calls spent), so neither
+    /// an answer nor its silence may count. Returns whether it was in flight.
+    pub fn void(&mut self, seq: u64) -> bool {
+        self.window.settle(seq).is_some()
+    }
+
     /// Whether heartbeat `seq` still waits for its outcome.
     pub fn is_in_flight(&self, seq: u64) -> bool {
         self.window.in_flight(seq)
@@ -327,12 +382,23 @@ impl<D: FailureDetector> PeerLiveness<D> {
 
     /// Applies a new configuration (a re-registration): the evidence gathered
     /// under the old one is dropped, including heartbeats in flight, whose
-    /// outcomes no longer count; the state and epoch are kept.
+    /// outcomes no longer count; the state is kept, and the epoch too while
+    /// the peer is ALIVE.
     pub fn reconfigure(&mut self, config: DetectorConfig, detector: D) {
         self.timeout = config.timeout;
         self.rise = config.rise.get();
         self.streak = 0;
         self.detector = detector;
+        // The peer may have moved: whoever answers at the new address is
+        // reported afresh.
+        self.answers_as = None;
+        // A peer that is not answering may be held down by an epoch it never
+        // had (a forged reply claiming the highest one makes every genuine
+        // reply look stale): registering it again starts its epoch afresh.
+        // An answering peer keeps its epoch, so that a restart is still seen.
+        if self.state != PeerState::Alive {
+            self.epoch = None;
+        }
         self.void_in_flight();
     }
 
@@ -383,6 +449,12 @@ impl<D: FailureDetector> PeerLiveness<D> {
     /// Round-trip time of the last valid reply.
     pub fn last_rtt(&self) -> Option<Duration> {
         self.last_rtt
+    }
+
+    /// The identity that answers instead of the registered one, while
+    /// replies come from another identity (made safe to show).
+    pub fn answers_as(&self) -> Option<&str> {
+        self.answers_as.as_deref()
     }
 
     /// Consecutive misses right now.
@@ -448,6 +520,57 @@ mod tests {
 
     fn peer() -> Peer {
         Peer::new(100, 3, None)
+    }
+
+    #[test]
+    fn a_reply_read_late_by_a_lagging_monitor_is_judged_when_it_may_have_come() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(100, 1, None);
+        let mut out = Vec::new();
+        // Sent at 0, read at 250 ms, but the monitor had not looked since
+        // 50 ms: the reply may have come within its 100 ms timeout.
+        let seq = p.send(t0);
+        let lagging = Arrival {
+            after: t0 + ms(50),
+            read: t0 + ms(250),
+        };
+        let v =
+            p.0.on_reply_in(seq, Path::Datagram, lagging, ID, reply(1), &mut out);
+        assert_eq!(v, ReplyVerdict::Accepted);
+        assert_eq!(out, vec![Change::Up]);
+        assert_eq!(
+            p.0.last_rtt(),
+            Some(ms(250)),
+            "the RTT is measured to the read"
+        );
+        // Had it looked at 150 ms and found nothing, the reply came later
+        // than its timeout.
+        let seq = p.send(t0 + ms(300));
+        let looked = Arrival {
+            after: t0 + ms(450),
+            read: t0 + ms(460),
+        };
+        out.clear();
+        let v =
+            p.0.on_reply_in(seq, Path::Datagram, looked, ID, reply(1), &mut out);
+        assert_eq!(v, ReplyVerdict::Late);
+        assert_eq!(out, vec![Change::Down]);
+    }
+
+    #[test]
+    fn a_voided_heartbeat_is_neither_answered_nor_missed() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(100, 1, None);
+        let seq = p.send(t0);
+        assert!(p.0.void(seq));
+        assert!(!p.0.void(seq), "voided once");
+        assert!(p.expire(seq, t0 + ms(200)).is_empty(), "no miss");
+        assert_eq!(p.0.state(), PeerState::Unknown);
+        assert_eq!(
+            p.reply_as(seq, t0 + ms(10), reply(1)).0,
+            ReplyVerdict::NotInFlight
+        );
+        assert_eq!(p.0.heartbeats_acked(), 0);
     }
 
     #[test]
@@ -730,6 +853,48 @@ mod tests {
             vec![Change::Down],
             "three mismatches are three misses"
         );
+    }
+
+    #[test]
+    fn the_status_says_whom_the_peer_answers_as_until_it_answers_as_itself() {
+        let t0 = Instant::now();
+        let mut p = peer();
+        let as_other = |id| Reply {
+            responder_id: id,
+            responder_epoch: 1,
+        };
+        assert_eq!(p.0.answers_as(), None);
+        let s = p.send(t0);
+        p.reply_as(s, t0 + ms(1), as_other("db-3"));
+        assert_eq!(p.0.answers_as(), Some("db-3"));
+        let s = p.send(t0 + ms(100));
+        let (_, changes) = p.reply_as(s, t0 + ms(101), as_other("db-4"));
+        assert!(changes.is_empty(), "one report per run");
+        assert_eq!(p.0.answers_as(), Some("db-4"), "the latest impostor");
+        let s = p.send(t0 + ms(200));
+        p.reply(s, t0 + ms(201), 1);
+        assert_eq!(p.0.answers_as(), None);
+        assert_eq!(p.0.state(), PeerState::Alive);
+    }
+
+    #[test]
+    fn an_identity_that_steers_a_terminal_is_kept_and_reported_escaped() {
+        let t0 = Instant::now();
+        let mut p = peer();
+        let s = p.send(t0);
+        let hostile = Reply {
+            responder_id: "x\u{1b}[2J\u{1b}]0;owned\u{7}",
+            responder_epoch: 1,
+        };
+        let (_, changes) = p.reply_as(s, t0 + ms(1), hostile);
+        let shown = "x\\u{1b}[2J\\u{1b}]0;owned\\u{7}";
+        assert_eq!(
+            changes,
+            vec![Change::IdentityMismatch {
+                observed: shown.into()
+            }]
+        );
+        assert_eq!(p.0.answers_as(), Some(shown));
     }
 
     #[test]

@@ -17,8 +17,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::config::ValidationError;
-use crate::detector::FailureDetector;
+use crate::failure_detector::FailureDetector;
+use crate::validation::{check_interval, ValidationError, MAX_INTERVAL};
 
 /// Intervals kept per peer.
 pub const SAMPLES: usize = 32;
@@ -53,13 +53,13 @@ impl PhiParams {
                 format!("{threshold}; must be from 1 to 64"),
             ));
         }
-        if acceptable_pause > crate::config::MAX_INTERVAL {
+        if acceptable_pause > MAX_INTERVAL {
             return Err(ValidationError::new(
                 "acceptable_pause_millis",
                 "must be at most 1 hour",
             ));
         }
-        crate::config::check_interval("min_std_dev_millis", min_std_dev)?;
+        check_interval("min_std_dev_millis", min_std_dev)?;
         Ok(Self {
             threshold_centi: (threshold * 100.0).round() as u32,
             acceptable_pause,

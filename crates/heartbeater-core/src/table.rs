@@ -24,9 +24,10 @@ use std::time::{Duration, Instant};
 use crate::awareness::Awareness;
 use crate::config::{DetectorConfig, PeerSpec};
 use crate::detector::{Configured, DetectorFactory};
-use crate::liveness::{Change, PeerLiveness, PeerState, Reply, ReplyVerdict};
+use crate::liveness::{Arrival, Change, PeerLiveness, PeerState, Reply, ReplyVerdict};
 use crate::pages::Pages;
 pub use crate::probe::{Path, Paths, PeerKey, ProbeId};
+use crate::rate::HeartbeatRate;
 
 /// A heartbeat to send now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +67,8 @@ pub enum EventKind {
     },
     /// Something answered for the peer with another identity.
     IdentityMismatch {
-        /// The identity that answered.
+        /// The identity that answered, escaped when it was not printable
+        /// ([`crate::identity::shown_identity`]).
         observed: String,
     },
     /// The peer was deregistered.
@@ -109,6 +111,10 @@ pub struct PeerStatus {
     pub missed: u32,
     /// The timing the peer is judged by.
     pub detector: DetectorConfig,
+    /// While replies at the peer's address carry another identity: the
+    /// last one seen, escaped when it was not printable. Why a peer stays
+    /// `UNKNOWN` or `UNREACHABLE` although something answers.
+    pub answers_as: Option<String>,
 }
 
 /// How many peers are in each state: what a health check or a gauge needs,
@@ -151,9 +157,13 @@ impl Upsert {
 }
 
 struct Slot<D> {
-    spec: PeerSpec,
+    /// Shared with the published view ([`PublishedStatus`]), which then
+    /// holds no copy of the registration.
+    spec: Arc<PeerSpec>,
     liveness: PeerLiveness<D>,
     generation: u32,
+    /// Whether this peer is counted in [`PeerTable`]'s `alive`.
+    counted_alive: bool,
     next_due: Instant,
 }
 
@@ -187,6 +197,76 @@ pub struct PeerTable<F: DetectorFactory = Configured> {
     /// the pause guard.
     periods: BTreeMap<Duration, u32>,
     awareness: Awareness,
+    /// Peers ALIVE right now: the ones whose silence can say something
+    /// about the monitor itself (awareness).
+    alive: usize,
+    /// Slots whose status may have changed since [`PeerTable::take_changes`]
+    /// last took them, each once, oldest first: what a published view of
+    /// the statuses is kept up to date from, at a cost that follows the
+    /// changes and not the size of the table.
+    changed: std::collections::VecDeque<u32>,
+    /// Per slot, whether it is in `changed`.
+    queued: Vec<bool>,
+    /// Ids deregistered since [`PeerTable::take_changes`] last ran.
+    removed: Vec<Arc<str>>,
+}
+
+/// A change to a peer's published status (see [`PeerTable::take_changes`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StatusChange {
+    /// The peer's status now (new, or changed).
+    Upsert(PublishedStatus),
+    /// The peer was deregistered.
+    Removed(Arc<str>),
+}
+
+/// A peer's status as a view of the table keeps it: the registration
+/// shared with the table (no copy of the id, the host or the timing), and
+/// what changes with each heartbeat. [`PublishedStatus::to_status`] makes
+/// the [`PeerStatus`] a reader gets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishedStatus {
+    /// The registration, as the table holds it.
+    pub spec: Arc<PeerSpec>,
+    /// Current liveness.
+    pub state: PeerState,
+    /// Last epoch seen, if any.
+    pub epoch: Option<u64>,
+    /// Heartbeats sent since this node started monitoring the peer.
+    pub heartbeats_sent: u64,
+    /// Heartbeats validly acknowledged.
+    pub heartbeats_acked: u64,
+    /// Round-trip time of the last valid reply.
+    pub last_rtt: Option<Duration>,
+    /// Consecutive misses right now.
+    pub missed: u32,
+    /// While replies at the peer's address carry another identity: the
+    /// last one seen (see [`PeerStatus::answers_as`]).
+    pub answers_as: Option<Box<str>>,
+}
+
+impl PublishedStatus {
+    /// The peer's id.
+    pub fn peer_id(&self) -> &Arc<str> {
+        &self.spec.peer_id
+    }
+
+    /// The status as readers get it.
+    pub fn to_status(&self) -> PeerStatus {
+        PeerStatus {
+            peer_id: self.spec.peer_id.to_string(),
+            host: self.spec.host.clone(),
+            port: self.spec.port,
+            state: self.state,
+            epoch: self.epoch,
+            heartbeats_sent: self.heartbeats_sent,
+            heartbeats_acked: self.heartbeats_acked,
+            last_rtt: self.last_rtt,
+            missed: self.missed,
+            detector: self.spec.detector,
+            answers_as: self.answers_as.as_deref().map(str::to_owned),
+        }
+    }
 }
 
 impl<F: DetectorFactory> std::fmt::Debug for PeerTable<F> {
@@ -227,6 +307,10 @@ impl<F: DetectorFactory> PeerTable<F> {
             changes: Vec::new(),
             periods: BTreeMap::new(),
             awareness: Awareness::default(),
+            alive: 0,
+            changed: std::collections::VecDeque::new(),
+            queued: Vec::new(),
+            removed: Vec::new(),
         }
     }
 
@@ -246,7 +330,7 @@ impl<F: DetectorFactory> PeerTable<F> {
         let existing = self.index.get(&spec.peer_id).copied();
         if let Some(slot_no) = existing {
             let unchanged = match self.slot_mut(slot_no) {
-                Some(slot) => (slot.spec == spec).then_some(slot.generation),
+                Some(slot) => (*slot.spec == spec).then_some(slot.generation),
                 None => None,
             };
             if let Some(generation) = unchanged {
@@ -263,13 +347,14 @@ impl<F: DetectorFactory> PeerTable<F> {
                 let old_period = slot.spec.detector.heartbeat_freq;
                 slot.liveness.reconfigure(spec.detector, detector);
                 slot.liveness.set_tolerance(tolerance);
-                slot.spec = spec;
+                slot.spec = Arc::new(spec);
                 slot.generation = generation;
                 slot.next_due = now;
                 self.forget_period(old_period);
                 self.count_period(new_period);
                 self.push_event(slot_no, EventKind::Registered);
                 self.timers.push(Reverse((now, slot_no, generation)));
+                self.compact_timers();
                 return Upsert::Updated(PeerKey {
                     slot: slot_no,
                     generation,
@@ -312,13 +397,15 @@ impl<F: DetectorFactory> PeerTable<F> {
         self.slots.set(
             slot_no as usize,
             Slot {
-                spec,
+                spec: Arc::new(spec),
                 liveness,
                 generation,
+                counted_alive: false,
                 next_due: now,
             },
         );
         self.timers.push(Reverse((now, slot_no, generation)));
+        self.mark_changed(slot_no);
         PeerKey {
             slot: slot_no,
             generation,
@@ -345,10 +432,50 @@ impl<F: DetectorFactory> PeerTable<F> {
         true
     }
 
+    /// Drops the timers of old registrations once they outnumber the live
+    /// ones: each changed registration leaves its predecessor's timer in the
+    /// heap until it falls due, up to an hour later, and a client updating
+    /// one peer in a loop must not grow the heap without bound.
+    fn compact_timers(&mut self) {
+        if self.timers.len() <= 2 * self.index.len() + 64 {
+            return;
+        }
+        let slots = &self.slots;
+        let live: Vec<_> = self
+            .index
+            .values()
+            .filter_map(|&slot_no| {
+                slots
+                    .get(slot_no as usize)
+                    .map(|slot| Reverse((slot.next_due, slot_no, slot.generation)))
+            })
+            .collect();
+        self.timers = BinaryHeap::from(live);
+    }
+
+    /// Brings `alive` up to date with the state of `slot_no`.
+    fn count_alive(&mut self, slot_no: u32) {
+        if let Some(slot) = self.slots.get_mut(slot_no as usize) {
+            let alive = slot.liveness.state() == PeerState::Alive;
+            if alive != slot.counted_alive {
+                slot.counted_alive = alive;
+                if alive {
+                    self.alive += 1;
+                } else {
+                    self.alive = self.alive.saturating_sub(1);
+                }
+            }
+        }
+    }
+
     fn remove_slot(&mut self, slot_no: u32) {
         if let Some(slot) = self.slots.take(slot_no as usize) {
+            if slot.counted_alive {
+                self.alive = self.alive.saturating_sub(1);
+            }
             self.forget_period(slot.spec.detector.heartbeat_freq);
             self.index.remove(&slot.spec.peer_id);
+            self.removed.push(slot.spec.peer_id.clone());
             self.bump_generation(slot_no);
             self.free.push(slot_no);
         }
@@ -382,6 +509,16 @@ impl<F: DetectorFactory> PeerTable<F> {
     /// The shortest heartbeat period of any peer; `None` without peers.
     pub fn shortest_period(&self) -> Option<Duration> {
         self.periods.keys().next().copied()
+    }
+
+    /// The heartbeats per second the table's peers ask for, together: what
+    /// a node's heartbeat budget is checked against. Summed per distinct
+    /// period, so its cost follows the few periods in use, not the peers.
+    pub fn heartbeat_demand(&self) -> HeartbeatRate {
+        self.periods
+            .iter()
+            .map(|(period, n)| HeartbeatRate::of_period(*period).times(*n))
+            .sum()
     }
 
     /// The monitor was paused until `now` (the driver's [`crate::PauseGuard`]
@@ -441,29 +578,76 @@ impl<F: DetectorFactory> PeerTable<F> {
     /// Settles every heartbeat whose timeout passed by `now` as unanswered,
     /// and appends them to `out` (the driver may learn from which paths went
     /// silent). Call before [`PeerTable::poll_due`] at each wake-up.
+    ///
+    /// `now` is how far the driver has looked: every reply that arrived by
+    /// then was read. A driver behind on its replies passes the last time it
+    /// found none waiting, and the heartbeats whose timeout falls after it
+    /// wait for the next call: silence the driver did not look at is not a
+    /// miss.
     pub fn poll_expired(&mut self, now: Instant, out: &mut Vec<Expired>) {
+        self.poll_expired_at_most(now, out, usize::MAX);
+    }
+
+    /// [`PeerTable::poll_expired`], settling at most `limit` heartbeats: the
+    /// rest stay due (and [`PeerTable::next_deadline`] says so).
+    pub fn poll_expired_at_most(&mut self, now: Instant, out: &mut Vec<Expired>, limit: usize) {
+        self.poll_expired_doubting(now, out, limit, |_, _| false);
+    }
+
+    /// [`PeerTable::poll_expired_at_most`], voiding instead of settling
+    /// every heartbeat whose silence is in doubt: `doubtful(sent, deadline)`
+    /// says whether the driver may have lost its answer itself (its socket
+    /// dropped replies between the two), and such a silence is neither a
+    /// miss nor news about the peer's path. Returns how many were voided.
+    pub fn poll_expired_doubting(
+        &mut self,
+        now: Instant,
+        out: &mut Vec<Expired>,
+        limit: usize,
+        doubtful: impl Fn(Instant, Instant) -> bool,
+    ) -> usize {
+        let mut voided = 0;
         let Some(base) = self.base else {
-            return;
+            return voided;
         };
         let window = self.shortest_period().unwrap_or(Duration::from_secs(1));
         if self.awareness.tick(now, window) {
             self.apply_tolerance();
         }
+        let mut taken = 0usize;
         while let Some(&Reverse(e)) = self.expiries.peek() {
-            if at_of(base, e.at_micros) > now {
+            if at_of(base, e.at_micros) > now || taken >= limit {
                 break;
             }
+            taken += 1;
             self.expiries.pop();
             let id = ProbeId {
                 key: PeerKey::from_bits(e.key),
                 seq: e.seq,
             };
+            let deadline = at_of(base, e.at_micros);
+            if let Some(slot) = self.current_mut(id.key) {
+                let sent = deadline
+                    .checked_sub(slot.liveness.timeout())
+                    .unwrap_or(deadline);
+                if slot.liveness.is_in_flight(id.seq) && doubtful(sent, deadline) {
+                    slot.liveness.void(id.seq);
+                    voided += 1;
+                    continue;
+                }
+            }
             // Awareness first: if this silence makes half the peers silent
-            // at once, every threshold widens before it is judged.
-            if self.in_flight(id)
-                && self
-                    .awareness
-                    .on_silence(now, e.key, self.index.len(), window)
+            // at once, every threshold widens before it is judged. Only
+            // peers that were answering count, and only among them: the
+            // silence of a peer already down, or never heard, says nothing
+            // about the monitor, and a registry half full of decommissioned
+            // peers must not keep every live one at four times its bound.
+            let answering = self
+                .current(id.key)
+                .is_some_and(|slot| slot.liveness.state() == PeerState::Alive);
+            if answering
+                && self.in_flight(id)
+                && self.awareness.on_silence(now, e.key, self.alive, window)
             {
                 self.apply_tolerance();
             }
@@ -477,6 +661,7 @@ impl<F: DetectorFactory> PeerTable<F> {
                 out.push(Expired { id, paths, counted });
             }
         }
+        voided
     }
 
     /// Appends to `out` every heartbeat due at or before `now`, records each
@@ -484,9 +669,18 @@ impl<F: DetectorFactory> PeerTable<F> {
     /// on which path each went ([`PeerTable::mark_sent`]); one it sends on no
     /// path is a miss when its timeout passes.
     pub fn poll_due(&mut self, now: Instant, out: &mut Vec<Probe>) {
+        self.poll_due_at_most(now, out, usize::MAX);
+    }
+
+    /// [`PeerTable::poll_due`], taking at most `limit` heartbeats: the rest
+    /// stay due (and [`PeerTable::next_deadline`] says so) for the next
+    /// call. A driver's work per wake-up then has a bound, whatever falls
+    /// due at once (a registration of thousands of peers, a long pause).
+    pub fn poll_due_at_most(&mut self, now: Instant, out: &mut Vec<Probe>, limit: usize) {
         let base = *self.base.get_or_insert(now);
+        let mut taken = 0usize;
         while let Some(Reverse((due, slot_no, generation))) = self.timers.peek().copied() {
-            if due > now {
+            if due > now || taken >= limit {
                 break;
             }
             self.timers.pop();
@@ -524,6 +718,7 @@ impl<F: DetectorFactory> PeerTable<F> {
                 due,
                 sent_at: now,
             });
+            taken += 1;
         }
     }
 
@@ -547,12 +742,29 @@ impl<F: DetectorFactory> PeerTable<F> {
         now: Instant,
         reply: Reply<'_>,
     ) -> ReplyVerdict {
+        self.on_reply_in(id, path, Arrival::at(now), reply)
+    }
+
+    /// [`PeerTable::on_reply`] for a reply that came within `arrival`: a
+    /// driver that read it late says since when it had not looked, and the
+    /// reply is judged at the earliest moment it may have arrived.
+    pub fn on_reply_in(
+        &mut self,
+        id: ProbeId,
+        path: Path,
+        arrival: Arrival,
+        reply: Reply<'_>,
+    ) -> ReplyVerdict {
         let mut changes = std::mem::take(&mut self.changes);
         let verdict = match self.current_mut(id.key) {
-            Some(slot) => {
-                slot.liveness
-                    .on_reply(id.seq, path, now, &slot.spec.peer_id, reply, &mut changes)
-            }
+            Some(slot) => slot.liveness.on_reply_in(
+                id.seq,
+                path,
+                arrival,
+                &slot.spec.peer_id,
+                reply,
+                &mut changes,
+            ),
             None => ReplyVerdict::NotInFlight,
         };
         self.record_changes(id.key.slot, &mut changes);
@@ -572,6 +784,15 @@ impl<F: DetectorFactory> PeerTable<F> {
         self.changes = changes;
     }
 
+    /// Heartbeat `id` gets no outcome, neither answer nor miss: the driver
+    /// could not carry it for reasons of its own (a full send buffer, its
+    /// budget of gRPC calls spent), which say nothing about the peer.
+    /// Returns whether it was in flight.
+    pub fn void(&mut self, id: ProbeId) -> bool {
+        self.current_mut(id.key)
+            .is_some_and(|slot| slot.liveness.void(id.seq))
+    }
+
     /// The paths heartbeat `id` is in flight on, if the table waits for it.
     pub fn in_flight(&self, id: ProbeId) -> bool {
         self.current(id.key)
@@ -579,6 +800,9 @@ impl<F: DetectorFactory> PeerTable<F> {
     }
 
     fn record_changes(&mut self, slot_no: u32, changes: &mut Vec<Change>) {
+        if !changes.is_empty() {
+            self.count_alive(slot_no);
+        }
         for change in changes.drain(..) {
             let kind = match change {
                 Change::Up => EventKind::PeerUp,
@@ -608,7 +832,7 @@ impl<F: DetectorFactory> PeerTable<F> {
 
     /// The registration behind `key`, if still current.
     pub fn spec(&self, key: PeerKey) -> Option<&PeerSpec> {
-        self.current(key).map(|s| &s.spec)
+        self.current(key).map(|s| &*s.spec)
     }
 
     /// The round-trip time of the last valid reply of the peer under `key`:
@@ -632,6 +856,18 @@ impl<F: DetectorFactory> PeerTable<F> {
     pub fn status(&self, peer_id: &str) -> Option<PeerStatus> {
         let slot_no = *self.index.get(peer_id)?;
         self.slots.get(slot_no as usize).map(status_of)
+    }
+
+    /// The published form of one peer's status (see [`PublishedStatus`]).
+    pub fn published(&self, peer_id: &str) -> Option<PublishedStatus> {
+        let slot_no = *self.index.get(peer_id)?;
+        self.slots.get(slot_no as usize).map(published_of)
+    }
+
+    /// The published form of every peer's status, in no order: what a view
+    /// of the table starts from.
+    pub fn published_all(&self) -> Vec<PublishedStatus> {
+        self.slots.iter().map(published_of).collect()
     }
 
     /// The status of every peer, ordered by peer id.
@@ -699,7 +935,49 @@ impl<F: DetectorFactory> PeerTable<F> {
     }
 
     fn slot_mut(&mut self, slot_no: u32) -> Option<&mut Slot<F::Detector>> {
+        self.mark_changed(slot_no);
         self.slots.get_mut(slot_no as usize)
+    }
+
+    fn mark_changed(&mut self, slot_no: u32) {
+        let n = slot_no as usize;
+        if self.queued.len() <= n {
+            self.queued.resize(n + 1, false);
+        }
+        if !self.queued[n] {
+            self.queued[n] = true;
+            self.changed.push_back(slot_no);
+        }
+    }
+
+    /// Appends to `out` what changed in the peers' statuses since the last
+    /// call: every deregistration, then the current status of at most
+    /// `budget` changed peers, oldest change first (the rest wait for the
+    /// next call). Returns how many changed peers are still waiting. A
+    /// driver calls it once per wake-up, so that its work for readers
+    /// follows its own work and never the size of the table.
+    pub fn take_changes(&mut self, budget: usize, out: &mut Vec<StatusChange>) -> usize {
+        out.extend(self.removed.drain(..).map(StatusChange::Removed));
+        for _ in 0..budget {
+            let Some(slot_no) = self.changed.pop_front() else {
+                break;
+            };
+            if let Some(q) = self.queued.get_mut(slot_no as usize) {
+                *q = false;
+            }
+            if let Some(slot) = self.slots.get(slot_no as usize) {
+                out.push(StatusChange::Upsert(published_of(slot)));
+            }
+        }
+        self.changed.len()
+    }
+
+    /// Forgets the changes [`PeerTable::take_changes`] would report: for a
+    /// view just filled from [`PeerTable::statuses`].
+    pub fn forget_changes(&mut self) {
+        self.changed.clear();
+        self.queued.clear();
+        self.removed.clear();
     }
 
     fn current(&self, key: PeerKey) -> Option<&Slot<F::Detector>> {
@@ -743,20 +1021,23 @@ fn phase(id: &str, period: Duration) -> Duration {
     Duration::from_nanos(((u128::from(h) * nanos) >> 64) as u64)
 }
 
-fn status_of<D: crate::detector::FailureDetector>(slot: &Slot<D>) -> PeerStatus {
+fn published_of<D: crate::detector::FailureDetector>(slot: &Slot<D>) -> PublishedStatus {
     let l = &slot.liveness;
-    PeerStatus {
-        peer_id: slot.spec.peer_id.to_string(),
-        host: slot.spec.host.clone(),
-        port: slot.spec.port,
+    PublishedStatus {
+        spec: slot.spec.clone(),
         state: l.state(),
         epoch: l.epoch(),
         heartbeats_sent: l.heartbeats_sent(),
         heartbeats_acked: l.heartbeats_acked(),
         last_rtt: l.last_rtt(),
         missed: l.missed(),
-        detector: slot.spec.detector,
+        answers_as: l.answers_as().map(Box::from),
     }
+}
+
+fn status_of<D: crate::detector::FailureDetector>(slot: &Slot<D>) -> PeerStatus {
+    // One mapping from a slot to a status: the published form's.
+    published_of(slot).to_status()
 }
 
 #[cfg(test)]
@@ -806,6 +1087,30 @@ mod tests {
             .drain_events()
             .map(|e| (e.peer_id.to_string(), e.kind))
             .collect()
+    }
+
+    #[test]
+    fn the_heartbeat_demand_follows_every_registration_update_and_removal() {
+        let t0 = Instant::now();
+        let per_second = HeartbeatRate::per_second;
+        let mut table = PeerTable::new();
+        assert_eq!(table.heartbeat_demand(), HeartbeatRate::ZERO);
+        table.upsert(spec("a", 5), t0);
+        table.upsert(spec("b", 5), t0);
+        table.restore(spec("c", 100), Some(1), t0);
+        assert_eq!(table.heartbeat_demand(), per_second(410));
+        table.upsert(spec("a", 1), t0);
+        assert_eq!(table.heartbeat_demand(), per_second(1210), "an update");
+        table.upsert(spec("a", 1), t0);
+        assert_eq!(table.heartbeat_demand(), per_second(1210), "unchanged");
+        table.restore(spec("a", 10), None, t0);
+        assert_eq!(table.heartbeat_demand(), per_second(310), "restored over");
+        assert!(table.remove("b"));
+        assert!(!table.remove("b"));
+        assert_eq!(table.heartbeat_demand(), per_second(110));
+        table.remove("a");
+        table.remove("c");
+        assert_eq!(table.heartbeat_demand(), HeartbeatRate::ZERO);
     }
 
     #[test]
@@ -976,6 +1281,63 @@ mod tests {
         assert!(!t.remove("p"));
     }
 
+    fn changed_ids(t: &mut PeerTable, budget: usize) -> (Vec<String>, usize) {
+        let mut out = Vec::new();
+        let waiting = t.take_changes(budget, &mut out);
+        let ids = out
+            .into_iter()
+            .map(|c| match c {
+                StatusChange::Upsert(s) => format!("+{}:{}", s.peer_id(), s.heartbeats_sent),
+                StatusChange::Removed(id) => format!("-{id}"),
+            })
+            .collect();
+        (ids, waiting)
+    }
+
+    #[test]
+    fn status_changes_come_once_each_within_the_budget_removals_first() {
+        let t0 = Instant::now();
+        let mut t = PeerTable::new();
+        for id in ["a", "b", "c"] {
+            t.upsert(spec(id, 100), t0);
+        }
+        assert_eq!(
+            changed_ids(&mut t, 2),
+            (vec!["+a:0".into(), "+b:0".into()], 1)
+        );
+        assert_eq!(changed_ids(&mut t, 2), (vec!["+c:0".into()], 0));
+        assert_eq!(changed_ids(&mut t, 2), (vec![], 0), "nothing changed since");
+
+        // A heartbeat sent changes a status; a deregistration comes first.
+        let mut due = Vec::new();
+        t.poll_due(t0, &mut due);
+        t.remove("c");
+        let (ids, waiting) = changed_ids(&mut t, 10);
+        assert_eq!(waiting, 0);
+        assert_eq!(ids[0], "-c");
+        assert_eq!(ids[1..], ["+a:1".to_string(), "+b:1".to_string()]);
+
+        t.upsert(spec("d", 100), t0);
+        t.forget_changes();
+        assert_eq!(changed_ids(&mut t, 10), (vec![], 0));
+    }
+
+    #[test]
+    fn at_most_so_many_heartbeats_are_taken_at_once_the_rest_stay_due() {
+        let t0 = Instant::now();
+        let mut t = PeerTable::new();
+        for i in 0..5 {
+            t.upsert(spec(&format!("p{i}"), 100), t0);
+        }
+        let mut due = Vec::new();
+        t.poll_due_at_most(t0, &mut due, 2);
+        assert_eq!(due.len(), 2);
+        assert_eq!(t.next_deadline(), Some(t0), "the rest are still due");
+        t.poll_due_at_most(t0, &mut due, 10);
+        assert_eq!(due.len(), 5);
+        assert!(t.next_deadline().is_some_and(|d| d > t0));
+    }
+
     #[test]
     fn registering_the_same_values_again_changes_nothing() {
         let t0 = Instant::now();
@@ -988,6 +1350,26 @@ mod tests {
         );
         assert!(kinds(&mut t).is_empty());
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn updating_one_peer_in_a_loop_does_not_grow_the_timers() {
+        let t0 = Instant::now();
+        let mut t = PeerTable::new();
+        t.upsert(spec("p", 100), t0);
+        for i in 0..10_000u64 {
+            let freq = if i % 2 == 0 { 200 } else { 100 };
+            t.upsert(spec("p", freq), t0 + ms(i));
+        }
+        assert!(
+            t.timers.len() <= 2 * t.len() + 64,
+            "{} timers",
+            t.timers.len()
+        );
+        // And the peer is still scheduled, once.
+        let mut due = Vec::new();
+        t.poll_due(t0 + ms(20_000), &mut due);
+        assert_eq!(due.len(), 1);
     }
 
     #[test]
@@ -1169,5 +1551,88 @@ mod probe_ownership {
         t.poll_expired(t0 + ms(41), &mut expired);
         assert_eq!(expired.len(), 1);
         assert_eq!(t.status("p").unwrap().missed, 0, "a trial does not count");
+    }
+
+    #[test]
+    fn a_silence_the_driver_may_have_lost_itself_is_voided_not_missed() {
+        let t0 = Instant::now();
+        let mut t = table_with(t0, "p", 100, 40, 1);
+        let mut due = Vec::new();
+        t.poll_due(t0, &mut due);
+        t.mark_sent(due[0].id, Path::Datagram, false);
+        // Replies were dropped on the driver's socket 10 to 20 ms after the
+        // heartbeat left: its silence proves nothing.
+        let (lost_from, lost_to) = (t0 + ms(10), t0 + ms(20));
+        let doubtful = |sent: Instant, deadline: Instant| lost_from < deadline && lost_to > sent;
+        let mut expired = Vec::new();
+        let voided = t.poll_expired_doubting(t0 + ms(40), &mut expired, 16, doubtful);
+        assert_eq!((voided, expired.len()), (1, 0));
+        assert_eq!(t.status("p").unwrap().state, PeerState::Unknown);
+        // The next one, sent after the loss, is judged as usual.
+        due.clear();
+        t.poll_due(t0 + ms(100), &mut due);
+        t.mark_sent(due[0].id, Path::Datagram, false);
+        let voided = t.poll_expired_doubting(t0 + ms(140), &mut expired, 16, doubtful);
+        assert_eq!((voided, expired.len()), (0, 1));
+        assert_eq!(t.status("p").unwrap().state, PeerState::Unreachable);
+    }
+
+    #[test]
+    fn a_poisoned_epoch_is_forgotten_when_the_peer_is_registered_again() {
+        let t0 = Instant::now();
+        let mut t = table_with(t0, "p", 100, 50, 1);
+        let mut due = Vec::new();
+        t.poll_due(t0, &mut due);
+        t.mark_sent(due[0].id, Path::Datagram, false);
+        // Someone on the path answered first, claiming the highest epoch.
+        let forged = t.on_reply(due[0].id, Path::Datagram, t0, reply("p", u64::MAX));
+        assert_eq!(forged, ReplyVerdict::Accepted);
+        // The genuine replies now look stale: the peer goes down.
+        due.clear();
+        t.poll_due(t0 + ms(100), &mut due);
+        t.mark_sent(due[0].id, Path::Datagram, false);
+        let genuine = t.on_reply(due[0].id, Path::Datagram, t0 + ms(101), reply("p", 1));
+        assert_eq!(genuine, ReplyVerdict::StaleEpoch);
+        assert_eq!(t.status("p").unwrap().state, PeerState::Unreachable);
+        // The operator registers it again (a new timeout): the epoch learned
+        // from the forgery goes, and the genuine replies count.
+        let d = DetectorConfig::new(ms(100), Some(ms(60)), Some(1)).unwrap();
+        t.upsert(
+            PeerSpec::new("p", "127.0.0.1", 9000, d).unwrap(),
+            t0 + ms(150),
+        );
+        assert_eq!(t.status("p").unwrap().epoch, None);
+        due.clear();
+        t.poll_due(t0 + ms(150), &mut due);
+        t.mark_sent(due[0].id, Path::Datagram, false);
+        let genuine = t.on_reply(due[0].id, Path::Datagram, t0 + ms(151), reply("p", 1));
+        assert_eq!(genuine, ReplyVerdict::Accepted);
+    }
+
+    #[test]
+    fn at_most_so_many_timeouts_are_settled_at_once_the_rest_stay_due() {
+        let t0 = Instant::now();
+        let mut t = PeerTable::new();
+        let d = DetectorConfig::new(ms(100), Some(ms(40)), Some(3)).unwrap();
+        for id in ["a", "b", "c"] {
+            t.upsert(PeerSpec::new(id, "127.0.0.1", 9000, d).unwrap(), t0);
+        }
+        let mut due = Vec::new();
+        t.poll_due(t0 + ms(100), &mut due);
+        assert_eq!(due.len(), 3);
+        for p in &due {
+            t.mark_sent(p.id, Path::Datagram, false);
+        }
+        let late = t0 + ms(200);
+        let mut expired = Vec::new();
+        t.poll_expired_at_most(late, &mut expired, 2);
+        assert_eq!(expired.len(), 2);
+        assert!(
+            t.next_deadline().is_some_and(|d| d <= late),
+            "one still due"
+        );
+        t.poll_expired_at_most(late, &mut expired, 2);
+        assert_eq!(expired.len(), 3);
+        assert!(expired.iter().all(|e| e.counted));
     }
 }

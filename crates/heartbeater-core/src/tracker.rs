@@ -28,7 +28,7 @@ use std::hash::Hash;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use crate::config::{check_count, check_interval, ValidationError};
+use crate::validation::{check_count, check_interval, ValidationError};
 
 /// Timing of topic heartbeats: the seed's `HeartbeatParameters`, validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -118,3 +118,23 @@ fn one_peer_dying_alone_is_convicted_within_the_bound() {
     assert_eq!(id, "peer-3");
     assert!(*after <= 400 * MS + 5 * MS, "{after:?}");
 }
+
+#[test]
+fn peers_already_down_do_not_keep_the_monitor_on_alert() {
+    let mut m = Monitor::new();
+    // Half the registry is decommissioned: never answers, convicted once.
+    let gone = |id: &str| matches!(id, "peer-0" | "peer-1" | "peer-2" | "peer-3");
+    m.run(Duration::from_secs(3), |id| !gone(id));
+    assert_eq!(m.downs.len(), 4);
+    assert_eq!(
+        m.table.awareness_score(),
+        0,
+        "the silence of peers already down says nothing about the monitor"
+    );
+    // So a live peer that dies now is convicted within the plain bound.
+    m.downs.clear();
+    m.silence_from = Some(m.now);
+    m.run(Duration::from_secs(1), |id| !gone(id) && id != "peer-4");
+    assert_eq!(m.downs.len(), 1, "{:?}", m.downs);
+    assert!(m.downs[0].1 <= 400 * MS + 5 * MS, "{:?}", m.downs);
+}

@@ -38,7 +38,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut client_two = HeartbeatClient::new(host, two.port(), deadline, 1)?;
     client_two.start()?;
 
-    let heartbeat_freq_millis = 10;
+    // The seed's period, accepted over the network by a node's defaults.
+    let heartbeat_freq_millis = 5;
     // 5-6. each server heartbeats the other.
     client_one.register_peer(RegisterPeerRequest {
         peer_id: server_two.identity(),

@@ -14,9 +14,9 @@ use heartbeater_core::{PeerStatus, StateCounts};
 use tokio::runtime::Runtime;
 
 use crate::error::{ClientError, ServerError};
-use crate::event::PeerEvent;
+use crate::grpc::proto;
+use crate::node::event::PeerEvent;
 use crate::node::NodeError;
-use crate::proto;
 use crate::store::RegistryStore;
 use crate::topic::{
     ClientConnectionListener, HeartbeatParameters, TopicError, TopicHandler, TopicResponse,
@@ -64,6 +64,12 @@ impl HeartbeatServerBuilder {
             inner: self.inner.server_epoch(epoch),
         }
     }
+    /// See [`crate::HeartbeatServerBuilder::node_id`].
+    pub fn node_id(self, id: impl Into<String>) -> Self {
+        Self {
+            inner: self.inner.node_id(id),
+        }
+    }
     /// See [`crate::HeartbeatServerBuilder::data_dir`].
     pub fn data_dir(self, dir: impl Into<PathBuf>) -> Self {
         Self {
@@ -99,6 +105,12 @@ impl HeartbeatServerBuilder {
     pub fn min_network_heartbeat_freq(self, freq: std::time::Duration) -> Self {
         Self {
             inner: self.inner.min_network_heartbeat_freq(freq),
+        }
+    }
+    /// See [`crate::HeartbeatServerBuilder::network_heartbeat_budget`].
+    pub fn network_heartbeat_budget(self, per_second: u64) -> Self {
+        Self {
+            inner: self.inner.network_heartbeat_budget(per_second),
         }
     }
     /// See [`crate::HeartbeatServerBuilder::cluster_keys`].

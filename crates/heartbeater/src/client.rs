@@ -10,10 +10,10 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use crate::error::ClientError;
-use crate::proto;
-use crate::proto::heartbeat_service_client::HeartbeatServiceClient;
-use crate::tls::TlsClientConfig;
+use crate::error::{ClientError, Unreachable};
+use crate::grpc::proto;
+use crate::grpc::proto::heartbeat_service_client::HeartbeatServiceClient;
+use crate::grpc::tls::{TlsClientConfig, Transport};
 
 /// Longest deadline a client accepts.
 const MAX_DEADLINE: Duration = Duration::from_secs(3600);
@@ -28,6 +28,8 @@ pub struct HeartbeatClient {
     target: String,
     deadline: Duration,
     token: Option<AsciiMetadataValue>,
+    /// How the client connects, to tell TLS mistakes apart in errors.
+    transport: Transport,
 }
 
 impl std::fmt::Debug for HeartbeatClient {
@@ -82,14 +84,14 @@ impl HeartbeatClientBuilder {
         }
         let token = match &self.token {
             Some(token) => {
-                crate::access::validate_token(token)
+                crate::grpc::access::validate_token(token)
                     .map_err(|reason| ValidationError::new("token", reason))?;
-                crate::access::bearer(token)
+                crate::grpc::access::bearer(token)
             }
             None => None,
         };
         let host = self.host.trim_start_matches('[').trim_end_matches(']');
-        let endpoint = crate::outbound::endpoint(host, self.port, self.tls.as_ref())
+        let endpoint = crate::driver::outbound::endpoint(host, self.port, self.tls.as_ref())
             .map_err(|e| ValidationError::new("server_host", e))?
             .connect_timeout(self.deadline);
         Ok(HeartbeatClient {
@@ -97,6 +99,7 @@ impl HeartbeatClientBuilder {
             target,
             deadline: self.deadline,
             token,
+            transport: Transport::of(self.tls.as_ref()),
         })
     }
 }
@@ -233,53 +236,178 @@ impl HeartbeatClient {
         // The deadline bounds opening the stream only, not its life.
         request.metadata_mut().remove("grpc-timeout");
         let stream = self.call(c.watch_peers(request)).await?;
-        let this = self.clone();
-        Ok(stream.map(move |item| item.map_err(|s| this.map_status(&s))))
+        let (target, deadline) = (self.target.clone(), self.deadline);
+        // The stream is open: its end is the node's or the network's doing,
+        // not a matter of TLS settings.
+        Ok(stream.map(move |item| item.map_err(|s| status_error(&s, &target, deadline, None))))
     }
 
     fn map_status(&self, status: &Status) -> ClientError {
-        let message = status.message().to_owned();
-        match status.code() {
-            // Internal with a transport cause: the connection broke under
-            // HTTP/2 (plain text sent to a TLS node, say), not the node.
-            Code::Unavailable | Code::Unknown | Code::Internal if is_transport(status) => {
-                ClientError::Unavailable {
-                    target: self.target.clone(),
-                    message: transport_message(status),
-                }
-            }
-            Code::Unavailable => ClientError::Unavailable {
-                target: self.target.clone(),
-                message,
-            },
-            Code::DeadlineExceeded => ClientError::DeadlineExceeded {
-                target: self.target.clone(),
-                deadline: self.deadline,
-            },
-            Code::Cancelled if message.contains("Timeout expired") => {
-                ClientError::DeadlineExceeded {
-                    target: self.target.clone(),
-                    deadline: self.deadline,
-                }
-            }
-            // A connection closed before the call could start (a node that
-            // refused it over its per-address limit, or is going away).
-            Code::Cancelled if is_transport(status) => ClientError::Unavailable {
-                target: self.target.clone(),
-                message: transport_message(status),
-            },
-            Code::InvalidArgument => {
-                let field = status
-                    .get_error_details()
-                    .bad_request()
-                    .and_then(|br| br.field_violations.first().map(|v| v.field.clone()));
-                ClientError::InvalidArgument { field, message }
-            }
-            Code::NotFound => ClientError::NotFound(message),
-            Code::Unauthenticated => ClientError::Unauthenticated(message),
-            Code::ResourceExhausted => ClientError::ResourceExhausted(message),
-            code => ClientError::Rpc { code, message },
+        status_error(status, &self.target, self.deadline, Some(self.transport))
+    }
+}
+
+/// The [`ClientError`] of a failed call to `target` made with `deadline`
+/// over `transport`, or over a connection already established (`None`):
+/// then a closed connection says nothing about TLS settings.
+pub(crate) fn status_error(
+    status: &Status,
+    target: &str,
+    deadline: Duration,
+    transport: Option<Transport>,
+) -> ClientError {
+    let message = status.message().to_owned();
+    if message.contains("grpc-status header missing") {
+        // An HTTP answer without gRPC's trailers, whatever code tonic
+        // made of its HTTP status: not a gRPC server at all.
+        return ClientError::Unavailable {
+            target: target.to_owned(),
+            reason: Unreachable::NotGrpc,
+            message: message.replace(", mapped from HTTP status code", ": HTTP status"),
+        };
+    }
+    let source = std::error::Error::source(status);
+    match status.code() {
+        // Internal with a transport cause: the connection broke under
+        // HTTP/2 (plain text sent to a TLS node, say), not the node.
+        Code::Unavailable | Code::Unknown | Code::Internal if source.is_some() => {
+            unreachable(target, source, &message, transport)
         }
+        Code::Unavailable => ClientError::Unavailable {
+            target: target.to_owned(),
+            reason: Unreachable::Other,
+            message,
+        },
+        Code::DeadlineExceeded => ClientError::DeadlineExceeded {
+            target: target.to_owned(),
+            deadline,
+        },
+        Code::Cancelled if message.contains("Timeout expired") => ClientError::DeadlineExceeded {
+            target: target.to_owned(),
+            deadline,
+        },
+        // A connection closed before the call could start (a node that
+        // refused it over its per-address limit, or is going away).
+        Code::Cancelled if source.is_some() => unreachable(target, source, &message, transport),
+        Code::InvalidArgument => {
+            let field = status
+                .get_error_details()
+                .bad_request()
+                .and_then(|br| br.field_violations.first().map(|v| v.field.clone()));
+            ClientError::InvalidArgument { field, message }
+        }
+        Code::NotFound => ClientError::NotFound(message),
+        Code::Unauthenticated => ClientError::Unauthenticated(message),
+        Code::ResourceExhausted => ClientError::ResourceExhausted(message),
+        code => ClientError::Rpc { code, message },
+    }
+}
+
+/// A transport failure (`source`, under an outer `message`) on the way to
+/// `target`, with why in the caller's terms; `transport` as for
+/// [`status_error`].
+pub(crate) fn unreachable(
+    target: &str,
+    source: Option<&(dyn std::error::Error + 'static)>,
+    message: &str,
+    transport: Option<Transport>,
+) -> ClientError {
+    let message = innermost_message(source, message);
+    ClientError::Unavailable {
+        target: target.to_owned(),
+        reason: unreachable_reason(source, &message, transport),
+        message,
+    }
+}
+
+/// Tells a transport failure's likely cause from the errors under it (the
+/// OS's, rustls's) and, where they are ambiguous, from how the client
+/// connected: a connection closed at once means "TLS expected" to a plain
+/// client, "certificate required" to a TLS client without one.
+fn unreachable_reason(
+    source: Option<&(dyn std::error::Error + 'static)>,
+    message: &str,
+    transport: Option<Transport>,
+) -> Unreachable {
+    let client_certificate = transport.is_some_and(|t| t.client_certificate);
+    use tokio_rustls::rustls::{AlertDescription as Alert, Error as RustlsError};
+    let mut cause = source;
+    while let Some(e) = cause {
+        // rustls's errors reach here inside an io::Error, whose `source`
+        // skips them: look inside.
+        let io = e.downcast_ref::<std::io::Error>();
+        if io.is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
+            return Unreachable::ConnectionRefused;
+        }
+        let tls = e.downcast_ref::<RustlsError>().or_else(|| {
+            io.and_then(std::io::Error::get_ref)
+                .and_then(|inner| inner.downcast_ref::<RustlsError>())
+        });
+        match tls {
+            Some(RustlsError::AlertReceived(Alert::CertificateRequired)) => {
+                return Unreachable::ClientCertificateRequired;
+            }
+            Some(RustlsError::AlertReceived(
+                Alert::BadCertificate
+                | Alert::UnknownCA
+                | Alert::CertificateUnknown
+                | Alert::CertificateExpired
+                | Alert::CertificateRevoked
+                | Alert::UnsupportedCertificate
+                | Alert::DecryptError
+                | Alert::AccessDenied,
+            )) if client_certificate => return Unreachable::ClientCertificateRejected,
+            Some(RustlsError::InvalidCertificate(_)) => return Unreachable::UntrustedCertificate,
+            Some(RustlsError::InvalidMessage(_)) => return Unreachable::NotTls,
+            _ => {}
+        }
+        cause = e.source();
+    }
+    // The OS's resolver failure has no kind of its own, and TLS errors
+    // mostly arrive as text: the TLS layer turns them into `io::Error`s
+    // made from their message.
+    if message.contains("failed to lookup address") {
+        return Unreachable::UnknownHost;
+    }
+    if message.contains("received fatal alert: CertificateRequired") {
+        return Unreachable::ClientCertificateRequired;
+    }
+    if message.contains("received fatal alert") && client_certificate {
+        return Unreachable::ClientCertificateRejected;
+    }
+    if message.contains("invalid peer certificate") {
+        return Unreachable::UntrustedCertificate;
+    }
+    if message.contains("received corrupt message") {
+        return Unreachable::NotTls;
+    }
+    // A TLS node answers an HTTP/2 preface with a TLS record, which HTTP/2
+    // reads as a frame of an impossible size. A node that refuses a TLS
+    // client's certificate may close the connection before its alert
+    // arrives: then the client sees a broken pipe, a reset or a closed
+    // connection, whichever comes first (hyper says "connection was not
+    // ready" when the close comes while the request is being readied).
+    let closed = [
+        "broken pipe",
+        "reset by peer",
+        "connection closed",
+        "connection was not ready",
+    ]
+    .iter()
+    .any(|m| message.contains(m));
+    match transport {
+        Some(Transport { tls: false, .. }) if message.contains("frame with invalid size") => {
+            Unreachable::TlsRequired
+        }
+        Some(Transport {
+            tls: true,
+            client_certificate: false,
+        }) if closed => Unreachable::ClientCertificateRequired,
+        Some(Transport {
+            tls: true,
+            client_certificate: true,
+        }) if closed => Unreachable::ClientCertificateRejected,
+        _ => Unreachable::Other,
     }
 }
 
@@ -301,18 +429,44 @@ pub(crate) fn target_of(host: &str, port: u16, deadline: Duration) -> Result<Str
     })
 }
 
-fn is_transport(status: &Status) -> bool {
-    std::error::Error::source(status).is_some()
-}
-
 /// The innermost cause of a transport failure ("Connection refused") is what
 /// an operator needs; tonic's outer message is "transport error".
-fn transport_message(status: &Status) -> String {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    let mut last = status.message().to_owned();
+fn innermost_message(source: Option<&(dyn std::error::Error + 'static)>, outer: &str) -> String {
+    let mut cause = source;
+    let mut last = outer.to_owned();
     while let Some(e) = cause {
         last = e.to_string();
         cause = e.source();
     }
     last
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tls_client_without_a_certificate_cut_off_is_told_it_needs_one() {
+        let no_certificate = Some(Transport {
+            tls: true,
+            client_certificate: false,
+        });
+        // However hyper words the close, depending on when it came.
+        for message in [
+            "transport error: broken pipe",
+            "connection reset by peer",
+            "connection closed before message completed",
+            "connection was not ready",
+        ] {
+            assert_eq!(
+                unreachable_reason(None, message, no_certificate),
+                Unreachable::ClientCertificateRequired,
+                "{message}"
+            );
+        }
+        assert_eq!(
+            unreachable_reason(None, "connection was not ready", None),
+            Unreachable::Other
+        );
+    }
 }

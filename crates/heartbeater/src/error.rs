@@ -30,6 +30,16 @@ pub enum ServerError {
         /// The epoch asked for.
         requested: u64,
     },
+    /// A node id other than the one the data directory holds: a node's
+    /// identity never changes, since its monitors know it by it. Nothing
+    /// was written.
+    #[error("the data directory holds node {stored:?}, not {requested:?}: a node keeps the identity of its first start (its monitors know it by it); drop the node id to start as {stored:?}, or use a new data directory for {requested:?}")]
+    IdentityChanged {
+        /// The identity in the data directory.
+        stored: String,
+        /// The node id asked for.
+        requested: String,
+    },
     /// The listen address could not be bound (in use, not local, no permission).
     #[error("cannot listen on {addr}: {error}")]
     Bind {
@@ -69,12 +79,15 @@ pub enum ClientError {
     /// The client's own settings are wrong (host, port, deadline).
     #[error(transparent)]
     InvalidConfig(#[from] ValidationError),
-    /// The node could not be reached (refused, reset, unresolvable host).
-    /// Retryable.
-    #[error("{target} unavailable: {message}")]
+    /// The node could not be reached, or what answered is not a node the
+    /// client can talk to; `reason` says which, in the terms of the likely
+    /// mistake. Retryable: a node may start, a certificate may be rotated.
+    #[error("{}", unreachable_text(target, *reason, message))]
     Unavailable {
         /// `host:port` of the node.
         target: String,
+        /// Why, as far as the client can tell.
+        reason: Unreachable,
         /// What the transport said.
         message: String,
     },
@@ -125,5 +138,66 @@ impl ClientError {
             self,
             ClientError::Unavailable { .. } | ClientError::DeadlineExceeded { .. }
         )
+    }
+}
+
+/// Why a call could not reach a node. Told apart from what the transport
+/// reports (the OS, the TLS library, the HTTP/2 layer) and from the
+/// client's own settings, so that each names the likely mistake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Unreachable {
+    /// Nothing listens on the port: the node is not running, or the port
+    /// is not its gRPC port.
+    ConnectionRefused,
+    /// The host name does not resolve.
+    UnknownHost,
+    /// Something answered on the port, but not as a gRPC server: an HTTP
+    /// server (such as the node's own HTTP port) or another service.
+    NotGrpc,
+    /// The client spoke plain text and the connection ended at the first
+    /// exchange, the way a node serving TLS ends it.
+    TlsRequired,
+    /// The client spoke TLS to a server that does not.
+    NotTls,
+    /// The node's certificate is not trusted by the client's CA, or does
+    /// not name the host the client called.
+    UntrustedCertificate,
+    /// The node requires a client certificate (mutual TLS) and the client
+    /// has none.
+    ClientCertificateRequired,
+    /// The node refused the client's certificate: not issued by a CA the
+    /// node trusts, or expired.
+    ClientCertificateRejected,
+    /// Anything else: a reset, a closed connection, an unreachable network,
+    /// a node that is stopping.
+    Other,
+}
+
+/// What went wrong first, in the caller's terms; the transport's own words
+/// after it, for whoever needs the detail.
+fn unreachable_text(target: &str, reason: Unreachable, message: &str) -> String {
+    match reason {
+        Unreachable::ConnectionRefused => {
+            format!("nothing listens on {target} (connection refused): is the node running, and is that its gRPC port?")
+        }
+        Unreachable::UnknownHost => format!("cannot resolve the host of {target} ({message})"),
+        Unreachable::NotGrpc => {
+            format!("{target} answered but is not a Heartbeater gRPC port ({message})")
+        }
+        Unreachable::TlsRequired => format!(
+            "{target} closed the connection at the first plain-text exchange: it likely serves TLS ({message})"
+        ),
+        Unreachable::NotTls => format!("{target} does not speak TLS ({message})"),
+        Unreachable::UntrustedCertificate => {
+            format!("the certificate of {target} is not trusted ({message})")
+        }
+        Unreachable::ClientCertificateRequired => {
+            format!("{target} requires a client certificate for mutual TLS ({message})")
+        }
+        Unreachable::ClientCertificateRejected => {
+            format!("{target} refused the client certificate ({message})")
+        }
+        Unreachable::Other => format!("{target} unavailable: {message}"),
     }
 }

@@ -40,68 +40,56 @@
 // an error value; tests may unwrap.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
-mod access;
 pub mod blocking;
 mod client;
-mod convert;
-mod counters;
-mod datagram_path;
+pub mod client_share;
 mod driver;
 mod error;
-mod event;
-mod fanout;
-mod grpc_pool;
-mod lateness;
-mod listener;
+mod grpc;
 mod log_limit;
-mod metrics;
 mod node;
-mod outbound;
-mod oversize;
-mod paging;
-pub mod proto;
-mod quarantine;
-mod responder;
 mod server;
-mod service;
 pub mod store;
-pub mod tls;
 pub mod topic;
-pub mod udp;
 
-pub use access::{AuthTokens, TokenError, MAX_TOKENS, MAX_TOKEN_BYTES};
 pub use client::{HeartbeatClient, HeartbeatClientBuilder};
-pub use convert::status_to_proto;
-pub use counters::{DatagramStats, PauseStats};
-pub use error::{ClientError, ServerError};
-pub use event::{EventStream, PeerEvent, PeerEventKind};
-pub use heartbeater_core::{
-    DetectorConfig, DetectorKind, KeyError, KeyId, Keyring, PauseThreshold, PeerSpec, PeerState,
-    PeerStatus, PhiParams, StateCounts, ValidationError,
-};
-pub use lateness::LatenessSnapshot;
-pub use metrics::{
-    HistogramSnapshot, NodeMetrics, PathCounts, TransitionCounts, GROUP_BUCKETS, RTT_BUCKETS,
-    WRITE_BUCKETS,
-};
-pub use node::{DefaultDetector, NodeError};
-pub use paging::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
-pub use proto::{
+pub use driver::lateness::LatenessSnapshot;
+pub use driver::udp;
+pub use error::{ClientError, ServerError, Unreachable};
+pub use grpc::access::{AuthTokens, TokenError, MAX_TOKENS, MAX_TOKEN_BYTES};
+pub use grpc::convert::status_to_proto;
+pub use grpc::paging::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+pub use grpc::proto::{
     DeregisterPeerRequest, DeregisterPeerResponse, HeartbeatMessage, HeartbeatResponse,
     ListPeersRequest, ListPeersResponse, RegisterPeerRequest, RegisterPeerResponse,
     WatchPeersRequest,
 };
-pub use quarantine::QuarantinedPeer;
+pub use grpc::tls::{TlsClientConfig, TlsError, TlsServerConfig};
+pub use grpc::{proto, tls};
+/// What a node's identity may be, its canonical spelling, and how an
+/// identity from the wire is shown safely.
+pub use heartbeater_core::identity;
+pub use heartbeater_core::{
+    DetectorConfig, DetectorKind, HeartbeatRate, KeyError, KeyId, Keyring, PauseThreshold,
+    PeerSpec, PeerState, PeerStatus, PhiParams, StateCounts, ValidationError,
+};
+pub use node::counters::{DatagramStats, PauseStats};
+pub use node::event::{EventStream, PeerEvent, PeerEventKind};
+pub use node::metrics::{
+    HistogramSnapshot, NodeMetrics, PathCounts, TransitionCounts, GROUP_BUCKETS, RTT_BUCKETS,
+    WRITE_BUCKETS,
+};
+pub use node::quarantine::QuarantinedPeer;
+pub use node::{DefaultDetector, NodeError};
 pub use server::{
-    HeartbeatServer, HeartbeatServerBuilder, SecurityStats, DEFAULT_DATA_DIR, DEFAULT_HOST,
-    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_PEERS, DEFAULT_MAX_REQUEST_BYTES,
-    DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_MAX_WATCHERS, DEFAULT_MIN_NETWORK_FREQ,
-    DEFAULT_PORT,
+    BoundSockets, HeartbeatServer, HeartbeatServerBuilder, SecurityStats, DEFAULT_DATA_DIR,
+    DEFAULT_HOST, DEFAULT_HTTP2_KEEPALIVE, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_PEERS,
+    DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_MAX_WATCHERS,
+    DEFAULT_MIN_NETWORK_FREQ, DEFAULT_NETWORK_HEARTBEAT_BUDGET, DEFAULT_PORT,
 };
 pub use store::{MemoryStore, RegistryOp, RegistryStore, RocksDbStore, StoreError};
-pub use tls::{TlsClientConfig, TlsError, TlsServerConfig};
 pub use topic::{
-    ClientConnectionListener, HeartbeatParameters, HeartbeatParametersBuilder, TopicError,
-    TopicHandler, TopicPublisher, TopicResponse, TopicStats, TopicSubscriber,
+    ClientConnectionListener, HeartbeatParameters, HeartbeatParametersBuilder, SubscriptionState,
+    TopicError, TopicHandler, TopicPublisher, TopicResponse, TopicStats, TopicSubscriber,
 };
 pub use uuid::Uuid;

@@ -12,32 +12,34 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use heartbeater_core::config::validate_host;
-use heartbeater_core::{Keyring, PauseThreshold, PeerStatus, PeerTable, StateCounts};
+use heartbeater_core::{
+    HeartbeatRate, Keyring, PauseThreshold, PeerStatus, PeerTable, StateCounts,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 use tonic_health::server::HealthReporter;
 
-use crate::access::{Access, AuthTokens, Gate};
-use crate::counters::{Counters, DatagramStats, PauseStats};
+use crate::driver::fanout::LearnedEpochs;
+use crate::driver::lateness::LatenessHistogram;
+use crate::driver::outbound::Outbound;
 use crate::driver::{Driver, DriverConfig};
 use crate::error::ServerError;
-use crate::event::EventStream;
-use crate::fanout::LearnedEpochs;
-use crate::lateness::LatenessHistogram;
-use crate::listener::ListenerCounters;
-use crate::node::{spec_of_record, DefaultDetector, Limits, Node, NodeError, NodeParts};
-use crate::outbound::Outbound;
-use crate::oversize::OversizeLayer;
-use crate::proto::heartbeat_service_server::HeartbeatServiceServer;
-use crate::proto::topic_service_server::TopicServiceServer;
-use crate::proto::{
+use crate::grpc::access::{Access, AuthTokens, Gate};
+use crate::grpc::listener::ListenerCounters;
+use crate::grpc::oversize::OversizeLayer;
+use crate::grpc::proto::heartbeat_service_server::HeartbeatServiceServer;
+use crate::grpc::proto::topic_service_server::TopicServiceServer;
+use crate::grpc::proto::{
     DeregisterPeerRequest, DeregisterPeerResponse, RegisterPeerRequest, RegisterPeerResponse,
 };
-use crate::quarantine::QuarantinedPeer;
-use crate::service::HeartbeatGrpc;
+use crate::grpc::service::HeartbeatGrpc;
+use crate::grpc::tls::{TlsClientConfig, TlsServerConfig, TlsSlot};
+use crate::node::counters::{Counters, DatagramStats, PauseStats};
+use crate::node::event::EventStream;
+use crate::node::quarantine::QuarantinedPeer;
+use crate::node::{spec_of_record, DefaultDetector, Limits, Node, NodeError, NodeParts};
 use crate::store::{MemoryStore, NodeMeta, RegistryStore, RocksDbStore};
-use crate::tls::{TlsClientConfig, TlsServerConfig, TlsSlot};
 use crate::topic::{TopicError, TopicGrpc, TopicHandler, TopicPublisher, TopicSubscriber};
 
 /// Default listen host.
@@ -48,8 +50,20 @@ pub const DEFAULT_PORT: u16 = 8181;
 pub const DEFAULT_DATA_DIR: &str = "heartbeater-data";
 /// Default most peers a node's registry holds.
 pub const DEFAULT_MAX_PEERS: usize = 100_000;
-/// Default shortest heartbeat period a registration over gRPC may ask for.
-pub const DEFAULT_MIN_NETWORK_FREQ: Duration = Duration::from_millis(10);
+/// Default shortest heartbeat period a registration over gRPC may ask for:
+/// the shortest any registration may ask for. What a caller can make the
+/// node send is bounded by the heartbeat budget instead
+/// ([`DEFAULT_NETWORK_HEARTBEAT_BUDGET`]).
+pub const DEFAULT_MIN_NETWORK_FREQ: Duration = heartbeater_core::config::MIN_INTERVAL;
+/// Default heartbeat budget: the heartbeats per second all of a node's peers
+/// together may ask for before a registration over gRPC that asks for more
+/// is refused. In the benchmarks (docs/BENCHMARKS.md) 10,000 heartbeats/s
+/// cost a node a seventh of a core, and its datagram path, saturated,
+/// carried 75,000 to 178,000/s: 20,000/s leaves it far from the overload
+/// where heartbeats time out, with time to answer its own monitors. It
+/// takes a hundred peers at the seed's 5 ms, 2,000 at 100 ms, or the whole
+/// default registry (100,000 peers) at 5 s.
+pub const DEFAULT_NETWORK_HEARTBEAT_BUDGET: u64 = 20_000;
 /// Default largest request message, in bytes.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// Default most connections open at once from one client IP address.
@@ -58,6 +72,12 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 1024;
 pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 128;
 /// Default most `WatchPeers` streams open at once.
 pub const DEFAULT_MAX_WATCHERS: usize = 1024;
+/// Default interval of the HTTP/2 pings the gRPC server sends on each
+/// connection, and how long it waits for their acknowledgement before it
+/// closes the connection: a client that vanished (a host gone, a half-open
+/// connection) frees its slot and descriptor within about 80 s.
+pub const DEFAULT_HTTP2_KEEPALIVE: (Duration, Duration) =
+    (Duration::from_secs(60), Duration::from_secs(20));
 /// How long `stop` waits for open calls to finish before cutting them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -78,11 +98,13 @@ pub struct HeartbeatServerBuilder {
     port: u16,
     worker_count: usize,
     epoch: Option<u64>,
+    node_id: Option<String>,
     storage: Storage,
     udp: bool,
     keyring: Option<Keyring>,
     max_peers: usize,
     min_network_freq: Duration,
+    heartbeat_budget: u64,
     tls: Option<TlsServerConfig>,
     peer_tls: Option<TlsClientConfig>,
     tokens: Option<AuthTokens>,
@@ -91,6 +113,7 @@ pub struct HeartbeatServerBuilder {
     max_request_bytes: usize,
     max_connections_per_address: usize,
     max_streams_per_connection: u32,
+    http2_keepalive: (Duration, Duration),
     max_watchers: usize,
     pause: PauseThreshold,
     default_detector: DefaultDetector,
@@ -104,11 +127,13 @@ impl Default for HeartbeatServerBuilder {
             port: DEFAULT_PORT,
             worker_count: 1,
             epoch: None,
+            node_id: None,
             storage: Storage::DataDir(PathBuf::from(DEFAULT_DATA_DIR)),
             udp: true,
             keyring: None,
             max_peers: DEFAULT_MAX_PEERS,
             min_network_freq: DEFAULT_MIN_NETWORK_FREQ,
+            heartbeat_budget: DEFAULT_NETWORK_HEARTBEAT_BUDGET,
             tls: None,
             peer_tls: None,
             tokens: None,
@@ -117,6 +142,7 @@ impl Default for HeartbeatServerBuilder {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            http2_keepalive: DEFAULT_HTTP2_KEEPALIVE,
             max_watchers: DEFAULT_MAX_WATCHERS,
             pause: PauseThreshold::Auto,
             default_detector: DefaultDetector::MissCount,
@@ -159,6 +185,18 @@ impl HeartbeatServerBuilder {
         self
     }
 
+    /// The identity this node answers with, instead of a UUID chosen at its
+    /// first start: a name of 1 to 64 ASCII letters, digits, `.`, `_` and
+    /// `-` (`db-2`), so that peers can be registered by a name people
+    /// know. Stored at the first start like the UUID; a data directory
+    /// that already holds another identity is refused
+    /// ([`ServerError::IdentityChanged`]), since every monitor knows the
+    /// node by it.
+    pub fn node_id(mut self, id: impl Into<String>) -> Self {
+        self.node_id = Some(id.into());
+        self
+    }
+
     /// Keep the registry in memory: a new identity at every build, nothing
     /// survives the process.
     pub fn in_memory(mut self) -> Self {
@@ -167,7 +205,7 @@ impl HeartbeatServerBuilder {
     }
 
     /// Whether the node uses UDP on its port number (default: yes). With
-    /// UDP, the node answers heartbeat datagrams ([`crate::udp`]) and sends
+    /// UDP, the node answers heartbeat datagrams ([`crate::driver::udp`]) and sends
     /// its own heartbeats as datagrams, falling back to gRPC per peer where
     /// they go unanswered. Without, it neither binds UDP nor sends
     /// datagrams: every heartbeat is a gRPC call (for networks that drop UDP
@@ -200,12 +238,33 @@ impl HeartbeatServerBuilder {
     }
 
     /// The shortest heartbeat period a `RegisterPeer` call over gRPC may ask
-    /// for (default 10 ms): whoever can reach the node must not be able to
-    /// make it send a third party a datagram every millisecond.
+    /// for (default 1 ms, the shortest any registration may ask for); a
+    /// shorter one is `INVALID_ARGUMENT` naming `heartbeat_freq_millis`.
+    /// What whoever reaches the node can make it send is bounded by
+    /// [`HeartbeatServerBuilder::network_heartbeat_budget`]; this is for a
+    /// node that wants each peer slow as well.
     /// [`HeartbeatServer::register_peer`], called in-process, is not bound
     /// by it.
     pub fn min_network_heartbeat_freq(mut self, freq: Duration) -> Self {
         self.min_network_freq = freq;
+        self
+    }
+
+    /// The heartbeat budget: how many heartbeats per second all peers
+    /// together may ask for (each peer `1000 / heartbeat_freq_millis`),
+    /// default [`DEFAULT_NETWORK_HEARTBEAT_BUDGET`]. A `RegisterPeer` call
+    /// over gRPC that would take the sum past it is refused with
+    /// [`NodeError::OverHeartbeatBudget`] (`RESOURCE_EXHAUSTED`), so that
+    /// whoever reaches the node cannot make it flood a third party, however
+    /// many registrations they make. Every peer counts towards the sum:
+    /// those registered in-process and those restored from the data
+    /// directory too, though neither is ever refused for it; a registration
+    /// that asks for no more than the peer's current one is always
+    /// accepted, so a node over its budget can be brought back under it.
+    /// `u64::MAX` lifts the budget; 0 refuses every network registration
+    /// that adds heartbeats.
+    pub fn network_heartbeat_budget(mut self, per_second: u64) -> Self {
+        self.heartbeat_budget = per_second;
         self
     }
 
@@ -262,8 +321,9 @@ impl HeartbeatServerBuilder {
         self
     }
 
-    /// The most connections one client IP address may hold open (default
-    /// 1024: a node opens one per subscription); one more is closed as soon as it is accepted.
+    /// The most connections one client may hold open, a client being one
+    /// IPv4 address or one IPv6 /64 (default 1024: a node opens one per
+    /// subscription); one more is closed as soon as it is accepted.
     pub fn max_connections_per_address(mut self, connections: usize) -> Self {
         self.max_connections_per_address = connections;
         self
@@ -273,6 +333,14 @@ impl HeartbeatServerBuilder {
     /// streams, default 128); clients queue the calls past it.
     pub fn max_streams_per_connection(mut self, streams: u32) -> Self {
         self.max_streams_per_connection = streams;
+        self
+    }
+
+    /// How often the gRPC server pings each connection, and how long it
+    /// waits for the acknowledgement before closing it (default
+    /// [`DEFAULT_HTTP2_KEEPALIVE`]: 60 s and 20 s).
+    pub fn http2_keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.http2_keepalive = (interval, timeout);
         self
     }
 
@@ -319,6 +387,14 @@ impl HeartbeatServerBuilder {
     pub fn store(mut self, store: Arc<dyn RegistryStore>) -> Self {
         self.storage = Storage::Custom(store);
         self
+    }
+
+    /// Binds the node's sockets (gRPC, and UDP unless turned off) on the
+    /// configured address without building anything: a caller that binds
+    /// first, then builds, then [`HeartbeatServer::start_on`]s finds a port
+    /// in use before the data directory is created or a new epoch stored.
+    pub async fn bind(&self) -> Result<BoundSockets, ServerError> {
+        bind_sockets(&self.host, self.port, self.udp).await
     }
 
     /// [`HeartbeatServerBuilder::build`] from async code: opening RocksDB
@@ -370,22 +446,46 @@ impl HeartbeatServerBuilder {
                 reason: "0; epochs start at 1 (0 means \"no epoch\" on the wire)".into(),
             });
         }
+        let requested_id =
+            match &self.node_id {
+                Some(id) => Some(heartbeater_core::identity::canonical_identity(id).map_err(
+                    |e| ServerError::InvalidConfig {
+                        field: "node_id",
+                        reason: e.to_string(),
+                    },
+                )?),
+                None => None,
+            };
         let store: Arc<dyn RegistryStore> = match self.storage {
             Storage::DataDir(dir) => Arc::new(RocksDbStore::open(dir)?),
             Storage::InMemory => Arc::new(MemoryStore::new()),
             Storage::Custom(store) => store,
         };
         let stored = store.load_meta()?;
-        let instance = match &stored {
-            Some(meta) => {
-                uuid::Uuid::parse_str(&meta.identity).map_err(|_| ServerError::InvalidConfig {
-                    field: "data_dir",
-                    reason: format!("stored identity {:?} is not a UUID", meta.identity),
-                })?
+        let identity = match (&stored, requested_id) {
+            (Some(meta), requested) => {
+                let identity = heartbeater_core::identity::canonical_identity(&meta.identity)
+                    .map_err(|_| ServerError::InvalidConfig {
+                        field: "data_dir",
+                        reason: format!(
+                            "stored identity {:?} is neither a UUID nor a node name",
+                            meta.identity
+                        ),
+                    })?;
+                match requested {
+                    Some(requested) if requested != identity => {
+                        return Err(ServerError::IdentityChanged {
+                            stored: identity,
+                            requested,
+                        })
+                    }
+                    _ => identity,
+                }
             }
-            None => uuid::Uuid::new_v4(),
+            (None, Some(requested)) => requested,
+            (None, None) => uuid::Uuid::new_v4().to_string(),
         };
-        let identity = instance.to_string();
+        let instance = instance_of(&identity);
         let stored_epoch = stored.as_ref().map_or(0, |m| m.epoch);
         let epoch = match self.epoch {
             Some(requested) if requested < stored_epoch => {
@@ -434,6 +534,18 @@ impl HeartbeatServerBuilder {
                 "stored peers quarantined in all; ListPeers lists them"
             );
         }
+        // Stored peers are all monitored, even past a budget lowered since
+        // they were registered; the operator should hear why registrations
+        // are refused from the first one on.
+        let budget = HeartbeatRate::per_second(self.heartbeat_budget);
+        let demand = table.heartbeat_demand();
+        if demand > budget {
+            tracing::warn!(
+                demand = %demand,
+                budget = %budget,
+                "stored peers ask for more heartbeats per second than the heartbeat budget; all are monitored, and registrations over gRPC that ask for more are refused until they ask for less"
+            );
+        }
         let counters = Arc::new(Counters::default());
         let lateness = Arc::new(LatenessHistogram::default());
         let (driver, handle, events, learned_epochs) =
@@ -454,6 +566,7 @@ impl HeartbeatServerBuilder {
         let limits = Limits {
             max_peers: self.max_peers,
             min_network_freq: self.min_network_freq,
+            heartbeat_budget: budget,
             default_detector: self.default_detector,
             default_rise: self.default_rise,
         };
@@ -469,9 +582,11 @@ impl HeartbeatServerBuilder {
             quarantined,
         });
         if let Some(token) = &self.peer_token {
-            crate::access::validate_token(token).map_err(|reason| ServerError::InvalidConfig {
-                field: "peer_token",
-                reason: reason.into(),
+            crate::grpc::access::validate_token(token).map_err(|reason| {
+                ServerError::InvalidConfig {
+                    field: "peer_token",
+                    reason: reason.into(),
+                }
             })?;
         }
         let outbound = Outbound::new(
@@ -494,6 +609,7 @@ impl HeartbeatServerBuilder {
                 max_connections_per_address: self.max_connections_per_address,
                 max_streams_per_connection: self.max_streams_per_connection,
                 max_watchers: self.max_watchers,
+                http2_keepalive: self.http2_keepalive,
             },
             listener_counters: Arc::default(),
             keyring: Mutex::new(self.keyring),
@@ -515,6 +631,7 @@ struct GrpcLimits {
     max_connections_per_address: usize,
     max_streams_per_connection: u32,
     max_watchers: usize,
+    http2_keepalive: (Duration, Duration),
 }
 
 /// What the node's gRPC security has refused since it was built.
@@ -527,6 +644,9 @@ pub struct SecurityStats {
     /// TLS handshakes that failed (plaintext clients, untrusted or missing
     /// client certificates) or did not finish within 10 s.
     pub tls_handshakes_failed: u64,
+    /// Plain-text connections closed because their client sent no HTTP/2
+    /// preface within 10 s (or 1,024 were already waiting for theirs).
+    pub silent_connections: u64,
 }
 
 enum Lifecycle {
@@ -598,6 +718,16 @@ impl HeartbeatServer {
     /// Binds, starts serving and starts heartbeating the stored peers.
     /// Returns the bound address (useful with port 0).
     pub async fn start(&self) -> Result<SocketAddr, ServerError> {
+        let sockets = bind_sockets(&self.host, self.port, self.udp).await?;
+        self.start_on(sockets).await
+    }
+
+    /// [`HeartbeatServer::start`] on sockets bound by
+    /// [`HeartbeatServerBuilder::bind`] before the node was built, so that
+    /// a port in use is found before the registry is opened and a new
+    /// epoch stored. The sockets' UDP half decides whether heartbeats go
+    /// out as datagrams.
+    pub async fn start_on(&self, sockets: BoundSockets) -> Result<SocketAddr, ServerError> {
         let (driver, learned_epochs) = {
             let mut lifecycle = self.lifecycle();
             match std::mem::replace(&mut *lifecycle, Lifecycle::Stopping) {
@@ -616,7 +746,7 @@ impl HeartbeatServer {
                 }
             }
         };
-        match self.spawn(*driver, learned_epochs).await {
+        match self.spawn(*driver, learned_epochs, sockets).await {
             Ok(running) => {
                 let addr = running.addr;
                 *self.lifecycle() = Lifecycle::Running(running);
@@ -635,44 +765,31 @@ impl HeartbeatServer {
         &self,
         driver: Driver,
         learned_epochs: LearnedEpochs,
+        sockets: BoundSockets,
     ) -> Result<Running, ServerError> {
         let mut token_secret = [0u8; 32];
         getrandom::fill(&mut token_secret)
             .map_err(|e| ServerError::Internal(format!("no randomness for probe tokens: {e}")))?;
-        let display = if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        };
-        let bind_error = |error| ServerError::Bind {
-            addr: display.clone(),
+        let BoundSockets {
+            listener,
+            udp,
+            display,
+        } = sockets;
+        let addr = listener.local_addr().map_err(|error| ServerError::Bind {
+            addr: display,
             error,
-        };
-        let addr = tokio::net::lookup_host((self.host.as_str(), self.port))
-            .await
-            .map_err(bind_error)?
-            .next()
-            .ok_or_else(|| {
-                bind_error(std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "host resolves to no address",
-                ))
-            })?;
-        let (listener, udp) = bind(addr, self.udp).await.map_err(|e| match e {
-            BindError::Tcp(error) => bind_error(error),
-            BindError::Udp(addr, error) => ServerError::UdpBind { addr, error },
         })?;
-        let addr = listener.local_addr().map_err(bind_error)?;
         let secured = self.tls.current().is_some() || self.gate.tokens().is_some();
         if !addr.ip().is_loopback() && !secured {
             tracing::warn!(%addr, "listening beyond this host with neither TLS nor a token: anyone who reaches the port can register and deregister peers (see docs/SECURITY.md)");
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let (incoming, accepting) = crate::listener::incoming(
+        let (incoming, accepting) = crate::grpc::listener::incoming(
             listener,
             self.tls.clone(),
             self.grpc_limits.max_connections_per_address,
-            crate::listener::MAX_HANDSHAKES,
+            crate::grpc::listener::MAX_HANDSHAKES,
+            crate::grpc::listener::PREFACE_TIMEOUT,
             self.listener_counters.clone(),
             shutdown_rx.clone(),
         );
@@ -681,11 +798,26 @@ impl HeartbeatServer {
         health
             .set_serving::<HeartbeatServiceServer<HeartbeatGrpc>>()
             .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // Both reflection versions, as grpc-go serves them: `v1alpha` is
+        // all that Python's grpcio-reflection and older grpcurl, Evans and
+        // Postman builds speak. Each describes the other too (each builder
+        // adds only its own), so both list the same services.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::grpc::proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_error = |e| ServerError::Internal(format!("reflection: {e}"));
+        let reflection_v1 = reflection()
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
             .build_v1()
-            .map_err(|e| ServerError::Internal(format!("reflection: {e}")))?;
+            .map_err(reflection_error)?;
+        let reflection_v1alpha = reflection()
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(reflection_error)?;
         let limit = self.grpc_limits.max_request_bytes;
         let grpc = HeartbeatServiceServer::new(HeartbeatGrpc::new(
             self.node.clone(),
@@ -709,14 +841,19 @@ impl HeartbeatServer {
             health_service.max_decoding_message_size(limit),
             reads(self.gate.clone()),
         );
-        let reflection = InterceptedService::new(reflection, reads(self.gate.clone()));
+        let reflection_v1 = InterceptedService::new(reflection_v1, reads(self.gate.clone()));
+        let reflection_v1alpha =
+            InterceptedService::new(reflection_v1alpha, reads(self.gate.clone()));
         let mut signal = shutdown_rx.clone();
         let serve = tokio::spawn(
             tonic::transport::Server::builder()
                 .max_concurrent_streams(Some(self.grpc_limits.max_streams_per_connection))
+                .http2_keepalive_interval(Some(self.grpc_limits.http2_keepalive.0))
+                .http2_keepalive_timeout(Some(self.grpc_limits.http2_keepalive.1))
                 .layer(OversizeLayer)
                 .add_service(health_service)
-                .add_service(reflection)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
                 .add_service(grpc)
                 .add_service(topics)
                 .serve_with_incoming_shutdown(incoming, async move {
@@ -732,7 +869,11 @@ impl HeartbeatServer {
         if keyring.is_some() && udp.is_none() {
             tracing::warn!("a cluster key is set but UDP is off: the key is not used");
         }
-        let table = self.node.unpark().unwrap_or_default();
+        let mut table = self.node.unpark().unwrap_or_default();
+        // Readers find every restored peer from the first moment on; what
+        // changes later reaches them from the driver.
+        self.node.view().reset(table.published_all());
+        table.forget_changes();
         let driver = tokio::spawn(driver.run(
             table,
             DriverConfig {
@@ -743,6 +884,7 @@ impl HeartbeatServer {
                 keyring,
                 outbound: self.outbound.clone(),
                 pause: self.pause,
+                view: self.node.view().clone(),
             },
             shutdown_rx.clone(),
         ));
@@ -817,7 +959,9 @@ impl HeartbeatServer {
         matches!(&*self.lifecycle(), Lifecycle::Running(r) if !r.serve.is_finished())
     }
 
-    /// The node's identity (a UUID), stable across restarts on one data directory.
+    /// The node's identity, stable across restarts on one data directory:
+    /// its UUID in lower-case hyphenated form, or the name given with
+    /// [`HeartbeatServerBuilder::node_id`] at its first start.
     pub fn identity(&self) -> String {
         self.node.identity().to_owned()
     }
@@ -846,6 +990,16 @@ impl HeartbeatServer {
     pub async fn peers(&self) -> Vec<PeerStatus> {
         // Only while the node stops is there no table to ask: nothing then.
         self.node.peers().await.unwrap_or_default()
+    }
+
+    /// [`HeartbeatServer::peers`] as one of the node's heavy reads (those
+    /// whose cost grows with the registry: `ListPeers` pages, `WatchPeers`
+    /// snapshots), of which it serves a bounded number at once: `None`
+    /// when as many are running already, for an edge that answers "busy,
+    /// come back" (the HTTP API's 503) instead of queueing work.
+    pub async fn try_peers(&self) -> Option<Vec<PeerStatus>> {
+        let _permit = self.node.heavy_read().ok()?;
+        Some(self.node.peers().await.unwrap_or_default())
     }
 
     /// The stored registrations this node does not monitor because their
@@ -917,6 +1071,7 @@ impl HeartbeatServer {
             unauthenticated_calls: self.gate.rejected(),
             connections_over_limit: self.listener_counters.over_limit.load(Relaxed),
             tls_handshakes_failed: self.listener_counters.handshakes_failed.load(Relaxed),
+            silent_connections: self.listener_counters.silent.load(Relaxed),
         }
     }
 
@@ -949,13 +1104,13 @@ impl HeartbeatServer {
     /// Heartbeats by path, round-trip times, liveness transitions and
     /// registry writes since the node was built: what an exporter turns
     /// into metrics (the CLI's `/metrics`).
-    pub fn metrics(&self) -> crate::metrics::NodeMetrics {
+    pub fn metrics(&self) -> crate::node::metrics::NodeMetrics {
         self.node.counters().work.snapshot()
     }
 
     /// How late the scheduler has sent heartbeats against their schedule
     /// since the node started; `since` of two snapshots gives a window.
-    pub fn scheduler_lateness(&self) -> crate::lateness::LatenessSnapshot {
+    pub fn scheduler_lateness(&self) -> crate::driver::lateness::LatenessSnapshot {
         self.lateness.snapshot()
     }
 
@@ -998,7 +1153,10 @@ impl HeartbeatServer {
         )
     }
 
-    /// The node's identity as a UUID: the client instance id of its subscriptions.
+    /// The node's identity as a UUID: the client instance id of its
+    /// subscriptions. For a node named with
+    /// [`HeartbeatServerBuilder::node_id`], a UUID derived from the name,
+    /// the same at every start.
     pub fn instance_id(&self) -> uuid::Uuid {
         self.instance
     }
@@ -1035,6 +1193,57 @@ enum BindError {
     Udp(SocketAddr, std::io::Error),
 }
 
+/// A node's listening sockets, bound before the node is built
+/// ([`HeartbeatServerBuilder::bind`]) and handed to
+/// [`HeartbeatServer::start_on`].
+#[derive(Debug)]
+pub struct BoundSockets {
+    listener: tokio::net::TcpListener,
+    udp: Option<Arc<tokio::net::UdpSocket>>,
+    /// The address as configured, for errors.
+    display: String,
+}
+
+impl BoundSockets {
+    /// The bound gRPC address (the port the kernel picked, with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Resolves `host` and binds the gRPC listener and, with `udp`, the
+/// datagram socket of a node.
+async fn bind_sockets(host: &str, port: u16, udp: bool) -> Result<BoundSockets, ServerError> {
+    let display = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let bind_error = |error| ServerError::Bind {
+        addr: display.clone(),
+        error,
+    };
+    let addr = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(bind_error)?
+        .next()
+        .ok_or_else(|| {
+            bind_error(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "host resolves to no address",
+            ))
+        })?;
+    let (listener, udp) = bind(addr, udp).await.map_err(|e| match e {
+        BindError::Tcp(error) => bind_error(error),
+        BindError::Udp(addr, error) => ServerError::UdpBind { addr, error },
+    })?;
+    Ok(BoundSockets {
+        listener,
+        udp,
+        display,
+    })
+}
+
 /// Binds the gRPC listener and, with `udp`, a datagram socket on the same
 /// address and port number. With port 0 the kernel picks the TCP port, which
 /// may be taken for UDP: then another is tried, a few times.
@@ -1066,6 +1275,23 @@ async fn bind(
 
 /// Writes the epochs the driver learns, in batches, off the async threads,
 /// until shutdown; then writes what is still queued and ends.
+/// The UUID that stands for a node in topic frames (`instance_id`): its
+/// identity when that is a UUID; for a named node, a version 8 UUID made
+/// from a 128-bit FNV-1a hash of its name, stable across restarts without
+/// being stored.
+fn instance_of(identity: &str) -> uuid::Uuid {
+    if let Ok(uuid) = uuid::Uuid::parse_str(identity) {
+        return uuid;
+    }
+    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+    let hash = b"heartbeater node name\0"
+        .iter()
+        .chain(identity.as_bytes())
+        .fold(OFFSET, |h, &b| (h ^ u128::from(b)).wrapping_mul(PRIME));
+    uuid::Builder::from_custom_bytes(hash.to_be_bytes()).into_uuid()
+}
+
 async fn record_epochs(
     node: Arc<Node>,
     mut rx: LearnedEpochs,

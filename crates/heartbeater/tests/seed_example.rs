@@ -59,7 +59,9 @@ fn two_servers_heartbeat_each_other_until_deregistered() {
     client_two.start().expect("start client two");
     assert!(client_two.is_running());
 
-    let heartbeat_freq_millis = 10;
+    // The seed's own period: its example must run on a node's defaults,
+    // registered over the network as it is here.
+    let heartbeat_freq_millis = 5;
 
     // 5. register server two on server one: one heartbeats two.
     let response = client_one

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use heartbeater::{
-    ClientConnectionListener, HeartbeatParameters, HeartbeatServer, TopicError, TopicHandler, Uuid,
+    ClientConnectionListener, HeartbeatParameters, HeartbeatServer, SubscriptionState, TopicError,
+    TopicHandler, Uuid,
 };
 
 const TOPIC: &str = "utopic1";
@@ -339,6 +340,58 @@ async fn topic_errors_are_typed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_says_why_it_is_not_connected_and_when_it_is_again() {
+    let client = memory_node().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let sub = client.subscribe(TOPIC, addr, Counter::new("c")).unwrap();
+    let mut states = sub.watch_state();
+    let retrying = tokio::time::timeout(
+        PATIENCE,
+        states.wait_for(|s| matches!(s, SubscriptionState::Retrying { .. })),
+    )
+    .await
+    .expect("a retry reported")
+    .expect("the subscription lives")
+    .clone();
+    let SubscriptionState::Retrying { reason } = retrying else {
+        unreachable!()
+    };
+    assert!(reason.contains("nothing listens on"), "{reason}");
+
+    let publishing = HeartbeatServer::builder()
+        .in_memory()
+        .server_host("127.0.0.1")
+        .server_port(port)
+        .build_async()
+        .await
+        .unwrap();
+    let _publisher = publishing.create_publisher(TOPIC).unwrap();
+    publishing.start().await.unwrap();
+    tokio::time::timeout(
+        PATIENCE,
+        states.wait_for(|s| *s == SubscriptionState::Connected),
+    )
+    .await
+    .expect("connected")
+    .expect("the subscription lives");
+
+    publishing.stop().await.unwrap();
+    let lost = tokio::time::timeout(
+        PATIENCE,
+        states.wait_for(|s| matches!(s, SubscriptionState::Retrying { .. })),
+    )
+    .await
+    .expect("the loss reported")
+    .expect("the subscription lives")
+    .clone();
+    assert!(!sub.is_connected(), "{lost:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribing_to_an_unpublished_topic_keeps_retrying_until_it_appears() {
     let node = memory_node().await;
     let client = memory_node().await;
@@ -346,13 +399,21 @@ async fn subscribing_to_an_unpublished_topic_keeps_retrying_until_it_appears() {
     let sub = client
         .subscribe(TOPIC, node.local_addr().unwrap(), counter.clone())
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut states = sub.watch_state();
+    tokio::time::timeout(
+        PATIENCE,
+        states.wait_for(|s| *s == SubscriptionState::NotFound),
+    )
+    .await
+    .expect("NOT_FOUND reported")
+    .expect("the subscription lives");
     assert!(!sub.is_connected(), "NOT_FOUND: no publisher yet");
     let publisher = node.create_publisher(TOPIC).unwrap();
     eventually("the subscription to connect", || {
         sub.is_connected().then_some(())
     })
     .await;
+    assert_eq!(sub.state(), SubscriptionState::Connected);
     publisher.send("late news").await;
     eventually("the message", || {
         (counter.received().len() == 1).then_some(())

@@ -401,3 +401,30 @@ fn drain(events: &mut heartbeater::EventStream) -> Vec<heartbeater::PeerEvent> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_key_a_heartbeat_held_by_a_name_lookup_is_no_miss() {
+    let keys = ring(&[key(1)]);
+    let monitor = keyed_node(Some(keys.clone())).await;
+    let peer = keyed_node(Some(keys)).await;
+    let mut events = monitor.events();
+    // By name: the first heartbeat is due before the name is looked up, and
+    // with a key there is no gRPC to carry it meanwhile.
+    let request = RegisterPeerRequest {
+        peer_host: "localhost".into(),
+        max_missed: Some(1),
+        ..registration(&peer, 100)
+    };
+    monitor.register_peer(request).await.unwrap();
+    let first = next_event(&mut events, &peer.identity(), |k| {
+        matches!(k, PeerEventKind::PeerUp | PeerEventKind::PeerDown)
+    })
+    .await;
+    assert_eq!(
+        first.kind,
+        PeerEventKind::PeerUp,
+        "the peer was convicted for the node's own name lookup"
+    );
+    peer.stop().await.unwrap();
+    monitor.stop().await.unwrap();
+}

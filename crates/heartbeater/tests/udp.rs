@@ -211,8 +211,15 @@ async fn a_monitor_without_udp_heartbeats_over_grpc() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_taken_for_udp_is_a_typed_error_unless_udp_is_off() {
-    let squatter = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = squatter.local_addr().unwrap().port();
+    // A UDP port whose TCP twin is free (the other tests' connections take
+    // ephemeral TCP ports from the same range).
+    let (_squatter, port) = loop {
+        let squatter = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = squatter.local_addr().unwrap();
+        if std::net::TcpListener::bind(addr).is_ok() {
+            break (squatter, addr.port());
+        }
+    };
     let node = HeartbeatServer::builder()
         .server_port(port)
         .in_memory()

@@ -418,8 +418,31 @@ async fn a_full_registry_refuses_new_peers_with_resource_exhausted() {
 }
 
 #[tokio::test]
-async fn the_network_cannot_ask_for_a_faster_heartbeat_than_the_nodes_minimum() {
+async fn by_default_the_network_may_ask_for_any_valid_period_down_to_1_ms() {
     let node = memory_node().await;
+    let url = format!("http://{}", node.local_addr().unwrap());
+    let mut raw = HeartbeatServiceClient::connect(url).await.unwrap();
+    for (id, ms) in [("seed", 5), ("floor", 1)] {
+        raw.register_peer(RegisterPeerRequest {
+            peer_id: id.into(),
+            heartbeat_freq_millis: ms,
+            ..valid()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{ms} ms on the defaults: {e}"));
+    }
+    node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_network_cannot_ask_for_a_faster_heartbeat_than_the_nodes_minimum() {
+    let node = HeartbeatServer::builder()
+        .server_port(0)
+        .in_memory()
+        .min_network_heartbeat_freq(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    node.start().await.unwrap();
     let url = format!("http://{}", node.local_addr().unwrap());
     let mut raw = HeartbeatServiceClient::connect(url).await.unwrap();
     let fast = RegisterPeerRequest {

@@ -4,6 +4,7 @@ pub mod accuracy;
 pub mod detect;
 pub mod fanout;
 pub mod load;
+pub mod overload;
 pub mod peer_path;
 pub mod register;
 pub mod restore;
@@ -82,11 +83,23 @@ pub async fn register_all(
     peers: &[(u16, String)],
     freq_ms: i64,
 ) -> anyhow::Result<()> {
+    register_all_with(client, peers, freq_ms, None).await
+}
+
+/// [`register_all`], with a timeout other than the default one period.
+pub async fn register_all_with(
+    client: &HeartbeatClient,
+    peers: &[(u16, String)],
+    freq_ms: i64,
+    timeout_ms: Option<i64>,
+) -> anyhow::Result<()> {
     use futures_util::StreamExt;
     let results: Vec<_> = futures_util::stream::iter(peers.iter().cloned())
         .map(|(port, id)| {
             let client = client.clone();
-            async move { client.register_peer(registration(port, id, freq_ms)).await }
+            let mut request = registration(port, id, freq_ms);
+            request.timeout_millis = timeout_ms;
+            async move { client.register_peer(request).await }
         })
         .buffer_unordered(64)
         .collect()
@@ -126,12 +139,23 @@ pub async fn responders(
     n: usize,
     per_process: usize,
 ) -> anyhow::Result<(Vec<crate::child::Helper>, Vec<Vec<(u16, String)>>)> {
+    responders_with(n, per_process, None).await
+}
+
+/// [`responders`], with the cluster key on or off for them alone.
+pub async fn responders_with(
+    n: usize,
+    per_process: usize,
+    keyed: Option<bool>,
+) -> anyhow::Result<(Vec<crate::child::Helper>, Vec<Vec<(u16, String)>>)> {
     let mut helpers = Vec::new();
     let mut groups = Vec::new();
     let mut left = n;
     while left > 0 {
         let count = left.min(per_process);
-        let h = crate::child::Helper::start(&["responders", "--count", &count.to_string()]).await?;
+        let h =
+            crate::child::Helper::start_with(&["responders", "--count", &count.to_string()], keyed)
+                .await?;
         let peers = h.ready["peers"]
             .as_array()
             .context("responder peers")?

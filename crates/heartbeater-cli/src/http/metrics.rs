@@ -68,8 +68,30 @@ impl Snapshot {
         registry.register_collector(Box::new(self));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry)?;
-        Ok(out)
+        Ok(shortest_values(&out))
     }
+}
+
+/// `text` with every float sample value in its shortest form that reads
+/// back as the same number (`0.002994`): the encoder's `dtoa` does not
+/// always find it and writes up to 19 digits (`0.0029939999999999999`),
+/// noise to a person reading `curl` output. The value is the last field of a
+/// sample line: the node writes no timestamps or exemplars.
+fn shortest_values(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let shorter = (!line.starts_with('#'))
+            .then(|| line.rsplit_once(' '))
+            .flatten()
+            .filter(|(_, value)| value.contains(['.', 'e', 'E']))
+            .and_then(|(series, value)| {
+                let v: f64 = value.parse().ok()?;
+                v.is_finite().then(|| format!("{series} {v}"))
+            });
+        out.push_str(shorter.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 /// The OpenMetrics text `prometheus-client` writes, in the classic
@@ -275,7 +297,8 @@ impl Collector for Snapshot {
             "heartbeater_datagrams_dropped",
             "Heartbeat datagrams dropped, by reason: malformed, unauthenticated (cluster key), \
              forged_token (not made by this node), stale (answers a heartbeat already settled), \
-             too_short (a ping whose pong would be longer).",
+             too_short (a ping whose pong would be longer), receive_buffer_full (the kernel \
+             dropped it: this node fell behind reading).",
             None,
             &[
                 (reason("malformed"), d.malformed),
@@ -283,6 +306,7 @@ impl Collector for Snapshot {
                 (reason("forged_token"), d.forged_tokens),
                 (reason("stale"), d.unmatched_pongs),
                 (reason("too_short"), d.too_short),
+                (reason("receive_buffer_full"), d.dropped_on_receive),
             ],
         )?;
         let s = &self.security;
@@ -295,6 +319,7 @@ impl Collector for Snapshot {
                 (reason("unauthenticated"), s.unauthenticated_calls),
                 (reason("connections_over_limit"), s.connections_over_limit),
                 (reason("tls_handshake_failed"), s.tls_handshakes_failed),
+                (reason("no_preface"), s.silent_connections),
             ],
         )?;
         histogram(
@@ -323,6 +348,13 @@ impl Collector for Snapshot {
             "Heartbeats in flight across a local pause, neither answered nor missed.",
             None,
             &[(None, self.pauses.voided_heartbeats)],
+        )?;
+        counter(
+            e,
+            "heartbeater_heartbeats_voided_overloaded",
+            "Heartbeats this node could not carry (send buffer full, gRPC calls at their limit), neither answered nor missed.",
+            None,
+            &[(None, self.pauses.voided_overloaded)],
         )?;
         gauge(
             e,
@@ -440,6 +472,21 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn float_values_are_written_in_their_shortest_form() {
+        let text = "# HELP t_seconds Time, e.g. 0.1.\n\
+                    t_seconds_sum 0.0029940000000000001\n\
+                    t_seconds_bucket{le=\"0.00025\"} 7\n\
+                    u_seconds_total{peer=\"a b\"} 0.31158000000000001\n\
+                    v 1.0e-7\nw +Inf\nx NaN\n# EOF\n";
+        assert_eq!(
+            shortest_values(text),
+            "# HELP t_seconds Time, e.g. 0.1.\nt_seconds_sum 0.002994\n\
+             t_seconds_bucket{le=\"0.00025\"} 7\nu_seconds_total{peer=\"a b\"} 0.31158\n\
+             v 0.0000001\nw +Inf\nx NaN\n# EOF\n"
+        );
+    }
 
     #[test]
     fn classic_text_names_counters_by_their_total_series() {

@@ -41,6 +41,11 @@ const RECENT_EVENTS: usize = 100;
 /// a client can make the node keep.
 const MAX_EVENT_STREAMS: usize = 64;
 
+/// `/api/events` streams one client (an IPv4 address, an IPv6 /64) may hold
+/// at once: a status page opens one per tab, and one client must not take
+/// every stream there is.
+const MAX_EVENT_STREAMS_PER_CLIENT: usize = 8;
+
 /// Events queued per stream; a stream further behind is ended (the browser
 /// reconnects and gets the replay).
 const STREAM_QUEUE: usize = 256;
@@ -78,6 +83,7 @@ struct App {
     server: Arc<HeartbeatServer>,
     events: Arc<EventLog>,
     streams: Arc<Semaphore>,
+    per_client: Arc<heartbeater::client_share::ClientShares>,
     label_limit: usize,
 }
 
@@ -90,16 +96,22 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Binds `at` and serves `server`'s state; `label_limit` is the
-    /// cardinality guard of `/metrics` (`metrics_peer_labels`).
+    /// Binds `at`, before the node is built: `serve` must not store a new
+    /// epoch when it cannot serve what it was asked to.
+    pub async fn bind(at: &HostPort) -> anyhow::Result<tokio::net::TcpListener> {
+        tokio::net::TcpListener::bind((at.host.as_str(), at.port))
+            .await
+            .context("cannot bind")
+    }
+
+    /// Serves `server`'s state on `listener` (from [`HttpServer::bind`]);
+    /// `label_limit` is the cardinality guard of `/metrics`
+    /// (`metrics_peer_labels`).
     pub async fn start(
-        at: &HostPort,
+        listener: tokio::net::TcpListener,
         server: Arc<HeartbeatServer>,
         label_limit: usize,
     ) -> anyhow::Result<HttpServer> {
-        let listener = tokio::net::TcpListener::bind((at.host.as_str(), at.port))
-            .await
-            .context("cannot bind")?;
         let addr = listener.local_addr().context("no local address")?;
         let (live, _) = broadcast::channel(STREAM_QUEUE);
         let events = Arc::new(EventLog {
@@ -120,6 +132,7 @@ impl HttpServer {
             server,
             events,
             streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
+            per_client: Arc::default(),
             label_limit,
         };
         let router = Router::new()
@@ -133,6 +146,7 @@ impl HttpServer {
             .with_state(app);
         let (shutdown, stopped) = oneshot::channel::<()>();
         let serve = tokio::spawn(async move {
+            let router = router.into_make_service_with_connect_info::<SocketAddr>();
             let graceful = axum::serve(listener, router).with_graceful_shutdown(async move {
                 let _ = stopped.await;
             });
@@ -224,8 +238,18 @@ async fn metrics_text(State(app): State<App>, headers: axum::http::HeaderMap) ->
 }
 
 async fn api_peers(State(app): State<App>) -> Response {
-    let mut peers = app.server.peers().await;
-    peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+    // Already ordered by id; one of the node's bounded heavy reads.
+    let Some(peers) = app.server.try_peers().await else {
+        let mut busy = json_response(json!({
+            "error": "too many peer lists are being served at once; try again shortly",
+        }));
+        *busy.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+        busy.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+        return busy;
+    };
     let quarantined: Vec<_> = app
         .server
         .quarantined_peers()
@@ -261,7 +285,22 @@ async fn api_topics(State(app): State<App>) -> Response {
     json_response(json!({ "topics": topics }))
 }
 
-async fn api_events(State(app): State<App>) -> Response {
+async fn api_events(
+    State(app): State<App>,
+    axum::extract::ConnectInfo(client): axum::extract::ConnectInfo<SocketAddr>,
+) -> Response {
+    let Some(claim) = app
+        .per_client
+        .take(client.ip(), MAX_EVENT_STREAMS_PER_CLIENT)
+    else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "this address has {MAX_EVENT_STREAMS_PER_CLIENT} event streams open, its most\n"
+            ),
+        )
+            .into_response();
+    };
     let Ok(permit) = app.streams.clone().try_acquire_owned() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -273,7 +312,7 @@ async fn api_events(State(app): State<App>) -> Response {
     // two; an event in both is shown once by the page (it keys events).
     let live = app.events.live.subscribe();
     let replay = app.events.replay();
-    Sse::new(event_stream(replay, live, permit))
+    Sse::new(event_stream(replay, live, (permit, claim)))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
 }
@@ -281,7 +320,10 @@ async fn api_events(State(app): State<App>) -> Response {
 fn event_stream(
     replay: Vec<String>,
     live: broadcast::Receiver<String>,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: (
+        tokio::sync::OwnedSemaphorePermit,
+        heartbeater::client_share::ClientClaim,
+    ),
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let live = futures_util::stream::unfold(live, |mut rx| async move {
         // A stream that fell behind ends: its client reconnects and

@@ -155,3 +155,21 @@ impl Drop for Serve {
         let _ = self.child.wait();
     }
 }
+
+/// Stores `n` registrations nobody answers for (`silent-000000`, ...,
+/// heartbeated once an hour) in `store`: a large registry, as a node
+/// restarting on one finds it.
+pub fn fill_registry(store: &dyn heartbeater::RegistryStore, n: usize) {
+    let detector =
+        heartbeater::DetectorConfig::new(Duration::from_secs(3600), None, None).expect("timing");
+    let ops: Vec<heartbeater::RegistryOp> = (0..n)
+        .map(|i| {
+            let spec =
+                heartbeater::PeerSpec::new(&format!("silent-{i:06}"), "127.0.0.1", 9, detector)
+                    .expect("a valid registration");
+            heartbeater::RegistryOp::Put(heartbeater::store::PeerRecord::from_spec(&spec, 0))
+        })
+        .collect();
+    // One write, one sync.
+    store.apply(&ops).expect("stored");
+}

@@ -7,7 +7,8 @@ use std::time::Duration;
 /// Who this node is: stored once, read at every start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeMeta {
-    /// The node's identity (a UUID), stable across restarts.
+    /// The node's identity, stable across restarts: its UUID, or the name
+    /// its operator gave it at its first start.
     pub identity: String,
     /// The epoch of the latest start.
     pub epoch: u64,
@@ -74,11 +75,11 @@ pub struct UnreadablePeer {
 
 impl UnreadablePeer {
     /// The key as a peer id, when it is one (valid UTF-8 and within the
-    /// peer-id rules); only such a record can be deregistered by id.
+    /// bounds of any stored id); only such a record can be deregistered by
+    /// id.
     pub fn peer_id(&self) -> Option<&str> {
         let id = std::str::from_utf8(&self.key).ok()?;
-        heartbeater_core::config::validate_peer_id(id).ok()?;
-        Some(id)
+        heartbeater_core::identity::within_stored_bounds(id).then_some(id)
     }
 
     /// How the record is named to an operator: its peer id, or the key in

@@ -9,9 +9,9 @@ use uuid::Uuid;
 
 use super::hub::Topics;
 use super::types::validate_topic;
-use crate::access::{Access, Gate};
-use crate::proto::topic_service_server::TopicService;
-use crate::proto::{FrameKind, TopicFrame};
+use crate::grpc::access::{Access, Gate};
+use crate::grpc::proto::topic_service_server::TopicService;
+use crate::grpc::proto::{FrameKind, TopicFrame};
 
 /// The gRPC face of a node's topics.
 pub(crate) struct TopicGrpc {
@@ -69,7 +69,13 @@ impl TopicService for TopicGrpc {
             ))
         })?;
 
-        let (conn, frames) = hub.add_subscriber(instance);
+        let (conn, frames) = hub.add_subscriber(instance).ok_or_else(|| {
+            Status::resource_exhausted(format!(
+                "topic {:?} has {} subscriptions, its most; try again later",
+                header.topic,
+                crate::topic::hub::MAX_SUBSCRIPTIONS
+            ))
+        })?;
         tokio::spawn(async move {
             // Answers are attributed to the instance that subscribed, not to
             // whatever a frame's header claims.

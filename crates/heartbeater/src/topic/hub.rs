@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::activation::{Activation, HeartbeatOutlet, Stopped};
 use super::queue::{subscriber_queue, PushError, QueueLimits, QueueStream, SubscriberQueue};
 use super::types::{validate_topic, ClientConnectionListener, HeartbeatParameters, TopicError};
-use crate::proto::{FrameHeader, FrameKind, TopicFrame};
+use crate::grpc::proto::{FrameHeader, FrameKind, TopicFrame};
 
 /// Frames queued per subscriber before `send` waits for it.
 pub(crate) const SUBSCRIBER_QUEUE: usize = 1024;
@@ -137,13 +137,28 @@ pub struct TopicResponse {
     pub payload: Vec<u8>,
 }
 
+/// Subscription streams one topic serves at once. Each holds a queue of
+/// frames and a connection; subscribing is a read, open to anyone who may
+/// read, so it has a bound like every other read.
+pub const MAX_SUBSCRIPTIONS: usize = 4096;
+
+/// A request waiting for answers: where they go, and which subscription
+/// streams have answered. One answer per stream: a subscriber that sends
+/// the same answer again and again (request ids are sequential, easy to
+/// guess) must not fill the slots meant for the others, nor queue without
+/// bound.
+struct Pending {
+    tx: mpsc::UnboundedSender<TopicResponse>,
+    answered: std::collections::HashSet<u64>,
+}
+
 /// One published topic.
 pub(crate) struct TopicHub {
     topic: String,
     publisher_id: Uuid,
     subscribers: Mutex<Vec<Subscriber>>,
     next_conn: AtomicU64,
-    requests: Mutex<HashMap<u64, mpsc::UnboundedSender<TopicResponse>>>,
+    requests: Mutex<HashMap<u64, Pending>>,
     next_request: AtomicU64,
     heartbeats: Mutex<Option<Activation>>,
     next_heartbeat_request: AtomicU64,
@@ -183,17 +198,23 @@ impl TopicHub {
     }
 
     /// A new subscription stream from `instance`: its connection number and
-    /// the frames to send it.
-    pub(crate) fn add_subscriber(&self, instance: Uuid) -> (u64, QueueStream) {
+    /// the frames to send it; `None` when the topic has
+    /// [`MAX_SUBSCRIPTIONS`] already.
+    pub(crate) fn add_subscriber(&self, instance: Uuid) -> Option<(u64, QueueStream)> {
+        let mut subscribers = lock(&self.subscribers);
+        if subscribers.len() >= MAX_SUBSCRIPTIONS {
+            return None;
+        }
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (queue, stream) = subscriber_queue(LIMITS);
-        lock(&self.subscribers).push(Subscriber {
+        subscribers.push(Subscriber {
             conn,
             instance,
             queue,
         });
+        drop(subscribers);
         tracing::debug!(topic = %self.topic, %instance, conn, "subscriber joined");
-        (conn, stream)
+        Some((conn, stream))
     }
 
     pub(crate) fn remove_subscriber(&self, conn: u64) {
@@ -298,11 +319,14 @@ impl TopicHub {
         if !self.is_subscribed(conn) {
             return;
         }
-        if let Some(tx) = lock(&self.requests).get(&request_id) {
-            let _ = tx.send(TopicResponse {
-                client_instance_id: instance,
-                payload,
-            });
+        let mut requests = lock(&self.requests);
+        if let Some(pending) = requests.get_mut(&request_id) {
+            if pending.answered.insert(conn) {
+                let _ = pending.tx.send(TopicResponse {
+                    client_instance_id: instance,
+                    payload,
+                });
+            }
         }
     }
 
@@ -408,7 +432,13 @@ impl TopicPublisher {
     ) -> Vec<TopicResponse> {
         let id = self.inner.hub.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        lock(&self.inner.hub.requests).insert(id, tx);
+        lock(&self.inner.hub.requests).insert(
+            id,
+            Pending {
+                tx,
+                answered: std::collections::HashSet::new(),
+            },
+        );
         let frame = self.inner.hub.frame(FrameKind::Request, id, payload.into());
         let asked = self.inner.hub.send_to_all(frame).await;
         let mut responses = Vec::new();
@@ -525,5 +555,53 @@ impl TopicPublisher {
     /// whatever the number of subscribers).
     pub fn heartbeats_sent(&self) -> u64 {
         self.inner.hub.heartbeats_sent.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_subscription_answers_a_request_once() {
+        let topics = Arc::new(Topics::default());
+        let publisher = topics.create("t", Uuid::new_v4()).unwrap();
+        let hub = publisher.inner.hub.clone();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let (conn_a, _frames_a) = hub.add_subscriber(a).unwrap();
+        let (conn_b, _frames_b) = hub.add_subscriber(b).unwrap();
+        let asking = publisher.clone();
+        let request =
+            tokio::spawn(async move { asking.request("q", Duration::from_millis(500)).await });
+        let id = loop {
+            if let Some(&id) = lock(&hub.requests).keys().next() {
+                break id;
+            }
+            tokio::task::yield_now().await;
+        };
+        // The first subscription answers five times, before the other.
+        for _ in 0..5 {
+            hub.on_response(conn_a, id, a, b"again".to_vec());
+        }
+        hub.on_response(conn_b, id, b, b"once".to_vec());
+        let responses = request.await.unwrap();
+        let from: Vec<Uuid> = responses.iter().map(|r| r.client_instance_id).collect();
+        assert_eq!(from, vec![a, b], "one answer each");
+    }
+
+    #[test]
+    fn a_topic_serves_so_many_subscriptions_and_no_more() {
+        let topics = Arc::new(Topics::default());
+        let publisher = topics.create("t", Uuid::new_v4()).unwrap();
+        let hub = publisher.inner.hub.clone();
+        let held: Vec<_> = (0..MAX_SUBSCRIPTIONS)
+            .map(|_| {
+                hub.add_subscriber(Uuid::new_v4())
+                    .expect("within the bound")
+            })
+            .collect();
+        assert!(hub.add_subscriber(Uuid::new_v4()).is_none());
+        hub.remove_subscriber(held[0].0);
+        assert!(hub.add_subscriber(Uuid::new_v4()).is_some(), "room again");
     }
 }

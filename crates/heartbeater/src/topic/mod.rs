@@ -35,7 +35,7 @@ pub(crate) use grpc::TopicGrpc;
 pub(crate) use hub::Topics;
 pub use hub::{TopicPublisher, TopicResponse, TopicStats, DEFAULT_STALL_TIMEOUT};
 pub(crate) use subscriber::subscribe;
-pub use subscriber::TopicSubscriber;
+pub use subscriber::{SubscriptionState, TopicSubscriber};
 pub use types::{
     validate_topic, ClientConnectionListener, HeartbeatParameters, HeartbeatParametersBuilder,
     TopicError, TopicHandler, MAX_TOPIC_BYTES,

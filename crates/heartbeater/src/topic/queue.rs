@@ -21,7 +21,7 @@ use prost::Message;
 use tokio::sync::Notify;
 use tonic::Status;
 
-use crate::proto::TopicFrame;
+use crate::grpc::proto::TopicFrame;
 
 /// How much one subscriber's queue holds before `send` waits for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,15 +22,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
 use super::types::{validate_topic, TopicError, TopicHandler};
-use crate::outbound::Outbound;
-use crate::proto::topic_service_client::TopicServiceClient;
-use crate::proto::{FrameHeader, FrameKind, TopicFrame};
+use crate::driver::outbound::Outbound;
+use crate::error::{ClientError, Unreachable};
+use crate::grpc::proto::topic_service_client::TopicServiceClient;
+use crate::grpc::proto::{FrameHeader, FrameKind, TopicFrame};
 
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 const LAST_RETRY: Duration = Duration::from_secs(2);
@@ -45,13 +46,34 @@ const HANDLER_QUEUE_BYTES: u32 = 8 * 1024 * 1024;
 /// Frames handed to one blocking job at most.
 const HANDLER_BATCH: usize = 64;
 
+/// Where a subscription stands, as [`TopicSubscriber::state`] and
+/// [`TopicSubscriber::watch_state`] publish it. A subscription tries again,
+/// with backoff, from every state but `Connected`, until it is dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SubscriptionState {
+    /// Opening the first stream: nothing has answered yet.
+    Connecting,
+    /// The publisher's node accepted the subscription; messages flow.
+    Connected,
+    /// The publisher's node answered, but it does not publish the topic
+    /// (not yet, or no longer).
+    NotFound,
+    /// The stream could not be opened, or it ended.
+    Retrying {
+        /// Why, in words: nothing listens on the port, the node refused the
+        /// token, the connection was lost, ...
+        reason: String,
+    },
+}
+
 /// A live subscription. Dropping it unsubscribes: the stream closes, and the
 /// publisher stops hearing this client's heartbeat answers.
 #[must_use = "dropping a TopicSubscriber unsubscribes at once"]
 pub struct TopicSubscriber {
     topic: String,
     publisher: SocketAddr,
-    connected: Arc<AtomicBool>,
+    state: watch::Receiver<SubscriptionState>,
     stopped: Arc<AtomicBool>,
     stop: Option<oneshot::Sender<()>>,
 }
@@ -79,7 +101,20 @@ impl TopicSubscriber {
 
     /// Whether the stream to the publisher is open now.
     pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::SeqCst)
+        *self.state.borrow() == SubscriptionState::Connected
+    }
+
+    /// Where the subscription stands now.
+    pub fn state(&self) -> SubscriptionState {
+        self.state.borrow().clone()
+    }
+
+    /// The subscription's state as it changes, for a caller that reports
+    /// it (`changed().await`, then `borrow_and_update()`). A reader that
+    /// falls behind sees the latest state, not every one in between; a
+    /// state is published once, not at every retry that ends the same way.
+    pub fn watch_state(&self) -> watch::Receiver<SubscriptionState> {
+        self.state.clone()
     }
 
     /// Unsubscribes (the same as dropping it). A handler call already
@@ -129,7 +164,7 @@ pub(crate) fn subscribe(
     validate_topic(topic)?;
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| TopicError::NoRuntime)?;
     let (stop_tx, stop_rx) = oneshot::channel();
-    let connected = Arc::new(AtomicBool::new(false));
+    let (state_tx, state) = watch::channel(SubscriptionState::Connecting);
     let stopped = Arc::new(AtomicBool::new(false));
     let (work_tx, work_rx) = mpsc::channel(HANDLER_QUEUE);
     let delivery = Delivery {
@@ -143,7 +178,7 @@ pub(crate) fn subscribe(
         instance,
         topic: topic.to_owned(),
         publisher,
-        connected: connected.clone(),
+        state: state_tx,
         work: work_tx,
         budget: Arc::new(Semaphore::new(HANDLER_QUEUE_BYTES as usize)),
         outbound,
@@ -152,7 +187,7 @@ pub(crate) fn subscribe(
     Ok(TopicSubscriber {
         topic: topic.to_owned(),
         publisher,
-        connected,
+        state,
         stopped,
         stop: Some(stop_tx),
     })
@@ -268,20 +303,52 @@ impl Delivery {
 
 /// Opens the channel to the publisher's node, with the subscribing node's
 /// TLS configuration as it is now.
-async fn connect(publisher: SocketAddr, outbound: &Outbound) -> Result<Channel, tonic::Status> {
+async fn connect(publisher: SocketAddr, outbound: &Outbound) -> Result<Channel, ClientError> {
+    let target = publisher.to_string();
     outbound
         .endpoint(&publisher.ip().to_string(), publisher.port())
-        .map_err(tonic::Status::invalid_argument)?
+        .map_err(|message| ClientError::Unavailable {
+            target: target.clone(),
+            reason: Unreachable::Other,
+            message,
+        })?
         .connect()
         .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))
+        .map_err(|e| {
+            crate::client::unreachable(
+                &target,
+                Some(&e),
+                &e.to_string(),
+                Some(outbound.transport()),
+            )
+        })
+}
+
+/// Why a stream ended.
+enum StreamEnd {
+    /// It could not be opened, or the publisher's node refused it.
+    Opening(ClientError),
+    /// It was open and broke, or was ended.
+    Open(tonic::Status),
+}
+
+impl From<ClientError> for StreamEnd {
+    fn from(e: ClientError) -> Self {
+        StreamEnd::Opening(e)
+    }
+}
+
+impl From<tonic::Status> for StreamEnd {
+    fn from(status: tonic::Status) -> Self {
+        StreamEnd::Open(status)
+    }
 }
 
 struct Session {
     instance: Uuid,
     topic: String,
     publisher: SocketAddr,
-    connected: Arc<AtomicBool>,
+    state: watch::Sender<SubscriptionState>,
     work: mpsc::Sender<Work>,
     budget: Arc<Semaphore>,
     outbound: Outbound,
@@ -294,16 +361,37 @@ impl Session {
             tokio::select! {
                 _ = &mut stop => break,
                 result = self.stream(&mut retry) => {
-                    self.connected.store(false, Ordering::SeqCst);
-                    match result {
-                        Err(status) if status.code() == tonic::Code::ResourceExhausted => {
-                            tracing::warn!(topic = %self.topic, publisher = %self.publisher, %status, "the publisher dropped this subscription as too slow; subscribing again");
+                    let next = match result {
+                        Ok(()) => SubscriptionState::Retrying {
+                            reason: "the publisher ended the stream".into(),
+                        },
+                        Err(StreamEnd::Opening(ClientError::NotFound(_))) => {
+                            SubscriptionState::NotFound
                         }
-                        Err(status) => {
-                            tracing::debug!(topic = %self.topic, publisher = %self.publisher, %status, "subscription stream failed");
+                        Err(StreamEnd::Opening(e)) => {
+                            tracing::debug!(topic = %self.topic, publisher = %self.publisher, error = ?e.to_string(), "cannot subscribe");
+                            SubscriptionState::Retrying { reason: e.to_string() }
                         }
-                        Ok(()) => {}
-                    }
+                        Err(StreamEnd::Open(status)) if status.code() == tonic::Code::ResourceExhausted => {
+                            tracing::warn!(topic = %self.topic, publisher = %self.publisher, status = ?status.message(), "the publisher dropped this subscription as too slow; subscribing again");
+                            SubscriptionState::Retrying {
+                                reason: "the publisher dropped this subscription as too slow".into(),
+                            }
+                        }
+                        Err(StreamEnd::Open(status)) => {
+                            tracing::debug!(topic = %self.topic, publisher = %self.publisher, status = ?status.message(), "subscription stream failed");
+                            let e = crate::client::status_error(
+                                &status,
+                                &self.publisher.to_string(),
+                                Duration::ZERO,
+                                None,
+                            );
+                            SubscriptionState::Retrying {
+                                reason: format!("connection lost: {e}"),
+                            }
+                        }
+                    };
+                    self.set_state(next);
                 }
             }
             tokio::select! {
@@ -312,7 +400,16 @@ impl Session {
             }
             retry = (retry * 2).min(LAST_RETRY);
         }
-        self.connected.store(false, Ordering::SeqCst);
+    }
+
+    /// Publishes `state` if it is news: a retry that fails the same way as
+    /// the one before is not.
+    fn set_state(&self, state: SubscriptionState) {
+        self.state.send_if_modified(|current| {
+            let changed = *current != state;
+            *current = state;
+            changed
+        });
     }
 
     /// Queues `item` for the delivery task, waiting while the queue is full:
@@ -325,7 +422,7 @@ impl Session {
     }
 
     /// One stream, until it ends.
-    async fn stream(&self, retry: &mut Duration) -> Result<(), tonic::Status> {
+    async fn stream(&self, retry: &mut Duration) -> Result<(), StreamEnd> {
         let mut client = TopicServiceClient::new(connect(self.publisher, &self.outbound).await?);
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
         let instance_id = self.instance.to_string();
@@ -342,8 +439,18 @@ impl Session {
         if let Some(token) = self.outbound.token() {
             request.metadata_mut().insert("authorization", token);
         }
-        let mut inbound = client.subscribe(request).await?.into_inner();
-        self.connected.store(true, Ordering::SeqCst);
+        // The call has no deadline: the stream lives as long as the
+        // subscription, and the deadline an error could name is none.
+        let mut inbound = client
+            .subscribe(request)
+            .await
+            .map_err(|status| {
+                let transport = Some(self.outbound.transport());
+                let target = self.publisher.to_string();
+                crate::client::status_error(&status, &target, Duration::ZERO, transport)
+            })?
+            .into_inner();
+        self.set_state(SubscriptionState::Connected);
         *retry = FIRST_RETRY;
         while let Some(frame_in) = inbound.message().await? {
             let Some(header) = frame_in.header else {

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Endpoint;
 
-use crate::tls::TlsClientConfig;
+use crate::grpc::tls::TlsClientConfig;
 
 /// An endpoint for `host:port`: `https` with `tls`, `http` without.
 pub(crate) fn endpoint(
@@ -51,7 +51,7 @@ impl Outbound {
     pub(crate) fn new(tls: Option<TlsClientConfig>, token: Option<&str>) -> Self {
         Self(Arc::new(RwLock::new(State {
             tls,
-            token: token.and_then(crate::access::bearer),
+            token: token.and_then(crate::grpc::access::bearer),
             generation: 0,
         })))
     }
@@ -72,7 +72,7 @@ impl Outbound {
 
     pub(crate) fn set_token(&self, token: Option<&str>) {
         let mut state = self.write();
-        state.token = token.and_then(crate::access::bearer);
+        state.token = token.and_then(crate::grpc::access::bearer);
         state.generation += 1;
     }
 
@@ -83,6 +83,11 @@ impl Outbound {
     /// An endpoint to `host:port` with the current TLS configuration.
     pub(crate) fn endpoint(&self, host: &str, port: u16) -> Result<Endpoint, String> {
         endpoint(host, port, self.read().tls.as_ref())
+    }
+
+    /// What a connection made now presents: TLS, a client certificate.
+    pub(crate) fn transport(&self) -> crate::grpc::tls::Transport {
+        crate::grpc::tls::Transport::of(self.read().tls.as_ref())
     }
 
     /// The `authorization` value to send, if any.

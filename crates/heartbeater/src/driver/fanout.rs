@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use heartbeater_core::{DetectorFactory, EventKind, PeerTable};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::event::PeerEvent;
+use crate::node::event::PeerEvent;
 
 /// Events buffered per subscriber before the slowest starts skipping.
 const EVENT_BUFFER: usize = 4096;
@@ -55,7 +55,7 @@ impl EventFanout {
     pub(crate) fn publish<F: DetectorFactory>(
         &mut self,
         table: &mut PeerTable<F>,
-        metrics: &crate::metrics::Metrics,
+        metrics: &crate::node::metrics::Metrics,
     ) {
         let mut timestamp = None;
         // Collected so that each event can be logged with its peer's status;
@@ -113,18 +113,33 @@ fn log_transition(
 ) {
     let missed = status.map_or(0, |s| s.missed);
     let max_missed = status.map_or(0, |s| s.detector.max_missed.get());
+    // Whole microseconds over 1000: the nearest double to a number with
+    // three decimals, which prints as those three decimals (`0.312`), where
+    // the product of two floats printed as `0.31157999999999997`.
     let rtt_ms = status
         .and_then(|s| s.last_rtt)
-        .map(|d| d.as_secs_f64() * 1000.0);
+        .map(|d| d.as_micros() as f64 / 1000.0);
+    let phi = status.is_some_and(|s| {
+        matches!(
+            s.detector.kind,
+            heartbeater_core::DetectorKind::PhiAccrual(_)
+        )
+    });
     let epoch = e.epoch;
     let peer = &*e.peer_id;
     match &e.kind {
+        EventKind::PeerDown if phi => tracing::warn!(
+            target: "heartbeater::transitions", peer, missed, last_rtt_ms = rtt_ms, epoch,
+            "peer down: a silence too long for phi accrual ({missed} heartbeats unanswered)"
+        ),
         EventKind::PeerDown => tracing::warn!(
             target: "heartbeater::transitions", peer, missed, max_missed, last_rtt_ms = rtt_ms, epoch,
-            "peer down: {missed} heartbeats in a row without a valid reply (the rule allows {max_missed})"
+            "peer down: no valid reply to {missed} heartbeats in a row ({max_missed} convict)"
         ),
+        // Debug formatting: the observed identity came from the network;
+        // quoted and escaped, it cannot pass for other fields of the line.
         EventKind::IdentityMismatch { observed } => tracing::warn!(
-            target: "heartbeater::transitions", peer, observed = %observed, epoch,
+            target: "heartbeater::transitions", peer, observed = ?observed, epoch,
             "identity mismatch: another process answers at the peer's address; its replies do not count"
         ),
         EventKind::PeerUp => tracing::info!(

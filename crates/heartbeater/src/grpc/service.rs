@@ -14,11 +14,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::access::{Access, Gate};
-use crate::convert::{event_to_proto, state_to_proto, status_to_proto, unix_micros};
+use crate::grpc::access::{Access, Gate};
+use crate::grpc::convert::{event_to_proto, state_to_proto, status_to_proto, unix_micros};
 use crate::node::{Node, NodeError};
-use crate::proto;
-use crate::proto::heartbeat_service_server::HeartbeatService;
+
+/// Peers per page of a `WatchPeers` snapshot: what one watcher holds in
+/// memory at a time, whatever the size of the registry.
+const SNAPSHOT_PAGE: usize = 256;
+use crate::grpc::proto;
+use crate::grpc::proto::heartbeat_service_server::HeartbeatService;
 
 /// The gRPC face of a node.
 pub(crate) struct HeartbeatGrpc {
@@ -76,7 +80,10 @@ impl From<NodeError> for Status {
             NodeError::UnknownPeer(_) => Status::not_found(e.to_string()),
             NodeError::Store(_) => Status::internal(e.to_string()),
             NodeError::ShuttingDown => Status::unavailable(e.to_string()),
-            NodeError::RegistryFull { .. } => Status::resource_exhausted(e.to_string()),
+            NodeError::Busy { .. } => Status::resource_exhausted(e.to_string()),
+            NodeError::RegistryFull { .. } | NodeError::OverHeartbeatBudget { .. } => {
+                Status::resource_exhausted(e.to_string())
+            }
         }
     }
 }
@@ -119,18 +126,21 @@ impl HeartbeatService for HeartbeatGrpc {
     ) -> Result<Response<proto::ListPeersResponse>, Status> {
         self.gate.check(request.metadata(), Access::Read)?;
         let request = request.into_inner();
-        let after = crate::paging::after_of_token(&request.page_token).map_err(NodeError::from)?;
-        let limit = crate::paging::page_size(request.page_size);
+        let after =
+            crate::grpc::paging::after_of_token(&request.page_token).map_err(NodeError::from)?;
+        let limit = crate::grpc::paging::page_size(request.page_size);
+        let permit = self.node.heavy_read()?;
         let (page, more) = self.node.peers_page(after, limit).await?;
+        drop(permit);
         let next_page_token = match (more, page.last()) {
-            (true, Some(last)) => crate::paging::token_after(&last.peer_id),
+            (true, Some(last)) => crate::grpc::paging::token_after(&last.peer_id),
             _ => String::new(),
         };
         // The quarantine rides on the first page, no more of it than a page
         // of peers, so a damaged directory cannot make one answer huge.
         let quarantined = if request.page_token.is_empty() {
             let mut list = self.node.quarantined();
-            list.truncate(crate::paging::DEFAULT_PAGE_SIZE);
+            list.truncate(crate::grpc::paging::DEFAULT_PAGE_SIZE);
             list.into_iter()
                 .map(|q| proto::QuarantinedPeer {
                     peer_id: q.peer_id,
@@ -166,34 +176,48 @@ impl HeartbeatService for HeartbeatGrpc {
         // none can fall between them.
         let mut events = self.node.subscribe();
         let server_id = self.node.identity().to_owned();
-        let snapshot: Vec<proto::PeerEvent> = if request.get_ref().include_snapshot {
-            let now = unix_micros(std::time::SystemTime::now());
-            self.node
-                .peers()
-                .await?
-                .into_iter()
-                .map(|s| proto::PeerEvent {
-                    kind: proto::PeerEventKind::Snapshot.into(),
-                    peer_id: s.peer_id,
-                    state: state_to_proto(s.state).into(),
-                    epoch: s.epoch,
-                    previous_epoch: None,
-                    observed_id: String::new(),
-                    timestamp_micros: now,
-                    server_id: server_id.clone(),
-                })
-                .collect()
+        // A snapshot is streamed a page at a time from the published view,
+        // never built whole: its cost is one page of memory, and one of
+        // the node's heavy reads while it lasts.
+        let snapshot = if request.get_ref().include_snapshot {
+            Some(self.node.heavy_read()?)
         } else {
-            Vec::new()
+            None
         };
+        let node = self.node.clone();
         let (tx, rx) = mpsc::channel(64);
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            for e in snapshot {
-                if tx.send(Ok(e)).await.is_err() {
-                    return;
+            if let Some(permit) = snapshot {
+                let now = unix_micros(std::time::SystemTime::now());
+                let mut after: Option<String> = None;
+                loop {
+                    let Ok((page, more)) = node.peers_page(after.take(), SNAPSHOT_PAGE).await
+                    else {
+                        return;
+                    };
+                    after = page.last().map(|s| s.peer_id.clone());
+                    for s in page {
+                        let e = proto::PeerEvent {
+                            kind: proto::PeerEventKind::Snapshot.into(),
+                            peer_id: s.peer_id,
+                            state: state_to_proto(s.state).into(),
+                            epoch: s.epoch,
+                            previous_epoch: None,
+                            observed_id: String::new(),
+                            timestamp_micros: now,
+                            server_id: server_id.clone(),
+                        };
+                        if tx.send(Ok(e)).await.is_err() {
+                            return;
+                        }
+                    }
+                    if !more {
+                        break;
+                    }
                 }
+                drop(permit);
             }
             loop {
                 let item = tokio::select! {

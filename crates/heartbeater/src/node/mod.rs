@@ -13,25 +13,31 @@
 //! task of its own, not a caller's future, so a client that hangs up cannot
 //! leave a write on disk but missing from the table.
 
+pub(crate) mod counters;
+pub(crate) mod event;
+pub(crate) mod metrics;
+pub(crate) mod quarantine;
+pub(crate) mod view;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use heartbeater_core::{
-    DetectorConfig, DetectorKind, PeerSpec, PeerStatus, PeerTable, PhiParams, StateCounts,
-    ValidationError,
+    DetectorConfig, DetectorKind, HeartbeatRate, PeerSpec, PeerStatus, PeerTable, PhiParams,
+    StateCounts, ValidationError,
 };
 use tokio::sync::{broadcast, oneshot};
 
-use crate::convert::unix_micros;
-use crate::counters::Counters;
 use crate::driver::{DriverHandle, TableOp};
-use crate::event::PeerEvent;
-use crate::proto::{
+use crate::grpc::convert::unix_micros;
+use crate::grpc::proto::{
     DeregisterPeerRequest, DeregisterPeerResponse, HeartbeatMessage, HeartbeatResponse,
     RegisterPeerRequest, RegisterPeerResponse,
 };
-use crate::quarantine::{Quarantine, QuarantinedPeer};
+use crate::node::counters::Counters;
+use crate::node::event::PeerEvent;
+use crate::node::quarantine::{Quarantine, QuarantinedPeer};
 use crate::store::{PeerRecord, RegistryOp, RegistryStore, StoreError};
 
 /// The most changes one store write carries; a bound on how long the first
@@ -41,8 +47,12 @@ const MAX_GROUP: usize = 4096;
 
 /// A registry change waiting for the committer.
 enum Change {
-    /// Boxed: a registration is ten times the size of a deregistration.
-    Register(Box<(PeerRecord, PeerSpec)>),
+    Register {
+        /// Boxed: a registration is ten times the size of a deregistration.
+        registration: Box<(PeerRecord, PeerSpec)>,
+        /// Made over gRPC, and so bound by the heartbeat budget.
+        from_network: bool,
+    },
     Deregister {
         peer_id: String,
     },
@@ -77,12 +87,35 @@ pub enum NodeError {
     /// The node is shutting down.
     #[error("node is shutting down")]
     ShuttingDown,
+    /// As many reads that grow with the registry (pages, snapshots) run as
+    /// the node serves at once; try again shortly.
+    #[error("{limit} peer lists and snapshots are being served, the most this node serves at once; try again shortly")]
+    Busy {
+        /// The node's limit.
+        limit: usize,
+    },
     /// The registry holds as many peers as the node allows; deregister some,
     /// or raise the limit ([`crate::HeartbeatServerBuilder::max_peers`]).
     #[error("the registry is full: {limit} peers registered, the most this node accepts")]
     RegistryFull {
         /// The node's limit.
         limit: usize,
+    },
+    /// A registration over gRPC would make the node's peers ask for more
+    /// heartbeats per second than its budget allows; nothing was changed.
+    /// Deregister peers, give them longer periods, or raise the budget
+    /// ([`crate::HeartbeatServerBuilder::network_heartbeat_budget`]).
+    #[error(
+        "the heartbeat budget is spent: this node's peers ask for {demand} heartbeats/s, \
+         and {after}/s with this registration, past the node's budget of {budget}/s"
+    )]
+    OverHeartbeatBudget {
+        /// The node's budget.
+        budget: HeartbeatRate,
+        /// What the registered peers ask for, without this registration.
+        demand: HeartbeatRate,
+        /// What they would ask for with it.
+        after: HeartbeatRate,
     },
 }
 
@@ -94,6 +127,9 @@ pub(crate) struct Limits {
     pub(crate) max_peers: usize,
     /// The shortest heartbeat period a registration over gRPC may ask for.
     pub(crate) min_network_freq: Duration,
+    /// The heartbeats per second all peers together may ask for before a
+    /// registration over gRPC that asks for more is refused.
+    pub(crate) heartbeat_budget: HeartbeatRate,
     /// The rule for registrations that name none.
     pub(crate) default_detector: DefaultDetector,
     /// The hysteresis for registrations that name none.
@@ -134,7 +170,16 @@ pub(crate) struct Node {
     commits: std::sync::Mutex<CommitQueue>,
     topics: Arc<crate::topic::Topics>,
     quarantine: Quarantine,
+    /// The statuses the running driver publishes, for every reader.
+    view: Arc<crate::node::view::PeerView>,
+    /// Reads whose cost grows with the registry (pages, snapshots, the
+    /// HTTP API's list) running at once: past it, callers are told to come
+    /// back instead of queueing work.
+    heavy_reads: Arc<tokio::sync::Semaphore>,
 }
+
+/// Heavy reads (see [`Node::heavy_read`]) a node serves at once.
+pub(crate) const MAX_HEAVY_READS: usize = 32;
 
 /// What a node is made of, as the server's builder assembles it.
 pub(crate) struct NodeParts {
@@ -177,7 +222,26 @@ impl Node {
             commits: std::sync::Mutex::default(),
             topics: Arc::default(),
             quarantine: Quarantine::new(quarantined),
+            view: Arc::default(),
+            heavy_reads: Arc::new(tokio::sync::Semaphore::new(MAX_HEAVY_READS)),
         })
+    }
+
+    /// The view the running driver publishes the statuses in.
+    pub(crate) fn view(&self) -> &Arc<crate::node::view::PeerView> {
+        &self.view
+    }
+
+    /// A permit for one read whose cost grows with the registry (a page of
+    /// `ListPeers`, a `WatchPeers` snapshot, the HTTP API's list), or
+    /// [`NodeError::Busy`] when [`MAX_HEAVY_READS`] are running already.
+    pub(crate) fn heavy_read(&self) -> Result<tokio::sync::OwnedSemaphorePermit, NodeError> {
+        self.heavy_reads
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| NodeError::Busy {
+                limit: MAX_HEAVY_READS,
+            })
     }
 
     /// Runs `read` on the parked table; `None` while a driver owns it.
@@ -265,8 +329,11 @@ impl Node {
 
     /// Registers or updates a peer; returns once the registration is durable.
     /// A registration over the network (`from_network`) may not ask for a
-    /// period shorter than the node's minimum: a node must not be made to
-    /// send a third party a datagram every millisecond by whoever reaches it.
+    /// period shorter than the node's minimum, nor push what all peers ask
+    /// for past the node's heartbeat budget: whoever reaches the node must
+    /// not be able to make it flood a third party with datagrams. The
+    /// budget is checked by the committer, which alone sees every change
+    /// queued before this one.
     pub(crate) async fn register(
         self: &Arc<Self>,
         req: RegisterPeerRequest,
@@ -286,14 +353,19 @@ impl Node {
             .into());
         }
         let spec = PeerSpec::new(&req.peer_id, &req.peer_host, req.peer_port, detector)?;
+        let peer_id = spec.peer_id.to_string();
         let record = PeerRecord::from_spec(&spec, unix_micros(SystemTime::now()));
         let updated = self
-            .commit(Change::Register(Box::new((record, spec))))
+            .commit(Change::Register {
+                registration: Box::new((record, spec)),
+                from_network,
+            })
             .await?;
         Ok(RegisterPeerResponse {
             server_id: self.identity.clone(),
             server_epoch: self.epoch,
             updated,
+            peer_id,
         })
     }
 
@@ -302,11 +374,17 @@ impl Node {
         self: &Arc<Self>,
         req: DeregisterPeerRequest,
     ) -> Result<DeregisterPeerResponse, NodeError> {
-        heartbeater_core::config::validate_peer_id(&req.peer_id)?;
-        self.commit(Change::Deregister {
-            peer_id: req.peer_id,
-        })
-        .await?;
+        // A quarantined record is named as it was stored, which may be a
+        // spelling the current rules refuse or would change (`9a0e...`, an
+        // upper-case UUID): it is deleted by that name, so that it can go.
+        let peer_id = if heartbeater_core::identity::within_stored_bounds(&req.peer_id)
+            && self.quarantine.contains(&req.peer_id)
+        {
+            req.peer_id
+        } else {
+            heartbeater_core::config::validate_peer_id(&req.peer_id)?
+        };
+        self.commit(Change::Deregister { peer_id }).await?;
         Ok(DeregisterPeerResponse {
             server_id: self.identity.clone(),
             server_epoch: self.epoch,
@@ -354,19 +432,20 @@ impl Node {
         };
         // `ops[i]` is the change `waiting[i]` waits for. Deregistering an
         // unknown id fails alone, and so does registering a new peer into a
-        // full registry; whether an id is known, and how many are, takes the
-        // changes queued before it into account. Only the committer changes
-        // which peers are registered, so what the driver says here still
-        // holds when the group is applied.
+        // full registry, or past the heartbeat budget; whether an id is
+        // known, how many are and what they ask for take the changes queued
+        // before it into account. Only the committer changes which peers are
+        // registered, so what the driver says here still holds when the
+        // group is applied.
         let ids: Vec<String> = group
             .iter()
             .map(|p| match &p.change {
                 Change::Deregister { peer_id } => peer_id.clone(),
-                Change::Register(r) => r.0.peer_id.clone(),
+                Change::Register { registration, .. } => registration.0.peer_id.clone(),
             })
             .collect();
         let parked = self.with_parked(|table| crate::driver::known(table, &ids));
-        let (known_before, mut count) = match parked {
+        let known = match parked {
             Some(known) => known,
             None => match self.driver.known(ids.clone()).await {
                 Ok(known) => known,
@@ -378,26 +457,49 @@ impl Node {
                 }
             },
         };
-        let mut registered: HashMap<String, bool> = ids.into_iter().zip(known_before).collect();
+        let (mut count, mut demand) = (known.count, known.demand);
+        // Each id's period while registered, `None` once not: what a change
+        // gives back to the budget when it updates or deregisters a peer.
+        let mut registered: HashMap<String, Option<Duration>> =
+            ids.into_iter().zip(known.periods).collect();
         // Quarantined ids this group overwrites or deletes.
         let mut cleared: HashSet<String> = HashSet::new();
         let mut ops = Vec::with_capacity(group.len());
         let mut waiting = Vec::with_capacity(group.len());
         for Pending { change, reply } in group {
             match change {
-                Change::Register(registration) => {
+                Change::Register {
+                    registration,
+                    from_network,
+                } => {
                     let (record, spec) = *registration;
-                    let known = registered.get(&record.peer_id).copied().unwrap_or(false);
-                    if !known && count >= self.limits.max_peers {
+                    let before = registered.get(&record.peer_id).copied().flatten();
+                    if before.is_none() && count >= self.limits.max_peers {
                         let _ = reply.send(Err(NodeError::RegistryFull {
                             limit: self.limits.max_peers,
                         }));
                         continue;
                     }
-                    if !known {
+                    let period = spec.detector.heartbeat_freq;
+                    let freed = before.map_or(HeartbeatRate::ZERO, HeartbeatRate::of_period);
+                    let asked = HeartbeatRate::of_period(period);
+                    let after = demand.saturating_sub(freed).saturating_add(asked);
+                    // Only a change that asks for more can be refused: one
+                    // that slows a peer down helps a node over its budget
+                    // (restored peers, or in-process ones, may put it there).
+                    if from_network && asked > freed && after > self.limits.heartbeat_budget {
+                        let _ = reply.send(Err(NodeError::OverHeartbeatBudget {
+                            budget: self.limits.heartbeat_budget,
+                            demand,
+                            after,
+                        }));
+                        continue;
+                    }
+                    if before.is_none() {
                         count += 1;
                     }
-                    registered.insert(record.peer_id.clone(), true);
+                    demand = after;
+                    registered.insert(record.peer_id.clone(), Some(period));
                     cleared.insert(record.peer_id.clone());
                     ops.push(RegistryOp::Put(record));
                     waiting.push((Some(spec), reply));
@@ -405,16 +507,17 @@ impl Node {
                 Change::Deregister { peer_id } => {
                     // A quarantined record is on disk but not in the table:
                     // deregistering it is how an operator clears it.
-                    let in_table = registered.get(&peer_id).copied().unwrap_or(false);
-                    let on_disk_only = !in_table
+                    let period = registered.get(&peer_id).copied().flatten();
+                    let on_disk_only = period.is_none()
                         && !cleared.contains(&peer_id)
                         && self.quarantine.contains(&peer_id);
-                    if in_table || on_disk_only {
-                        if in_table {
+                    if period.is_some() || on_disk_only {
+                        if let Some(period) = period {
                             count = count.saturating_sub(1);
+                            demand = demand.saturating_sub(HeartbeatRate::of_period(period));
                         }
                         cleared.insert(peer_id.clone());
-                        registered.insert(peer_id.clone(), false);
+                        registered.insert(peer_id.clone(), None);
                         ops.push(RegistryOp::Delete(peer_id));
                         waiting.push((None, reply));
                     } else {
@@ -494,15 +597,13 @@ impl Node {
         self.quarantine.list()
     }
 
-    /// Every peer's status, ordered by id.
+    /// Every peer's status, ordered by id: from the parked table while no
+    /// driver runs, else from the view it publishes (never from the driver).
     pub(crate) async fn peers(&self) -> Result<Vec<PeerStatus>, NodeError> {
         if let Some(statuses) = self.with_parked(|t| t.statuses()) {
             return Ok(statuses);
         }
-        self.driver
-            .statuses()
-            .await
-            .map_err(|_| NodeError::ShuttingDown)
+        Ok(self.view.all())
     }
 
     /// Up to `limit` statuses after peer id `after`, ordered by id, and
@@ -515,10 +616,7 @@ impl Node {
         if let Some(page) = self.with_parked(|t| t.statuses_page(after.as_deref(), limit)) {
             return Ok(page);
         }
-        self.driver
-            .page(after, limit)
-            .await
-            .map_err(|_| NodeError::ShuttingDown)
+        Ok(self.view.page(after.as_deref(), limit))
     }
 
     /// How many peers are in each state.
@@ -526,10 +624,7 @@ impl Node {
         if let Some(counts) = self.with_parked(|t| t.state_counts()) {
             return Ok(counts);
         }
-        self.driver
-            .counts()
-            .await
-            .map_err(|_| NodeError::ShuttingDown)
+        Ok(self.view.counts())
     }
 
     /// Events from now on.
@@ -554,7 +649,7 @@ fn detector_of(
     req: &RegisterPeerRequest,
     limits: &Limits,
 ) -> Result<DetectorConfig, ValidationError> {
-    use crate::proto::Detector;
+    use crate::grpc::proto::Detector;
     let base = DetectorConfig::from_millis(
         req.heartbeat_freq_millis,
         req.timeout_millis,
@@ -645,5 +740,18 @@ pub(crate) fn spec_of_record(r: &PeerRecord) -> Result<PeerSpec, ValidationError
     let detector = DetectorConfig::new(r.heartbeat_freq, Some(r.timeout), Some(r.max_missed))?
         .with_kind(r.kind)
         .with_rise(r.rise)?;
-    PeerSpec::new(&r.peer_id, &r.host, u32::from(r.port), detector)
+    let spec = PeerSpec::new(&r.peer_id, &r.host, u32::from(r.port), detector)?;
+    if *spec.peer_id != *r.peer_id {
+        // Stored before ids were canonicalised. Monitored under the
+        // canonical id, it could not be deregistered by either spelling:
+        // the table would hold one and the disk the other.
+        return Err(ValidationError::new(
+            "peer_id",
+            format!(
+                "{:?} was stored before UUIDs were written in lower case; deregister it and register {:?}",
+                r.peer_id, spec.peer_id
+            ),
+        ));
+    }
+    Ok(spec)
 }

@@ -12,7 +12,7 @@ use heartbeater_core::datagram::{Datagram, NoAnswer};
 use heartbeater_core::Keyring;
 use tokio::net::UdpSocket;
 
-use crate::counters::Counters;
+use crate::node::counters::Counters;
 
 /// Answers pings as one node.
 pub(crate) struct Responder {

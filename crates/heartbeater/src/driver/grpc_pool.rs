@@ -13,9 +13,9 @@ use std::time::Duration;
 use heartbeater_core::ProbeId;
 use tonic::transport::Channel;
 
-use crate::outbound::Outbound;
-use crate::proto::heartbeat_service_client::HeartbeatServiceClient;
-use crate::proto::HeartbeatMessage;
+use crate::driver::outbound::Outbound;
+use crate::grpc::proto::heartbeat_service_client::HeartbeatServiceClient;
+use crate::grpc::proto::HeartbeatMessage;
 
 /// What became of one heartbeat sent over gRPC: the responder's identity and
 /// epoch, or nothing (an error status, a broken connection, the timeout).
@@ -23,6 +23,12 @@ pub(crate) struct GrpcOutcome {
     pub(crate) id: ProbeId,
     pub(crate) reply: Option<(String, u64)>,
 }
+
+/// The largest heartbeat reply read: an identity of the longest valid
+/// form and an epoch take a few hundred bytes, and a "peer" answering with
+/// megabytes must not make the node decode them (tonic's default is 4 MiB
+/// per reply). A longer reply fails the call, as a miss.
+const MAX_HEARTBEAT_REPLY: usize = 4096;
 
 /// A heartbeat call in flight.
 pub(crate) type GrpcCall = Pin<Box<dyn Future<Output = GrpcOutcome> + Send>>;
@@ -71,7 +77,8 @@ impl GrpcPool {
                 return None;
             }
         };
-        let client = HeartbeatServiceClient::new(endpoint.connect_lazy());
+        let client = HeartbeatServiceClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(MAX_HEARTBEAT_REPLY);
         self.clients.insert((host.to_owned(), port), client.clone());
         Some(client)
     }

@@ -99,19 +99,20 @@ impl LatenessSnapshot {
     /// exporter. A fine bucket counts under the first bound at or above its
     /// own upper bound, so a count is never reported below its value; it may
     /// be reported up to one fine bucket (25%) above it.
-    pub fn histogram(&self, bounds: &[f64]) -> crate::metrics::HistogramSnapshot {
+    pub fn histogram(&self, bounds: &[f64]) -> crate::node::metrics::HistogramSnapshot {
         let mut buckets: Vec<(f64, u64)> = bounds.iter().map(|&b| (b, 0)).collect();
         for (i, &n) in self.counts.iter().enumerate() {
-            let upper = upper_micros(i) as f64 * 1e-6;
+            let upper = upper_micros(i) as f64 / 1e6;
             let first = bounds.partition_point(|&b| b < upper);
             for bucket in buckets.iter_mut().skip(first) {
                 bucket.1 = bucket.1.saturating_add(n);
             }
         }
-        crate::metrics::HistogramSnapshot {
+        crate::node::metrics::HistogramSnapshot {
             buckets,
             count: self.count(),
-            sum: self.sum_micros as f64 * 1e-6,
+            // Divided, not multiplied by 1e-6: see `metrics::Histogram`.
+            sum: self.sum_micros as f64 / 1e6,
         }
     }
 

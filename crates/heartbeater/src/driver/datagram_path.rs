@@ -81,14 +81,41 @@ pub(crate) struct Sent {
     pub(crate) datagram: Option<bool>,
     /// It must (also) go over gRPC.
     pub(crate) grpc: bool,
+    /// Its peer's name is still being looked up: if gRPC cannot carry it,
+    /// it went nowhere for this node's own reasons.
+    pub(crate) resolving: bool,
+}
+
+/// Whether a send failed for this node's own reasons (its socket's buffer
+/// is full), not the network's.
+fn local_backlog(e: &std::io::Error) -> bool {
+    // ENOBUFS: the kernel's queue for the interface is full.
+    e.kind() == std::io::ErrorKind::WouldBlock || e.raw_os_error() == Some(105)
 }
 
 impl Sent {
+    /// Not sent at all, because this node's own send buffer is full: the
+    /// heartbeat is voided, not carried elsewhere.
+    pub(crate) const BACKLOG: Sent = Sent {
+        datagram: None,
+        grpc: false,
+        resolving: false,
+    };
+
+    /// Not as a datagram: the peer's name is being looked up. gRPC carries
+    /// it where it may; elsewhere it is voided, not a miss.
+    pub(crate) const RESOLVING: Sent = Sent {
+        datagram: None,
+        grpc: true,
+        resolving: true,
+    };
+
     /// Not as a datagram (no address yet, none usable, or the send failed):
     /// gRPC carries it.
     pub(crate) const GRPC_ONLY: Sent = Sent {
         datagram: None,
         grpc: true,
+        resolving: false,
     };
 }
 
@@ -203,9 +230,10 @@ impl DatagramPath {
             Target::Unresolved => {
                 entry.target = Target::Resolving;
                 resolving.push(resolve(key, spec.host.clone(), spec.port, local_v6));
-                return Sent::GRPC_ONLY;
+                return Sent::RESOLVING;
             }
-            Target::Resolving | Target::Unusable => return Sent::GRPC_ONLY,
+            Target::Resolving => return Sent::RESOLVING,
+            Target::Unusable => return Sent::GRPC_ONLY,
         };
         let path = entry.path;
         let authenticated = self.keyring.is_some();
@@ -221,22 +249,32 @@ impl DatagramPath {
             &mut self.out,
         );
         if let Err(e) = self.socket.try_send_to(&self.out, addr) {
-            // A full buffer, no route: gRPC carries this one.
             tracing::trace!(error = %e, %addr, "heartbeat datagram not sent");
-            return Sent::GRPC_ONLY;
+            // A full send buffer is this node's own backlog: the heartbeat
+            // is voided, and the peer is not moved to the dearer path,
+            // which would only deepen the backlog. No route, a refused
+            // send: gRPC carries this one.
+            return if local_backlog(&e) {
+                Sent::BACKLOG
+            } else {
+                Sent::GRPC_ONLY
+            };
         }
         match path {
             Path::Probing => Sent {
                 datagram: Some(true),
                 grpc: false,
+                resolving: false,
             },
             Path::Udp => Sent {
                 datagram: Some(false),
                 grpc: false,
+                resolving: false,
             },
             Path::Both => Sent {
                 datagram: Some(false),
                 grpc: grpc_allowed,
+                resolving: false,
             },
         }
     }
@@ -265,16 +303,16 @@ impl DatagramPath {
     pub(crate) fn on_pong(
         &mut self,
         pong: &Datagram<'_>,
-        now: std::time::Instant,
+        arrival: heartbeater_core::Arrival,
         table: &mut heartbeater_core::PeerTable,
     ) -> (PongOutcome, Option<PeerKey>) {
         let Some(id) = self.sealer.open(&pong.token) else {
             return (PongOutcome::Forged, None);
         };
-        let verdict = table.on_reply(
+        let verdict = table.on_reply_in(
             id,
             Route::Datagram,
-            now,
+            arrival,
             heartbeater_core::Reply {
                 responder_id: pong.identity,
                 responder_epoch: pong.epoch,

@@ -31,26 +31,28 @@ pub const GROUP_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0,
 #[derive(Debug)]
 pub(crate) struct Histogram {
     bounds: &'static [f64],
-    /// Unit of a recorded integer, in the bounds' unit (1e-6 for seconds
-    /// recorded in microseconds).
-    scale: f64,
+    /// Recorded integers per unit of the bounds (1e6 for seconds recorded
+    /// in microseconds). A divisor, not a factor: `2994 / 1e6` is the
+    /// nearest double to 0.002994, where `2994 * 1e-6` is not, and
+    /// exporters then print `0.0029939999999999997`.
+    units_per: f64,
     /// Per bucket, not cumulative; one more than `bounds` for +Inf.
     counts: Box<[AtomicU64]>,
     sum: AtomicU64,
 }
 
 impl Histogram {
-    fn new(bounds: &'static [f64], scale: f64) -> Self {
+    fn new(bounds: &'static [f64], units_per: f64) -> Self {
         Self {
             bounds,
-            scale,
+            units_per,
             counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
             sum: AtomicU64::new(0),
         }
     }
 
     fn record_units(&self, units: u64) {
-        let value = units as f64 * self.scale;
+        let value = units as f64 / self.units_per;
         let i = self.bounds.partition_point(|&b| b < value);
         // `i` is at most `bounds.len()`, the +Inf bucket.
         if let Some(c) = self.counts.get(i) {
@@ -78,7 +80,7 @@ impl Histogram {
         HistogramSnapshot {
             buckets,
             count: cumulative.saturating_add(inf),
-            sum: self.sum.load(Ordering::Relaxed) as f64 * self.scale,
+            sum: self.sum.load(Ordering::Relaxed) as f64 / self.units_per,
         }
     }
 }
@@ -174,9 +176,9 @@ impl Default for Metrics {
         Self {
             datagram: PathAtomics::default(),
             grpc: PathAtomics::default(),
-            rtt: Histogram::new(RTT_BUCKETS, 1e-6),
+            rtt: Histogram::new(RTT_BUCKETS, 1e6),
             transitions: Default::default(),
-            write: Histogram::new(WRITE_BUCKETS, 1e-6),
+            write: Histogram::new(WRITE_BUCKETS, 1e6),
             group: Histogram::new(GROUP_BUCKETS, 1.0),
         }
     }
@@ -253,7 +255,7 @@ mod tests {
 
     #[test]
     fn buckets_are_cumulative_and_bounds_inclusive() {
-        let h = Histogram::new(RTT_BUCKETS, 1e-6);
+        let h = Histogram::new(RTT_BUCKETS, 1e6);
         h.record_duration(Duration::from_micros(100)); // exactly 0.0001
         h.record_duration(Duration::from_micros(101));
         h.record_duration(Duration::from_secs(3)); // past every bound
@@ -262,7 +264,7 @@ mod tests {
         assert_eq!(s.buckets[1], (0.00025, 2));
         assert_eq!(s.buckets.last().map(|b| b.1), Some(2));
         assert_eq!(s.count, 3);
-        assert!((s.sum - 3.000201).abs() < 1e-9, "{}", s.sum);
+        assert_eq!(s.sum, 3.000201, "the nearest double, printed as such");
     }
 
     #[test]

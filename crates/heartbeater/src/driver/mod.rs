@@ -3,20 +3,42 @@
 //! Who owns what: while the node runs, this task alone owns the
 //! [`PeerTable`], the datagram path (socket reads, each peer's path, the
 //! probe-token secret, the cluster keyring) and the gRPC channel pool, and
-//! nothing else holds a lock on any of them. Registrations, listings, counts
-//! and keyring changes reach it only as [`Command`]s over a bounded channel,
-//! each answered on a oneshot, while events and learned epochs leave it
-//! through the [`EventFanout`]. Before `start` and after `stop` the table sits
+//! nothing else holds a lock on any of them. Registrations and keyring
+//! changes reach it only as [`Command`]s over a bounded channel, each
+//! answered on a oneshot, while events and learned epochs leave it through
+//! the [`EventFanout`]. Readers never reach it: at every wake-up it hands
+//! the statuses that changed to a published view ([`crate::node::view`]),
+//! which serves listings, snapshots and counts. Before `start` and after `stop` the table sits
 //! parked in the node ([`crate::node`]), which hands it to the driver at start
 //! and takes it back from the driver's return value at stop.
 //!
 //! Its loop is fair: at every wake-up it sends the heartbeats that are due
-//! first, then reads a bounded batch of replies (as many as it just sent,
-//! plus [`RECEIVE_BATCH`]), then applies the timeouts, then takes at most
-//! [`COMMAND_BATCH`] commands. So no inbound load, however heavy, holds back
-//! a heartbeat or a timeout by more than one batch, no overloaded schedule
-//! keeps replies waiting in the socket until they are late, and a reply
-//! already received is never counted as a miss.
+//! in chunks of [`SEND_CHUNK`], each followed by reading as many replies as
+//! it sent plus [`RECEIVE_BATCH`], for at most [`SEND_BATCH`] heartbeats
+//! and [`SEND_TIME`]; then it settles at most [`EXPIRE_BATCH`] timeouts,
+//! takes at most [`COMMAND_BATCH`] commands, applies at most
+//! [`APPLY_BATCH`] registry changes and publishes at most [`VIEW_BUDGET`]
+//! changed statuses. Its own work per wake-up has a bound, so a late
+//! wake-up (what the pause guard judges) comes from the machine, never from
+//! what its callers asked, and no inbound load, however heavy, holds back a
+//! heartbeat or a timeout by more than one batch.
+//!
+//! Its overload is its own trouble, never a peer's (docs/DETECTION.md,
+//! "When the monitor is overloaded"): a reply is judged from when the
+//! driver last found its socket empty ([`Looked`]), a timeout is settled
+//! only up to there (at most [`MAX_DEFER`] back), a silence whose reply the
+//! socket may have dropped is voided ([`receiver::Losses`]), and a
+//! heartbeat the driver cannot carry (a full send buffer, [`GRPC_IN_FLIGHT`]
+//! calls already out) is voided rather than moved to the dearer path.
+
+pub(crate) mod datagram_path;
+pub(crate) mod fanout;
+pub(crate) mod grpc_pool;
+pub(crate) mod lateness;
+pub(crate) mod outbound;
+pub(crate) mod receiver;
+pub(crate) mod responder;
+pub mod udp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,25 +48,53 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use heartbeater_core::datagram::{Datagram, DecodeError, Kind, MAX_DATAGRAM};
 use heartbeater_core::{
-    Expired, Keyring, Path, PauseGuard, PauseThreshold, PeerSpec, PeerStatus, PeerTable, Probe,
-    ProbeId, ProbeSealer, Reply, ReplyVerdict, StateCounts, Upsert,
+    Arrival, Expired, HeartbeatRate, Keyring, Path, PauseGuard, PauseThreshold, PeerSpec,
+    PeerTable, Probe, ProbeId, ProbeSealer, Reply, ReplyVerdict, StatusChange, Upsert,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::counters::Counters;
-use crate::datagram_path::{DatagramPath, PongOutcome, Resolving};
-use crate::event::PeerEvent;
-use crate::fanout::{EventFanout, LearnedEpochs};
-use crate::grpc_pool::{GrpcCall, GrpcPool};
-use crate::lateness::LatenessHistogram;
+use crate::driver::datagram_path::{DatagramPath, PongOutcome, Resolving};
+use crate::driver::fanout::{EventFanout, LearnedEpochs};
+use crate::driver::grpc_pool::{GrpcCall, GrpcPool};
+use crate::driver::lateness::LatenessHistogram;
+use crate::driver::responder::Responder;
 use crate::log_limit::LogLimiter;
-use crate::responder::Responder;
+use crate::node::counters::Counters;
+use crate::node::event::PeerEvent;
+use crate::node::view::PeerView;
 
 /// Datagrams read per wake-up before the timers are looked at again.
 pub(crate) const RECEIVE_BATCH: usize = 64;
 /// Commands taken per wake-up.
 pub(crate) const COMMAND_BATCH: usize = 64;
+/// Registry changes applied per wake-up: a group commit of thousands of
+/// registrations goes into the table over several wake-ups, with heartbeats
+/// and replies handled in between.
+pub(crate) const APPLY_BATCH: usize = 256;
+/// Heartbeats sent per wake-up: what falls due at once beyond it (thousands
+/// of peers registered together) goes out over the next wake-ups, which
+/// follow at once, instead of holding one wake-up for the whole burst.
+pub(crate) const SEND_BATCH: usize = 1024;
+/// Heartbeats sent before the replies are read again, within a wake-up.
+pub(crate) const SEND_CHUNK: usize = 64;
+/// How long a wake-up may go on sending chunks: far below the shortest
+/// pause threshold ([`heartbeater_core::pause::MIN_PAUSE_THRESHOLD`]), so
+/// that the driver's own work never reads as a pause.
+pub(crate) const SEND_TIME: Duration = Duration::from_millis(2);
+/// Timeouts settled per wake-up.
+pub(crate) const EXPIRE_BATCH: usize = 1024;
+/// gRPC heartbeats in flight at once. Past it, a heartbeat that only gRPC
+/// could carry is voided: the fallback path costs far more than a datagram,
+/// and an overloaded node that moved ever more peers onto it would only
+/// fall further behind (a metastable collapse) and convict peers on
+/// heartbeats it could not carry.
+pub(crate) const GRPC_IN_FLIGHT: usize = 512;
+/// Changed statuses handed to the readers' view per wake-up: enough for
+/// every heartbeat a wake-up sends and reads, small enough that a change
+/// of every peer at once (a restart's restore, a pause) is spread over
+/// wake-ups instead of stalling one.
+pub(crate) const VIEW_BUDGET: usize = 4096;
 /// Commands waiting for the driver before senders wait too.
 const COMMAND_QUEUE: usize = 256;
 
@@ -62,19 +112,11 @@ pub(crate) enum Command {
         ops: Vec<TableOp>,
         reply: oneshot::Sender<Vec<bool>>,
     },
-    /// Whether each id is registered, and how many peers are.
+    /// What the table holds of each id, and in all.
     Known {
         ids: Vec<String>,
-        reply: oneshot::Sender<(Vec<bool>, usize)>,
+        reply: oneshot::Sender<Known>,
     },
-    Statuses(oneshot::Sender<Vec<PeerStatus>>),
-    /// One page of statuses after an id, and whether more follow.
-    Page {
-        after: Option<String>,
-        limit: usize,
-        reply: oneshot::Sender<(Vec<PeerStatus>, bool)>,
-    },
-    Counts(oneshot::Sender<StateCounts>),
     SetKeyring {
         keyring: Option<Keyring>,
         reply: oneshot::Sender<()>,
@@ -120,29 +162,8 @@ impl DriverHandle {
         self.request(|reply| Command::Apply { ops, reply }).await
     }
 
-    pub(crate) async fn known(&self, ids: Vec<String>) -> Result<(Vec<bool>, usize), Stopped> {
+    pub(crate) async fn known(&self, ids: Vec<String>) -> Result<Known, Stopped> {
         self.request(|reply| Command::Known { ids, reply }).await
-    }
-
-    pub(crate) async fn statuses(&self) -> Result<Vec<PeerStatus>, Stopped> {
-        self.request(Command::Statuses).await
-    }
-
-    pub(crate) async fn page(
-        &self,
-        after: Option<String>,
-        limit: usize,
-    ) -> Result<(Vec<PeerStatus>, bool), Stopped> {
-        self.request(|reply| Command::Page {
-            after,
-            limit,
-            reply,
-        })
-        .await
-    }
-
-    pub(crate) async fn counts(&self) -> Result<StateCounts, Stopped> {
-        self.request(Command::Counts).await
     }
 
     pub(crate) async fn set_keyring(&self, keyring: Option<Keyring>) -> Result<(), Stopped> {
@@ -161,9 +182,12 @@ pub(crate) struct DriverConfig {
     pub(crate) token_secret: [u8; 32],
     pub(crate) keyring: Option<Keyring>,
     /// TLS and token for heartbeats over gRPC.
-    pub(crate) outbound: crate::outbound::Outbound,
+    pub(crate) outbound: crate::driver::outbound::Outbound,
     /// The local-pause guard's threshold.
     pub(crate) pause: PauseThreshold,
+    /// Where the statuses are published for readers; filled from the
+    /// table before the driver starts.
+    pub(crate) view: Arc<PeerView>,
 }
 
 /// A driver not yet running: the receiving end of the commands, and the
@@ -242,7 +266,17 @@ impl Driver {
             rejected_log: LogLimiter::default(),
             guard: PauseGuard::new(config.pause),
             pause_log: LogLimiter::default(),
+            view: config.view,
+            changes: Vec::new(),
+            applying: std::collections::VecDeque::new(),
+            looked: Looked::new(now()),
+            receiver: None,
+            losses: crate::driver::receiver::Losses::default(),
         };
+        state.receiver = state
+            .path
+            .as_ref()
+            .map(|p| crate::driver::receiver::Receiver::new(&p.socket));
         // One timer, re-armed only when the earliest deadline moves: a pong
         // must not cost a timer registration. A timer that fired must be
         // re-armed before it is polled again (an elapsed sleep stays ready,
@@ -301,39 +335,55 @@ impl Driver {
                     }
                 }
                 Ok(()) = readable => {}
+                // Registry changes still to apply: no sleeping meanwhile.
+                () = std::future::ready(()), if !state.applying.is_empty() => {}
             }
             // Then, whatever woke it, every wake-up does a bounded share of
             // each kind of work, timers first: a flood of datagrams cannot
             // hold back a heartbeat or a timeout, and timers that are always
             // due (more heartbeats than the machine can send) cannot hold
             // back the replies or the node's requests.
-            let t = now();
             // Before anything is judged: if the driver itself was not
             // running, nothing in flight across that gap may count.
-            state.check_pause(t);
-            let due = state.table.next_deadline().is_some_and(|d| d <= t);
-            let sent = if due { state.send_due(t) } else { 0 };
-            // As many replies as heartbeats just went out, and a batch more:
-            // an overloaded schedule still reads the replies to what it
-            // sends, and a flood gets one batch per wake-up. Read before the
-            // timeouts are applied: a reply already waiting is not a miss.
-            let batch = RECEIVE_BATCH.saturating_add(sent);
-            for _ in 0..batch {
-                match state.calls.next().now_or_never() {
-                    Some(Some(outcome)) => state.on_call(outcome),
-                    _ => break,
+            state.check_pause(now());
+            // Heartbeats go out in chunks, each followed by reading as many
+            // replies as it sent and a batch more: replies are read while
+            // they are fresh and never pile up past the socket's buffer, an
+            // overloaded schedule still reads the replies to what it sends,
+            // and a flood gets one batch per chunk. Read before the timeouts
+            // are applied: a reply already waiting is not a miss.
+            let mut sent_total = 0;
+            let started = now();
+            loop {
+                let t = now();
+                let due = state.table.next_deadline().is_some_and(|d| d <= t);
+                let chunk = SEND_CHUNK.min(SEND_BATCH - sent_total);
+                let sent = if due && chunk > 0 {
+                    state.send_due(t, chunk)
+                } else {
+                    0
+                };
+                sent_total += sent;
+                let batch = RECEIVE_BATCH.saturating_add(sent);
+                state.collect_calls(batch);
+                state.receive(batch);
+                // Bounded in time as well as in count: a wake-up that ran
+                // long on its own work would look like a pause to the guard.
+                if sent < SEND_CHUNK || now().saturating_duration_since(started) >= SEND_TIME {
+                    break;
                 }
             }
-            state.receive(now(), batch);
-            if due {
-                state.expire(now());
-            }
+            state.expire();
             for _ in 1..COMMAND_BATCH {
                 match commands.try_recv() {
                     Ok(command) => state.on_command(command),
                     Err(_) => break,
                 }
             }
+            state.continue_apply();
+            // The view before the events: whoever hears of a transition
+            // finds it in the statuses.
+            state.publish_view();
             state.fanout.publish(&mut state.table, &state.counters.work);
             state.counters.awareness.store(
                 u64::from(state.table.awareness_score()),
@@ -357,14 +407,44 @@ pub(crate) fn apply(table: &mut PeerTable, ops: Vec<TableOp>, t: Instant) -> Vec
         .collect()
 }
 
-/// Whether each of `ids` is registered in `table`, and how many peers are.
-pub(crate) fn known(table: &PeerTable, ids: &[String]) -> (Vec<bool>, usize) {
-    let flags = ids.iter().map(|id| table.key_of(id).is_some()).collect();
-    (flags, table.len())
+/// What a table holds of some ids, and in all: what the committer checks a
+/// group of registry changes against.
+pub(crate) struct Known {
+    /// Per id asked about, its heartbeat period if it is registered.
+    pub(crate) periods: Vec<Option<Duration>>,
+    /// How many peers are registered.
+    pub(crate) count: usize,
+    /// The heartbeats per second all of them ask for.
+    pub(crate) demand: HeartbeatRate,
+}
+
+/// What `table` holds of each of `ids`, and in all.
+pub(crate) fn known(table: &PeerTable, ids: &[String]) -> Known {
+    let periods = ids
+        .iter()
+        .map(|id| {
+            table
+                .key_of(id)
+                .and_then(|key| table.spec(key))
+                .map(|spec| spec.detector.heartbeat_freq)
+        })
+        .collect();
+    Known {
+        periods,
+        count: table.len(),
+        demand: table.heartbeat_demand(),
+    }
 }
 
 pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
+}
+
+/// An `Apply` command on its way into the table.
+struct Applying {
+    ops: std::vec::IntoIter<TableOp>,
+    results: Vec<bool>,
+    reply: oneshot::Sender<Vec<bool>>,
 }
 
 /// The driver's running state; one owner, no locks.
@@ -385,33 +465,123 @@ struct Loop {
     rejected_log: LogLimiter,
     guard: PauseGuard,
     pause_log: LogLimiter,
+    /// Where readers find the statuses.
+    view: Arc<PeerView>,
+    /// Registry changes being applied, a bounded share per wake-up.
+    applying: std::collections::VecDeque<Applying>,
+    /// Status changes on their way to `view`; empty between wake-ups.
+    changes: Vec<StatusChange>,
+    /// Up to when every reply has been read, per path.
+    looked: Looked,
+    /// Reads the datagram socket, noticing what it dropped.
+    receiver: Option<crate::driver::receiver::Receiver>,
+    /// When the socket dropped replies.
+    losses: crate::driver::receiver::Losses,
+}
+
+/// The last time the driver found no reply waiting, per path: a reply it
+/// reads later came after it, and a timeout up to it was looked at. While
+/// the driver falls behind its replies, these stay put, so neither its own
+/// lag nor replies it had no time to read count against a peer.
+struct Looked {
+    datagram: Instant,
+    grpc: Instant,
+    /// `datagram` as it was when the latest datagram was read: that
+    /// datagram was queued after it.
+    before_last_read: Instant,
+}
+
+impl Looked {
+    fn new(t: Instant) -> Self {
+        Self {
+            datagram: t,
+            grpc: t,
+            before_last_read: t,
+        }
+    }
+
+    /// Up to when a timeout may be settled at `t`: where every reply, on
+    /// any path, has been read, and never further back than [`MAX_DEFER`].
+    fn settled_by(&self, t: Instant) -> Instant {
+        bounded(self.datagram.min(self.grpc), t)
+    }
+}
+
+/// How far behind `t` the driver's judgement may stay while its socket
+/// never runs dry. Its own overload drains the socket within a wake-up or
+/// two; a socket that stays full for longer is being flooded, and a flood
+/// must not hold back the conviction of a peer that died meanwhile by more
+/// than this.
+const MAX_DEFER: Duration = Duration::from_millis(100);
+
+/// `looked`, but not further back than [`MAX_DEFER`] before `t`.
+fn bounded(looked: Instant, t: Instant) -> Instant {
+    looked.max(t.checked_sub(MAX_DEFER).unwrap_or(looked))
 }
 
 impl Loop {
+    /// Applies up to [`APPLY_BATCH`] queued registry changes; answers each
+    /// `Apply` once all of its changes are in the table and in the view
+    /// (readers see a change before its caller hears it is done).
+    fn continue_apply(&mut self) {
+        let mut budget = APPLY_BATCH;
+        while budget > 0 {
+            let Some(applying) = self.applying.front_mut() else {
+                return;
+            };
+            let t = now();
+            for op in applying.ops.by_ref().take(budget) {
+                budget -= 1;
+                let id: Arc<str> = match &op {
+                    TableOp::Upsert(spec) => spec.peer_id.clone(),
+                    TableOp::Remove(id) => Arc::from(id.as_str()),
+                };
+                let existed = match op {
+                    TableOp::Upsert(spec) => {
+                        !matches!(self.table.upsert(spec, t), Upsert::Inserted(_))
+                    }
+                    TableOp::Remove(id) => self.table.remove(&id),
+                };
+                applying.results.push(existed);
+                // Published at once as well as through the table's queue of
+                // changes: twice, to the same effect.
+                self.changes.push(match self.table.published(&id) {
+                    Some(status) => StatusChange::Upsert(status),
+                    None => StatusChange::Removed(id),
+                });
+            }
+            self.view.apply(&mut self.changes);
+            if applying.ops.len() > 0 {
+                return;
+            }
+            if let Some(done) = self.applying.pop_front() {
+                self.grpc
+                    .retain_used(self.table.len(), self.table.addresses());
+                let _ = done.reply.send(done.results);
+            }
+        }
+    }
+
+    /// Hands the statuses that changed to the readers' view, at most
+    /// [`VIEW_BUDGET`] of them: the rest go with the next wake-up.
+    fn publish_view(&mut self) {
+        self.table.take_changes(VIEW_BUDGET, &mut self.changes);
+        self.view.apply(&mut self.changes);
+    }
+
     fn on_command(&mut self, command: Command) {
         // A dropped reply receiver is a caller that gave up: nothing to do.
         match command {
             Command::Apply { ops, reply } => {
-                let results = apply(&mut self.table, ops, now());
-                self.grpc
-                    .retain_used(self.table.len(), self.table.addresses());
-                let _ = reply.send(results);
+                // Applied over the next wake-ups, a bounded share each.
+                self.applying.push_back(Applying {
+                    results: Vec::with_capacity(ops.len()),
+                    ops: ops.into_iter(),
+                    reply,
+                });
             }
             Command::Known { ids, reply } => {
                 let _ = reply.send(known(&self.table, &ids));
-            }
-            Command::Statuses(reply) => {
-                let _ = reply.send(self.table.statuses());
-            }
-            Command::Page {
-                after,
-                limit,
-                reply,
-            } => {
-                let _ = reply.send(self.table.statuses_page(after.as_deref(), limit));
-            }
-            Command::Counts(reply) => {
-                let _ = reply.send(self.table.state_counts());
             }
             Command::SetKeyring { keyring, reply } => {
                 match self.path.as_mut() {
@@ -426,16 +596,32 @@ impl Loop {
         }
     }
 
-    /// Expires what timed out, then sends what is due.
+    /// Takes up to `limit` finished gRPC heartbeats; if none is left
+    /// waiting, every gRPC reply so far has been read.
+    fn collect_calls(&mut self, limit: usize) {
+        for _ in 0..limit {
+            match self.calls.next().now_or_never() {
+                Some(Some(outcome)) => self.on_call(outcome),
+                _ => {
+                    self.looked.grpc = now();
+                    return;
+                }
+            }
+        }
+    }
+
     /// Applies the outcome of a heartbeat sent over gRPC.
-    fn on_call(&mut self, outcome: crate::grpc_pool::GrpcOutcome) {
+    fn on_call(&mut self, outcome: crate::driver::grpc_pool::GrpcOutcome) {
         let t = now();
         match outcome.reply {
             Some((id, epoch)) => {
-                let verdict = self.table.on_reply(
+                let verdict = self.table.on_reply_in(
                     outcome.id,
                     Path::Grpc,
-                    t,
+                    Arrival {
+                        after: bounded(self.looked.grpc, t),
+                        read: t,
+                    },
                     Reply {
                         responder_id: &id,
                         responder_epoch: epoch,
@@ -447,9 +633,29 @@ impl Loop {
         }
     }
 
-    /// Settles the heartbeats whose timeout passed by `t` as unanswered.
-    fn expire(&mut self, t: Instant) {
-        self.table.poll_expired(t, &mut self.expired);
+    /// Settles as unanswered up to [`EXPIRE_BATCH`] heartbeats whose
+    /// timeout passed by the time every reply had been read; those whose
+    /// timeout came later wait until the driver has caught up with them.
+    fn expire(&mut self) {
+        let looked = self.looked.settled_by(now());
+        let losses = &self.losses;
+        let voided = self.table.poll_expired_doubting(
+            looked,
+            &mut self.expired,
+            EXPIRE_BATCH,
+            |sent, deadline| losses.excuse(sent, deadline),
+        );
+        if voided > 0 {
+            self.counters.overload_voided.fetch_add(
+                u64::try_from(voided).unwrap_or(u64::MAX),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        // Nothing in flight was sent longer ago than the longest timeout a
+        // registration may have (an hour is far past any).
+        if let Some(old) = looked.checked_sub(Duration::from_secs(3600)) {
+            self.losses.forget_before(old);
+        }
         for e in self.expired.drain(..) {
             for path in [Path::Datagram, Path::Grpc] {
                 if e.paths.contains(path) {
@@ -483,9 +689,9 @@ impl Loop {
         }
     }
 
-    /// Sends the heartbeats due by `t`; returns how many.
-    fn send_due(&mut self, t: Instant) -> usize {
-        self.table.poll_due(t, &mut self.due);
+    /// Sends up to `limit` heartbeats due by `t`; returns how many.
+    fn send_due(&mut self, t: Instant, limit: usize) -> usize {
+        self.table.poll_due_at_most(t, &mut self.due, limit);
         let mut due = std::mem::take(&mut self.due);
         let sent = due.len();
         for probe in due.drain(..) {
@@ -503,14 +709,25 @@ impl Loop {
         };
         let sent = match self.path.as_mut() {
             Some(p) => p.send(probe, spec, self.grpc_allowed, &mut self.resolving),
-            None => crate::datagram_path::Sent::GRPC_ONLY,
+            None => crate::driver::datagram_path::Sent::GRPC_ONLY,
         };
-        let call = if sent.grpc && self.grpc_allowed {
+        let over_budget = sent.grpc && self.grpc_allowed && self.calls.len() >= GRPC_IN_FLIGHT;
+        let call = if sent.grpc && self.grpc_allowed && !over_budget {
             self.grpc
                 .call(&spec.host, spec.port, probe.id, spec.detector.timeout)
         } else {
             None
         };
+        let nowhere = sent.datagram.is_none() && call.is_none();
+        if sent == crate::driver::datagram_path::Sent::BACKLOG
+            || (over_budget && sent.datagram.is_none())
+            || (sent.resolving && nowhere)
+        {
+            // Not carried for this node's own reasons: no outcome at all.
+            self.table.void(probe.id);
+            Counters::add(&self.counters.overload_voided);
+            return;
+        }
         if let Some(trial) = sent.datagram {
             self.table.mark_sent(probe.id, Path::Datagram, trial);
             self.counters.work.sent(Path::Datagram);
@@ -520,20 +737,45 @@ impl Loop {
             self.counters.work.sent(Path::Grpc);
             self.calls.push(call);
         }
-        // A heartbeat that left on no path at all stays in flight and is a
-        // miss at its timeout, like one that got no answer.
+        // A heartbeat that left on no path at all for the peer's reasons (no
+        // usable address) stays in flight and is a miss at its timeout, like
+        // one that got no answer.
     }
 
-    /// Reads up to `limit` datagrams: pings are answered, pongs judged.
-    fn receive(&mut self, t: Instant, limit: usize) {
-        let Some(path) = self.path.as_mut() else {
+    /// Reads up to `limit` datagrams: pings are answered, pongs judged. If
+    /// it finds none left waiting, every datagram so far has been read.
+    fn receive(&mut self, limit: usize) {
+        let (Some(path), Some(receiver)) = (self.path.as_mut(), self.receiver.as_mut()) else {
+            self.looked.datagram = now();
             return;
         };
         let socket = path.socket.clone();
+        let read = now();
+        let arrival = Arrival {
+            after: bounded(self.looked.datagram, read),
+            read,
+        };
         for _ in 0..limit {
-            let (n, from) = match socket.try_recv_from(&mut self.buf) {
-                Ok(x) => x,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            let (n, from) = match receiver.try_recv(&socket, &mut self.buf) {
+                Ok(r) => {
+                    if r.lost_before {
+                        // The count comes with the next datagram queued
+                        // after the drops: they happened after the one read
+                        // before it was queued, so after the socket was last
+                        // found empty before that read.
+                        self.losses.record(self.looked.before_last_read, now());
+                        self.counters.receive_drops.store(
+                            u64::from(receiver.drops()),
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                    }
+                    self.looked.before_last_read = self.looked.datagram;
+                    (r.len, r.from)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.looked.datagram = now();
+                    break;
+                }
                 Err(e) => {
                     // ICMP errors of earlier sends surface here on some
                     // systems; they say nothing about this socket.
@@ -566,7 +808,7 @@ impl Loop {
                     &self.counters,
                 ),
                 Kind::Pong => {
-                    let (outcome, left_both) = path.on_pong(&datagram, t, &mut self.table);
+                    let (outcome, left_both) = path.on_pong(&datagram, arrival, &mut self.table);
                     match outcome {
                         PongOutcome::Forged => Counters::add(&self.counters.forged_tokens),
                         PongOutcome::Judged(v, _) if !v.matched() => {

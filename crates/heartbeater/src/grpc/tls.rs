@@ -261,6 +261,11 @@ impl TlsClientConfig {
         })
     }
 
+    /// Whether it presents a client certificate.
+    pub(crate) fn has_identity(&self) -> bool {
+        self.identity.is_some()
+    }
+
     /// Presents this certificate chain and key (PEM) to nodes that ask for
     /// one (mutual TLS).
     pub fn with_identity_pem(mut self, cert_chain: &[u8], key: &[u8]) -> Result<Self, TlsError> {
@@ -343,5 +348,24 @@ impl TlsSlot {
 
     pub(crate) fn set(&self, config: Option<TlsServerConfig>) {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = config;
+    }
+}
+
+/// What a client presents when it connects.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Transport {
+    /// It speaks TLS.
+    pub(crate) tls: bool,
+    /// It presents a client certificate.
+    pub(crate) client_certificate: bool,
+}
+
+impl Transport {
+    /// How a client with `tls` (if any) connects.
+    pub(crate) fn of(tls: Option<&TlsClientConfig>) -> Self {
+        Transport {
+            tls: tls.is_some(),
+            client_certificate: tls.is_some_and(TlsClientConfig::has_identity),
+        }
     }
 }

@@ -6,12 +6,10 @@
 //! opens a connection and sends nothing holds one connection slot for a few
 //! seconds, never the accept loop.
 
-use std::collections::HashMap;
 use std::io;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,8 +19,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::grpc::tls::TlsSlot;
 use crate::log_limit::SharedLogLimiter;
-use crate::tls::TlsSlot;
 
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,46 +28,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// finished theirs are the cheapest thing for a flood to pile up, from any
 /// number of addresses, so they get a bound of their own.
 pub(crate) const MAX_HANDSHAKES: usize = 1024;
-
-/// Connections open per client address, shared by the accept loop and the
-/// connections themselves (each gives its slot back when it closes).
-#[derive(Default)]
-struct PerAddress {
-    open: Mutex<HashMap<IpAddr, usize>>,
-}
-
-impl PerAddress {
-    fn take(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<Slot> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let count = open.entry(ip).or_insert(0);
-        if *count >= limit {
-            return None;
-        }
-        *count += 1;
-        Some(Slot {
-            owner: self.clone(),
-            ip,
-        })
-    }
-}
-
-/// One client address's claim on a connection; released on drop.
-struct Slot {
-    owner: Arc<PerAddress>,
-    ip: IpAddr,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut open = self.owner.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = open.get_mut(&self.ip) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                open.remove(&self.ip);
-            }
-        }
-    }
-}
 
 enum Stream {
     Plain(TcpStream),
@@ -80,7 +38,7 @@ enum Stream {
 pub(crate) struct Conn {
     stream: Stream,
     info: TcpConnectInfo,
-    _slot: Slot,
+    _slot: crate::client_share::ClientClaim,
 }
 
 impl Connected for Conn {
@@ -165,6 +123,31 @@ pub(crate) struct ListenerCounters {
     pub(crate) over_limit: AtomicU64,
     /// TLS handshakes that failed or did not finish in time.
     pub(crate) handshakes_failed: AtomicU64,
+    /// Plain-text connections closed because their client sent no HTTP/2
+    /// preface in time (or too many were waiting for theirs).
+    pub(crate) silent: AtomicU64,
+}
+
+/// How long a plain-text client has to send the HTTP/2 connection preface:
+/// as long as a TLS client has for its handshake.
+pub(crate) const PREFACE_TIMEOUT: Duration = HANDSHAKE_TIMEOUT;
+
+/// Length of the HTTP/2 client connection preface
+/// (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`).
+const PREFACE_BYTES: usize = 24;
+
+/// Returns once the client has sent a preface's worth of bytes, or closed,
+/// or failed: HTTP/2 then judges what it sent.
+async fn preface(socket: &TcpStream) {
+    let mut buf = [0u8; PREFACE_BYTES];
+    loop {
+        match socket.peek(&mut buf).await {
+            Ok(n) if n == 0 || n >= PREFACE_BYTES => return,
+            // Part of it: the rest is on its way, or never comes.
+            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            Err(_) => return,
+        }
+    }
 }
 
 /// Accepts connections on `listener` until `shutdown`, and yields them
@@ -176,6 +159,7 @@ pub(crate) fn incoming(
     tls: TlsSlot,
     max_per_address: usize,
     max_handshakes: usize,
+    first_bytes: Duration,
     counters: Arc<ListenerCounters>,
     mut shutdown: watch::Receiver<bool>,
 ) -> (
@@ -184,7 +168,7 @@ pub(crate) fn incoming(
 ) {
     let (tx, rx) = mpsc::channel(64);
     let accepting = tokio::spawn(async move {
-        let per_address = Arc::new(PerAddress::default());
+        let per_address = Arc::new(crate::client_share::ClientShares::default());
         let refused_log = SharedLogLimiter::default();
         let failed_log = Arc::new(SharedLogLimiter::default());
         let handshaking = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -219,14 +203,32 @@ pub(crate) fn incoming(
                 remote_addr: Some(remote),
             };
             let Some(config) = tls.current() else {
-                let conn = Conn {
-                    stream: Stream::Plain(socket),
-                    info,
-                    _slot: slot,
-                };
-                if tx.send(Ok(conn)).await.is_err() {
-                    return;
+                // In plain text the HTTP/2 preface is the handshake: a client
+                // that connects and sends nothing holds its slot for
+                // `first_bytes`, not for ever.
+                if handshaking.load(Ordering::Acquire) >= max_handshakes {
+                    counters.silent.fetch_add(1, Ordering::Relaxed);
+                    continue;
                 }
+                handshaking.fetch_add(1, Ordering::AcqRel);
+                let (tx, counters) = (tx.clone(), counters.clone());
+                let handshaking = handshaking.clone();
+                tokio::spawn(async move {
+                    let _done = Decrement(handshaking);
+                    if tokio::time::timeout(first_bytes, preface(&socket))
+                        .await
+                        .is_err()
+                    {
+                        counters.silent.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    let conn = Conn {
+                        stream: Stream::Plain(socket),
+                        info,
+                        _slot: slot,
+                    };
+                    let _ = tx.send(Ok(conn)).await;
+                });
                 continue;
             };
             if handshaking.load(Ordering::Acquire) >= max_handshakes {
@@ -273,13 +275,13 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn tls() -> crate::tls::TlsServerConfig {
+    fn tls() -> crate::grpc::tls::TlsServerConfig {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
             .unwrap()
             .self_signed(&key)
             .unwrap();
-        crate::tls::TlsServerConfig::from_pem(
+        crate::grpc::tls::TlsServerConfig::from_pem(
             cert.pem().as_bytes(),
             key.serialize_pem().as_bytes(),
             None,
@@ -298,6 +300,7 @@ mod tests {
             TlsSlot::new(Some(tls())),
             100,
             4,
+            PREFACE_TIMEOUT,
             counters.clone(),
             shutdown,
         );
@@ -317,5 +320,47 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(counters.handshakes_failed.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_plain_text_connection_that_sends_no_preface_is_closed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_stream::StreamExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counters = Arc::new(ListenerCounters::default());
+        let (_stop, shutdown) = watch::channel(false);
+        let (mut incoming, _task) = incoming(
+            listener,
+            TlsSlot::new(None),
+            100,
+            4,
+            Duration::from_millis(200),
+            counters.clone(),
+            shutdown,
+        );
+        // Silent, and half a preface: both closed after the deadline.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let mut half = TcpStream::connect(addr).await.unwrap();
+        half.write_all(b"PRI * HTTP/2.0").await.unwrap();
+        for client in [&mut silent, &mut half] {
+            let mut buf = [0u8; 8];
+            let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf)).await;
+            assert!(
+                matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+                "still open: {read:?}"
+            );
+        }
+        assert_eq!(counters.silent.load(Ordering::Relaxed), 2);
+        // A client that sends its preface is handed to HTTP/2.
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        let conn = tokio::time::timeout(Duration::from_secs(5), incoming.next())
+            .await
+            .expect("handed over");
+        assert!(matches!(conn, Some(Ok(_))));
     }
 }

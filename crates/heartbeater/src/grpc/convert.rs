@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use heartbeater_core::{PeerState, PeerStatus};
 
-use crate::event::{PeerEvent, PeerEventKind};
-use crate::proto;
+use crate::grpc::proto;
+use crate::node::event::{PeerEvent, PeerEventKind};
 
 impl PeerEvent {
     /// The event as `WatchPeers` sends it, reported by node `server_id`.
@@ -50,6 +50,7 @@ pub fn status_to_proto(s: PeerStatus) -> proto::PeerStatus {
         }
         .into(),
         rise: s.detector.rise.get(),
+        answers_as: s.answers_as,
     }
 }
 

@@ -17,10 +17,16 @@ pub(crate) struct Counters {
     pub(crate) pause_longest_micros: AtomicU64,
     pub(crate) pause_total_micros: AtomicU64,
     pub(crate) pause_voided: AtomicU64,
+    /// Heartbeats voided because this node could not carry them (its send
+    /// buffer full, its gRPC calls at their limit, a peer's name still being
+    /// looked up on a node with a cluster key).
+    pub(crate) overload_voided: AtomicU64,
+    /// Datagrams the socket dropped, its buffer full, as last seen.
+    pub(crate) receive_drops: AtomicU64,
     /// The table's local health score, as of the driver's latest wake-up.
     pub(crate) awareness: AtomicU64,
     /// Heartbeats by path, RTTs, transitions, registry writes.
-    pub(crate) work: crate::metrics::Metrics,
+    pub(crate) work: crate::node::metrics::Metrics,
 }
 
 /// The local pauses a node's own scheduler went through
@@ -38,6 +44,11 @@ pub struct PauseStats {
     /// Heartbeats in flight across a pause, voided (neither answered nor
     /// missed).
     pub voided_heartbeats: u64,
+    /// Heartbeats this node could not carry (its send buffer full, its gRPC
+    /// calls at their limit, a peer's name still being looked up on a node
+    /// with a cluster key), or whose replies its own socket may have
+    /// dropped: voided too, since that silence says nothing about its peers.
+    pub voided_overloaded: u64,
 }
 
 /// A snapshot of a node's datagram counters
@@ -62,6 +73,10 @@ pub struct DatagramStats {
     /// Pongs with a genuine token that named no heartbeat in flight on the
     /// datagram path: duplicates, and replies to heartbeats already settled.
     pub unmatched_pongs: u64,
+    /// Datagrams the kernel dropped because this node's socket buffer was
+    /// full (it fell behind reading): counted where the system reports it
+    /// (Linux). Heartbeats whose replies may be among them are voided.
+    pub dropped_on_receive: u64,
 }
 
 impl Counters {
@@ -86,6 +101,7 @@ impl Counters {
             longest: std::time::Duration::from_micros(get(&self.pause_longest_micros)),
             total: std::time::Duration::from_micros(get(&self.pause_total_micros)),
             voided_heartbeats: get(&self.pause_voided),
+            voided_overloaded: get(&self.overload_voided),
         }
     }
 
@@ -98,6 +114,7 @@ impl Counters {
             too_short: get(&self.not_answered_too_short),
             forged_tokens: get(&self.forged_tokens),
             unmatched_pongs: get(&self.unmatched_pongs),
+            dropped_on_receive: get(&self.receive_drops),
         }
     }
 }

@@ -1,0 +1,282 @@
+//! Reading the node's datagram socket so that the driver knows when it lost
+//! replies itself: a pong the kernel dropped because the node's own socket
+//! buffer was full (the node fell behind) is the node's trouble, never
+//! evidence against a peer.
+//!
+//! On Linux the socket reports, with each datagram, how many it has dropped
+//! since it was opened (`SO_RXQ_OVFL`); elsewhere no drop is ever seen, and
+//! a larger receive buffer is the only defence.
+
+use std::net::SocketAddr;
+
+use tokio::net::UdpSocket;
+
+/// The receive buffer the node asks for: room for the replies of a few
+/// thousand heartbeats in flight, however late the driver reads them. The
+/// kernel caps it (`net.core.rmem_max`); it costs memory only when full.
+const RECEIVE_BUFFER: usize = 8 << 20;
+
+/// Reads datagrams and notices drops.
+pub(crate) struct Receiver {
+    #[cfg(target_os = "linux")]
+    cmsg: Vec<u8>,
+    /// The socket's drop counter as last seen.
+    drops: u32,
+}
+
+/// One datagram read.
+pub(crate) struct Received {
+    pub(crate) len: usize,
+    pub(crate) from: SocketAddr,
+    /// The socket dropped datagrams since the one read before was queued
+    /// (the count comes with the first datagram queued after the drops).
+    pub(crate) lost_before: bool,
+}
+
+impl Receiver {
+    /// Sets `socket` up: a larger receive buffer, and drop counts where the
+    /// system gives them. Neither is essential: a failure is logged, not
+    /// fatal.
+    pub(crate) fn new(socket: &UdpSocket) -> Self {
+        let sock = socket2::SockRef::from(socket);
+        if let Err(e) = sock.set_recv_buffer_size(RECEIVE_BUFFER) {
+            tracing::debug!(error = %e, "cannot enlarge the datagram receive buffer");
+        }
+        #[cfg(target_os = "linux")]
+        if let Err(e) = nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::RxqOvfl, &1)
+        {
+            tracing::debug!(error = %e, "cannot count datagram drops");
+        }
+        Self {
+            #[cfg(target_os = "linux")]
+            cmsg: nix::cmsg_space!(u32),
+            drops: 0,
+        }
+    }
+
+    /// Reads one datagram into `buf` without waiting.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn try_recv(
+        &mut self,
+        socket: &UdpSocket,
+        buf: &mut [u8],
+    ) -> std::io::Result<Received> {
+        use std::os::fd::AsRawFd;
+
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+
+        let fd = socket.as_raw_fd();
+        let cmsg = &mut self.cmsg;
+        let (len, from, counter) = socket.try_io(tokio::io::Interest::READABLE, || {
+            let mut iov = [std::io::IoSliceMut::new(buf)];
+            let msg = recvmsg::<SockaddrStorage>(
+                fd,
+                &mut iov,
+                Some(cmsg.as_mut_slice()),
+                MsgFlags::MSG_DONTWAIT,
+            )
+            .map_err(std::io::Error::from)?;
+            // No control message: nothing dropped since the socket opened.
+            let mut counter = 0;
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::RxqOvfl(n) = c {
+                        counter = n;
+                    }
+                }
+            }
+            let from = msg.address.as_ref().and_then(socket_addr);
+            Ok((msg.bytes, from, counter))
+        })?;
+        let lost_before = counter != self.drops;
+        self.drops = counter;
+        let from = from.ok_or_else(|| std::io::Error::other("a datagram without a sender"))?;
+        Ok(Received {
+            len,
+            from,
+            lost_before,
+        })
+    }
+
+    /// Reads one datagram into `buf` without waiting.
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn try_recv(
+        &mut self,
+        socket: &UdpSocket,
+        buf: &mut [u8],
+    ) -> std::io::Result<Received> {
+        let (len, from) = socket.try_recv_from(buf)?;
+        Ok(Received {
+            len,
+            from,
+            lost_before: false,
+        })
+    }
+
+    /// Datagrams the socket has dropped since it was opened, as last seen.
+    pub(crate) fn drops(&self) -> u32 {
+        self.drops
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn socket_addr(a: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::V4(std::net::SocketAddrV4::from(*v4)));
+    }
+    a.as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6(std::net::SocketAddrV6::from(*v6)))
+}
+
+/// When the socket dropped replies: the spans between the read before a
+/// drop was seen and the read that saw it. Kept few and merged: two spans
+/// merged only widen the doubt, which spares peers, never convicts them.
+#[derive(Debug, Default)]
+pub(crate) struct Losses {
+    spans: std::collections::VecDeque<(std::time::Instant, std::time::Instant)>,
+}
+
+/// Drops seen less than this apart belong to one run.
+const BREAK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// A run of drops this long is no burst.
+const SUSTAINED: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Spans kept before the oldest two are merged.
+const MAX_SPANS: usize = 64;
+
+impl Losses {
+    /// Replies were dropped at some time between `from` and `to`.
+    pub(crate) fn record(&mut self, from: std::time::Instant, to: std::time::Instant) {
+        if let Some(last) = self.spans.back_mut() {
+            // Drops a moment apart are one run of drops.
+            if from <= last.1 + BREAK {
+                last.1 = last.1.max(to);
+                return;
+            }
+        }
+        self.spans.push_back((from, to));
+        if self.spans.len() > MAX_SPANS {
+            if let Some((first, _)) = self.spans.pop_front() {
+                if let Some(next) = self.spans.front_mut() {
+                    next.0 = first;
+                }
+            }
+        }
+    }
+
+    /// Whether the silence of a heartbeat sent at `sent`, due by
+    /// `deadline`, is excused: its reply may have been among the dropped,
+    /// and the drops came in a burst. Drops without end (a flood, or an
+    /// overload that never lets up) excuse nothing: the node then judges on
+    /// what it did read, rather than never convicting anyone.
+    pub(crate) fn excuse(&self, sent: std::time::Instant, deadline: std::time::Instant) -> bool {
+        let sustained = self
+            .spans
+            .back()
+            .is_some_and(|&(from, to)| to.saturating_duration_since(from) >= SUSTAINED);
+        !sustained && self.overlaps(sent, deadline)
+    }
+
+    /// Whether a reply to a heartbeat sent at `sent`, due by `deadline`,
+    /// may have been among the dropped.
+    pub(crate) fn overlaps(&self, sent: std::time::Instant, deadline: std::time::Instant) -> bool {
+        self.spans
+            .iter()
+            .any(|&(from, to)| from < deadline && to > sent)
+    }
+
+    /// Forgets spans that ended before `before`: no heartbeat in flight
+    /// was sent that long ago.
+    pub(crate) fn forget_before(&mut self, before: std::time::Instant) {
+        while self.spans.front().is_some_and(|s| s.1 < before) {
+            self.spans.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_heartbeat_is_in_doubt_only_if_a_loss_fell_between_its_sending_and_its_deadline() {
+        let t0 = Instant::now();
+        let mut l = Losses::default();
+        l.record(t0 + ms(10), t0 + ms(20));
+        assert!(l.overlaps(t0, t0 + ms(15)));
+        assert!(l.overlaps(t0 + ms(15), t0 + ms(30)));
+        assert!(!l.overlaps(t0 + ms(20), t0 + ms(30)), "sent after the loss");
+        assert!(!l.overlaps(t0, t0 + ms(10)), "due before the loss");
+        l.forget_before(t0 + ms(21));
+        assert!(!l.overlaps(t0, t0 + ms(15)));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_read_after_the_socket_dropped_datagrams_says_so() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut receiver = Receiver::new(&socket);
+        // A buffer too small for what comes: the kernel drops the rest.
+        socket2::SockRef::from(&socket)
+            .set_recv_buffer_size(2048)
+            .unwrap();
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = socket.local_addr().unwrap();
+        sender.send_to(b"first", to).unwrap();
+        socket.readable().await.unwrap();
+        let mut buf = [0u8; 64];
+        let first = receiver.try_recv(&socket, &mut buf).unwrap();
+        assert!(!first.lost_before, "nothing dropped yet");
+        assert_eq!(first.from, sender.local_addr().unwrap());
+        for _ in 0..200 {
+            sender.send_to(&[7u8; 60], to).unwrap();
+        }
+        let mut lost = false;
+        while let Ok(r) = receiver.try_recv(&socket, &mut buf) {
+            lost |= r.lost_before;
+        }
+        // What was queued before the drops does not carry them: the next
+        // datagram queued after them does.
+        assert!(!lost, "seen before any datagram came after the drops");
+        sender.send_to(b"after", to).unwrap();
+        socket.readable().await.unwrap();
+        let after = receiver.try_recv(&socket, &mut buf).unwrap();
+        assert!(after.lost_before, "the drops were seen");
+        assert!(receiver.drops() > 0);
+    }
+
+    #[test]
+    fn drops_without_end_excuse_nothing() {
+        let t0 = Instant::now();
+        let mut l = Losses::default();
+        l.record(t0, t0 + ms(5));
+        assert!(l.excuse(t0, t0 + ms(50)), "a burst");
+        for i in 1..200u64 {
+            l.record(t0 + ms(5 * i), t0 + ms(5 * i + 5));
+        }
+        assert!(l.overlaps(t0 + ms(900), t0 + ms(950)));
+        assert!(!l.excuse(t0 + ms(900), t0 + ms(950)), "a flood");
+    }
+
+    #[test]
+    fn spans_are_kept_few_and_merged_only_wider() {
+        let t0 = Instant::now();
+        let mut l = Losses::default();
+        for i in 0..1000u64 {
+            l.record(t0 + ms(10 * i), t0 + ms(10 * i + 1));
+        }
+        assert!(l.spans.len() <= MAX_SPANS);
+        // Every loss is still covered.
+        for i in 0..1000u64 {
+            let at = t0 + ms(10 * i);
+            assert!(l.overlaps(at, at + ms(1)), "loss {i}");
+        }
+    }
+}
