@@ -419,7 +419,7 @@ pub async fn peers(args: PeersArgs) -> anyhow::Result<()> {
         return show_peers(&c, &args, false).await;
     };
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let stop = crate::interrupted();
+    let stop = crate::interrupted()?;
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(every);
     loop {
@@ -516,6 +516,7 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
         .watch_peers(args.snapshot)
         .await
         .map_err(|e| explain(e, &args.server))?;
+    let stop = crate::interrupted()?;
     // For a person at a terminal, who otherwise sees nothing until the
     // first event; a script reading the events needs no banner.
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -524,7 +525,6 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
             args.server.server
         ));
     }
-    let stop = crate::interrupted();
     tokio::pin!(stop);
     loop {
         let lost = tokio::select! {

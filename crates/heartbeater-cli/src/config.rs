@@ -648,6 +648,9 @@ settings! {
     /// RESOURCE_EXHAUSTED.
     [value_name = "BYTES"]
     max_request_bytes: usize = heartbeater::DEFAULT_MAX_REQUEST_BYTES;
+    /// The most gRPC connections open at once, from all clients (lowered to fit the open-files limit).
+    [value_name = "N"]
+    max_connections: usize = heartbeater::DEFAULT_MAX_CONNECTIONS;
     /// The most connections one client (an IPv4 address, an IPv6 /64) may hold open.
     [value_name = "N"]
     max_connections_per_address: usize = heartbeater::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS;

@@ -94,15 +94,25 @@ enum Run {
     Other(Box<Command>),
 }
 
-/// Resolves at the first SIGINT (Ctrl-C) or SIGTERM.
-async fn interrupted() -> anyhow::Result<()> {
+/// Installs the SIGINT (Ctrl-C) and SIGTERM handlers at once and returns a
+/// future that resolves at the first of them. Installing them before a
+/// command says it is ready matters: a signal that arrives between the
+/// ready line and the first poll would otherwise take the default action
+/// and end the process without its clean stop.
+fn interrupted() -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
     use anyhow::Context;
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot install the SIGINT handler"),
-        _ = terminate.recv() => Ok(()),
-    }
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate =
+        signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        Ok(())
+    })
 }
 
 /// Sends log lines to stderr, filtered by `RUST_LOG` (or `HEARTBEATER_LOG`)

@@ -180,6 +180,7 @@ pub async fn run(cfg: Settings) -> anyhow::Result<()> {
         .pause_threshold(cfg.pause_threshold)
         .default_rise(cfg.default_rise)
         .max_request_bytes(cfg.max_request_bytes)
+        .max_connections(cfg.max_connections)
         .max_connections_per_address(cfg.max_connections_per_address)
         .max_streams_per_connection(cfg.max_streams_per_connection)
         .max_watchers(cfg.max_watchers);
@@ -285,6 +286,8 @@ pub async fn run(cfg: Settings) -> anyhow::Result<()> {
         format!("{} (RocksDB)", data_dir.display())
     };
     let identity = server.identity();
+    // Before the started line: whoever reads it may signal at once.
+    let stop = crate::interrupted()?;
     if json_out {
         say!(
             "{}",
@@ -330,7 +333,6 @@ pub async fn run(cfg: Settings) -> anyhow::Result<()> {
     }
 
     let colour = output::colour(&std::io::stdout());
-    let stop = crate::interrupted();
     tokio::pin!(stop);
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot install the SIGHUP handler")?;

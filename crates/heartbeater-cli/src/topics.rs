@@ -123,6 +123,8 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         publisher.set_stall_timeout(stall)?;
     }
     let addr = server.start().await?;
+    // Before the banner: whoever reads it may signal at once.
+    let stop = crate::interrupted()?;
     if !args.no_heartbeats {
         publisher.activate_heartbeats(PrintingListener { json: args.json }, params)?;
     }
@@ -142,7 +144,6 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
 
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
-    let stop = crate::interrupted();
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -267,6 +268,7 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
             }
         }
     })?;
+    let stop = crate::interrupted()?;
     if json {
         outln!(
             "{}",
@@ -284,7 +286,6 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
     let mut states = subscription.watch_state();
     let mut shown = SubscriptionState::Connecting;
     let mut was_connected = false;
-    let stop = crate::interrupted();
     tokio::pin!(stop);
     loop {
         let state = states.borrow_and_update().clone();

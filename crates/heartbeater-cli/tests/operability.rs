@@ -439,3 +439,53 @@ fn one_client_cannot_take_every_event_stream() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Whether a new connection to `http` gets an answer to `GET /healthz`.
+fn served(http: &str) -> bool {
+    let Ok(mut c) = TcpStream::connect(http) else {
+        return false;
+    };
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    if write!(
+        c,
+        "GET /healthz HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
+    )
+    .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    matches!(c.read(&mut buf), Ok(n) if buf[..n].starts_with(b"HTTP/1.1 200"))
+}
+
+#[test]
+fn one_client_cannot_hold_every_http_connection() {
+    let (_node, http) = http_node(&[]);
+    assert!(served(&http));
+    // A client that opens connections and sends nothing on them.
+    let mut held: Vec<TcpStream> = (0..32)
+        .map(|_| TcpStream::connect(&http).expect("connect"))
+        .collect();
+    // The next one is closed as soon as it is accepted.
+    assert!(!served(&http), "served past its share");
+    // Its held connections still work, and closing one gives room back.
+    let mut first = held.remove(0);
+    first
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(first, "GET /healthz HTTP/1.1\r\nHost: {http}\r\n\r\n").unwrap();
+    let mut buf = [0u8; 64];
+    let n = first.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !served(&http) {
+        assert!(Instant::now() < deadline, "no room given back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(held);
+}

@@ -10,26 +10,69 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
-/// Open claims per client.
-#[derive(Debug, Default)]
+/// Open claims per client, and in all, within a bound for all clients
+/// together: many clients each within their share can still exhaust what
+/// the node has (file descriptors, for connections).
+#[derive(Debug)]
 pub struct ClientShares {
-    open: Mutex<HashMap<IpAddr, usize>>,
+    open: Mutex<Open>,
+    total_limit: usize,
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    per_client: HashMap<IpAddr, usize>,
+    total: usize,
+}
+
+impl Default for ClientShares {
+    /// No bound for all clients together, only each client's share.
+    fn default() -> Self {
+        Self::with_total(usize::MAX)
+    }
+}
+
+/// Why [`ClientShares::take`] gave no claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The client holds its share already.
+    ClientShare,
+    /// All clients together hold the total.
+    Total,
 }
 
 impl ClientShares {
-    /// A claim for the client at `ip`, unless it already holds `limit`.
-    pub fn take(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<ClientClaim> {
+    /// Shares of which all clients together hold at most `total_limit`.
+    pub fn with_total(total_limit: usize) -> Self {
+        Self {
+            open: Mutex::default(),
+            total_limit,
+        }
+    }
+
+    /// A claim for the client at `ip`, unless it already holds `limit`, or
+    /// all clients together hold the total.
+    pub fn take(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Result<ClientClaim, Refused> {
         let client = client_network(ip);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let count = open.entry(client).or_insert(0);
+        if open.total >= self.total_limit {
+            return Err(Refused::Total);
+        }
+        let count = open.per_client.entry(client).or_insert(0);
         if *count >= limit {
-            return None;
+            return Err(Refused::ClientShare);
         }
         *count += 1;
-        Some(ClientClaim {
+        open.total += 1;
+        Ok(ClientClaim {
             owner: self.clone(),
             client,
         })
+    }
+
+    /// Claims held now, by all clients together.
+    pub fn total(&self) -> usize {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).total
     }
 }
 
@@ -43,10 +86,11 @@ pub struct ClientClaim {
 impl Drop for ClientClaim {
     fn drop(&mut self) {
         let mut open = self.owner.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = open.get_mut(&self.client) {
+        open.total = open.total.saturating_sub(1);
+        if let Some(count) = open.per_client.get_mut(&self.client) {
             *count = count.saturating_sub(1);
             if *count == 0 {
-                open.remove(&self.client);
+                open.per_client.remove(&self.client);
             }
         }
     }
@@ -75,15 +119,36 @@ mod tests {
         let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
         let first = shares.take(a, 2).expect("first");
         let second = shares.take(b, 2).expect("second, same /64");
-        assert!(shares.take(b, 2).is_none(), "the /64 has its share");
-        assert!(shares.take(other, 2).is_some(), "another /64 has its own");
+        assert_eq!(
+            shares.take(b, 2).err(),
+            Some(Refused::ClientShare),
+            "the /64 has its share"
+        );
+        assert!(shares.take(other, 2).is_ok(), "another /64 has its own");
         drop((first, second));
-        assert!(shares.take(a, 2).is_some(), "given back on close");
+        assert!(shares.take(a, 2).is_ok(), "given back on close");
         // IPv4, also as mapped into IPv6: per address.
         let v4: IpAddr = "192.0.2.1".parse().unwrap();
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
         let _one = shares.take(v4, 1).expect("v4");
-        assert!(shares.take(mapped, 1).is_none(), "the same client");
-        assert!(shares.take("192.0.2.2".parse().unwrap(), 1).is_some());
+        assert!(shares.take(mapped, 1).is_err(), "the same client");
+        assert!(shares.take("192.0.2.2".parse().unwrap(), 1).is_ok());
+    }
+
+    #[test]
+    fn all_clients_together_hold_at_most_the_total() {
+        let shares = Arc::new(ClientShares::with_total(3));
+        let held: Vec<_> = (1..=3u8)
+            .map(|n| shares.take(IpAddr::from([192, 0, 2, n]), 2).unwrap())
+            .collect();
+        assert_eq!(
+            shares.take(IpAddr::from([192, 0, 2, 9]), 2).err(),
+            Some(Refused::Total),
+            "a new client, within its share, over the total"
+        );
+        assert_eq!(shares.total(), 3);
+        drop(held);
+        assert_eq!(shares.total(), 0);
+        assert!(shares.take(IpAddr::from([192, 0, 2, 9]), 2).is_ok());
     }
 }

@@ -48,6 +48,7 @@ mod error;
 mod grpc;
 mod log_limit;
 mod node;
+mod resolver;
 mod server;
 pub mod store;
 pub mod topic;
@@ -83,13 +84,15 @@ pub use node::quarantine::QuarantinedPeer;
 pub use node::{DefaultDetector, NodeError};
 pub use server::{
     BoundSockets, HeartbeatServer, HeartbeatServerBuilder, SecurityStats, DEFAULT_DATA_DIR,
-    DEFAULT_HOST, DEFAULT_HTTP2_KEEPALIVE, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_PEERS,
-    DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_MAX_WATCHERS,
-    DEFAULT_MIN_NETWORK_FREQ, DEFAULT_NETWORK_HEARTBEAT_BUDGET, DEFAULT_PORT,
+    DEFAULT_HOST, DEFAULT_HTTP2_KEEPALIVE, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_PEERS, DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_MAX_WATCHERS, DEFAULT_MIN_NETWORK_FREQ,
+    DEFAULT_NETWORK_HEARTBEAT_BUDGET, DEFAULT_PORT,
 };
 pub use store::{MemoryStore, RegistryOp, RegistryStore, RocksDbStore, StoreError};
 pub use topic::{
     ClientConnectionListener, HeartbeatParameters, HeartbeatParametersBuilder, SubscriptionState,
     TopicError, TopicHandler, TopicPublisher, TopicResponse, TopicStats, TopicSubscriber,
+    MAX_NODE_SUBSCRIPTIONS, MAX_SUBSCRIPTIONS,
 };
 pub use uuid::Uuid;

@@ -68,6 +68,14 @@ pub const DEFAULT_NETWORK_HEARTBEAT_BUDGET: u64 = 20_000;
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// Default most connections open at once from one client IP address.
 pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 1024;
+/// Default most gRPC connections open at once, from all clients together:
+/// each holds a file descriptor, and a node out of descriptors cannot open
+/// RocksDB's files or accept its monitors' connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// File descriptors kept for everything but gRPC connections (RocksDB's
+/// files, sockets, the HTTP listener's connections) when the connection
+/// bound is fitted to the process's descriptor limit.
+const DESCRIPTORS_KEPT: usize = 512;
 /// Default most concurrent calls (HTTP/2 streams) on one connection.
 pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 128;
 /// Default most `WatchPeers` streams open at once.
@@ -111,6 +119,7 @@ pub struct HeartbeatServerBuilder {
     peer_token: Option<String>,
     auth_reads: bool,
     max_request_bytes: usize,
+    max_connections: usize,
     max_connections_per_address: usize,
     max_streams_per_connection: u32,
     http2_keepalive: (Duration, Duration),
@@ -140,6 +149,7 @@ impl Default for HeartbeatServerBuilder {
             peer_token: None,
             auth_reads: false,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             http2_keepalive: DEFAULT_HTTP2_KEEPALIVE,
@@ -321,6 +331,17 @@ impl HeartbeatServerBuilder {
         self
     }
 
+    /// The most gRPC connections open at once, from all clients together
+    /// (default [`DEFAULT_MAX_CONNECTIONS`], 4096); one more is closed as
+    /// soon as it is accepted. At start the node raises its soft limit of
+    /// open files to the hard one, and if that still leaves too few
+    /// descriptors for this many connections and its own files, it lowers
+    /// the bound to fit and says so in its log.
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = connections;
+        self
+    }
+
     /// The most connections one client may hold open, a client being one
     /// IPv4 address or one IPv6 /64 (default 1024: a node opens one per
     /// subscription); one more is closed as soon as it is accepted.
@@ -423,6 +444,7 @@ impl HeartbeatServerBuilder {
         }
         for (field, value) in [
             ("max_request_bytes", self.max_request_bytes),
+            ("max_connections", self.max_connections),
             (
                 "max_connections_per_address",
                 self.max_connections_per_address,
@@ -606,6 +628,7 @@ impl HeartbeatServerBuilder {
             outbound,
             grpc_limits: GrpcLimits {
                 max_request_bytes: self.max_request_bytes,
+                max_connections: self.max_connections,
                 max_connections_per_address: self.max_connections_per_address,
                 max_streams_per_connection: self.max_streams_per_connection,
                 max_watchers: self.max_watchers,
@@ -628,6 +651,7 @@ impl HeartbeatServerBuilder {
 #[derive(Debug, Clone, Copy)]
 struct GrpcLimits {
     max_request_bytes: usize,
+    max_connections: usize,
     max_connections_per_address: usize,
     max_streams_per_connection: u32,
     max_watchers: usize,
@@ -641,6 +665,9 @@ pub struct SecurityStats {
     pub unauthenticated_calls: u64,
     /// Connections closed at accept: their address had its share open.
     pub connections_over_limit: u64,
+    /// Connections closed at accept: the node had its most open
+    /// ([`HeartbeatServerBuilder::max_connections`]).
+    pub connections_over_total: u64,
     /// TLS handshakes that failed (plaintext clients, untrusted or missing
     /// client certificates) or did not finish within 10 s.
     pub tls_handshakes_failed: u64,
@@ -787,6 +814,7 @@ impl HeartbeatServer {
         let (incoming, accepting) = crate::grpc::listener::incoming(
             listener,
             self.tls.clone(),
+            fit_to_descriptors(self.grpc_limits.max_connections),
             self.grpc_limits.max_connections_per_address,
             crate::grpc::listener::MAX_HANDSHAKES,
             crate::grpc::listener::PREFACE_TIMEOUT,
@@ -1070,6 +1098,7 @@ impl HeartbeatServer {
         SecurityStats {
             unauthenticated_calls: self.gate.rejected(),
             connections_over_limit: self.listener_counters.over_limit.load(Relaxed),
+            connections_over_total: self.listener_counters.over_total.load(Relaxed),
             tls_handshakes_failed: self.listener_counters.handshakes_failed.load(Relaxed),
             silent_connections: self.listener_counters.silent.load(Relaxed),
         }
@@ -1208,6 +1237,37 @@ impl BoundSockets {
     /// The bound gRPC address (the port the kernel picked, with port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+}
+
+/// `wanted` connections, or fewer if the process may not open that many
+/// files and keep [`DESCRIPTORS_KEPT`] for the rest. The soft limit is
+/// raised to the hard one first (Debian's default soft limit is 1024,
+/// far below what a node serving thousands of connections needs).
+fn fit_to_descriptors(wanted: usize) -> usize {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return wanted;
+    };
+    let soft = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    let room = usize::try_from(soft)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(DESCRIPTORS_KEPT)
+        .max(16);
+    if room < wanted {
+        tracing::warn!(
+            open_files_limit = soft,
+            wanted,
+            serving = room,
+            "the open-files limit leaves room for fewer gRPC connections than configured; raise it (ulimit -n, LimitNOFILE=) to serve more"
+        );
+        room
+    } else {
+        wanted
     }
 }
 

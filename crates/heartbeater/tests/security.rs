@@ -459,3 +459,95 @@ async fn a_watcher_that_falls_behind_is_told_so() {
     );
     assert!(delivered < REGISTRATIONS, "{delivered}");
 }
+
+/// A client that claims a live subscriber's instance id (ids are public in
+/// `/api/topics`) with a certificate of its own is refused while the
+/// subscriber's stream is open, so it cannot answer heartbeats in its name:
+/// once the subscriber is gone, it is reported disconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impostor_subscriber_cannot_keep_a_dead_one_connected() {
+    use heartbeater::{ClientConnectionListener, HeartbeatParameters, SubscriptionState};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Heard(Arc<Mutex<Vec<(&'static str, heartbeater::Uuid)>>>);
+    impl ClientConnectionListener for Heard {
+        fn on_client_connected(&self, _: &str, client: heartbeater::Uuid) {
+            self.0.lock().unwrap().push(("connected", client));
+        }
+        fn on_client_disconnected(&self, _: &str, client: heartbeater::Uuid) {
+            self.0.lock().unwrap().push(("disconnected", client));
+        }
+    }
+
+    let ca = Ca::new("cluster CA");
+    let publisher_node =
+        start(HeartbeatServer::builder().tls(server_tls(&ca.leaf("publisher"), Some(&ca)))).await;
+    let addr = publisher_node.local_addr().unwrap();
+    let publisher = publisher_node.create_publisher("news").unwrap();
+    let heard = Heard::default();
+    let params = HeartbeatParameters::builder()
+        .heartbeat_rate(Duration::from_millis(50))
+        .heartbeat_timeout(Duration::from_millis(50))
+        .max_client_conn_checks(3)
+        .build()
+        .unwrap();
+    publisher
+        .activate_heartbeats(heard.clone(), params)
+        .unwrap();
+
+    let subscriber_node =
+        start(HeartbeatServer::builder().peer_tls(client_tls(&ca, Some(&ca.leaf("subscriber")))))
+            .await;
+    let victim = subscriber_node.instance_id();
+    let subscription = subscriber_node
+        .subscribe("news", addr, |_: &str, _: &[u8]| {})
+        .unwrap();
+    common::eventually("the subscriber connected", || {
+        heard
+            .0
+            .lock()
+            .unwrap()
+            .contains(&("connected", victim))
+            .then_some(())
+    })
+    .await;
+
+    // Same instance id (its node named after the victim), another certificate.
+    let impostor_node = start(
+        HeartbeatServer::builder()
+            .node_id(subscriber_node.identity())
+            .peer_tls(client_tls(&ca, Some(&ca.leaf("impostor")))),
+    )
+    .await;
+    assert_eq!(impostor_node.instance_id(), victim);
+    let impostor = impostor_node
+        .subscribe("news", addr, |_: &str, _: &[u8]| {})
+        .unwrap();
+    let refused = common::eventually("the impostor refused", || match impostor.state() {
+        SubscriptionState::Retrying { reason } => Some(reason),
+        _ => None,
+    })
+    .await;
+    assert!(refused.contains("another client"), "{refused}");
+    assert_eq!(
+        publisher.subscribers(),
+        vec![victim],
+        "one stream, the victim's"
+    );
+
+    // The subscriber goes away: reported disconnected, whatever the
+    // impostor does next.
+    drop(subscription);
+    subscriber_node.stop().await.unwrap();
+    common::eventually("the victim reported disconnected", || {
+        heard
+            .0
+            .lock()
+            .unwrap()
+            .contains(&("disconnected", victim))
+            .then_some(())
+    })
+    .await;
+    drop(impostor);
+}

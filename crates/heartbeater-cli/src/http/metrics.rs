@@ -318,6 +318,7 @@ impl Collector for Snapshot {
             &[
                 (reason("unauthenticated"), s.unauthenticated_calls),
                 (reason("connections_over_limit"), s.connections_over_limit),
+                (reason("connections_over_total"), s.connections_over_total),
                 (reason("tls_handshake_failed"), s.tls_handshakes_failed),
                 (reason("no_preface"), s.silent_connections),
             ],

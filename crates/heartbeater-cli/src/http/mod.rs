@@ -8,6 +8,7 @@
 //! 127.0.0.1:9181): it has no TLS and no token, and what it shows (peer ids
 //! and addresses) is what `ListPeers` shows.
 
+mod listener;
 mod metrics;
 
 use std::collections::VecDeque;
@@ -146,7 +147,12 @@ impl HttpServer {
             .with_state(app);
         let (shutdown, stopped) = oneshot::channel::<()>();
         let serve = tokio::spawn(async move {
-            let router = router.into_make_service_with_connect_info::<SocketAddr>();
+            let router = router.into_make_service_with_connect_info::<listener::Client>();
+            let listener = listener::LimitedListener::new(
+                listener,
+                listener::MAX_CONNECTIONS_PER_CLIENT,
+                listener::MAX_CONNECTIONS,
+            );
             let graceful = axum::serve(listener, router).with_graceful_shutdown(async move {
                 let _ = stopped.await;
             });
@@ -287,9 +293,11 @@ async fn api_topics(State(app): State<App>) -> Response {
 
 async fn api_events(
     State(app): State<App>,
-    axum::extract::ConnectInfo(client): axum::extract::ConnectInfo<SocketAddr>,
+    axum::extract::ConnectInfo(listener::Client(client)): axum::extract::ConnectInfo<
+        listener::Client,
+    >,
 ) -> Response {
-    let Some(claim) = app
+    let Ok(claim) = app
         .per_client
         .take(client.ip(), MAX_EVENT_STREAMS_PER_CLIENT)
     else {

@@ -358,25 +358,19 @@ fn family_fit(addr: SocketAddr, local_v6: bool) -> Option<SocketAddr> {
 
 fn resolve(key: PeerKey, host: String, port: u16, local_v6: bool) -> Resolving {
     Box::pin(async move {
-        let lookup = tokio::time::timeout(
-            RESOLVE_TIMEOUT,
-            tokio::net::lookup_host((host.as_str(), port)),
-        )
-        .await;
+        let lookup = crate::resolver::Resolver::system()
+            .lookup(&host, port, RESOLVE_TIMEOUT)
+            .await;
         let addr = match lookup {
-            Ok(Ok(addrs)) => {
-                let addrs: Vec<SocketAddr> = addrs.collect();
-                addrs
-                    .iter()
-                    .find(|a| a.is_ipv6() == local_v6)
-                    .or(addrs.first())
-                    .and_then(|a| family_fit(*a, local_v6))
-            }
-            Ok(Err(e)) => {
+            Ok(addrs) => addrs
+                .iter()
+                .find(|a| a.is_ipv6() == local_v6)
+                .or(addrs.first())
+                .and_then(|a| family_fit(*a, local_v6)),
+            Err(e) => {
                 tracing::debug!(%host, error = %e, "cannot resolve peer host for datagrams");
                 None
             }
-            Err(_) => None,
         };
         (key, addr)
     })

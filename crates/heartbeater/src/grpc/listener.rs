@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::client_share::Refused;
 use crate::grpc::tls::TlsSlot;
 use crate::log_limit::SharedLogLimiter;
 
@@ -37,14 +38,48 @@ enum Stream {
 /// An accepted connection, plain or TLS, as the gRPC server sees it.
 pub(crate) struct Conn {
     stream: Stream,
-    info: TcpConnectInfo,
+    info: ConnInfo,
     _slot: crate::client_share::ClientClaim,
 }
 
-impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
+/// What a request's handler knows of the connection it came on: the
+/// addresses, and who the client is beyond what it claims in a message.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnInfo {
+    /// Local and remote addresses.
+    pub(crate) tcp: TcpConnectInfo,
+    /// The client as far as the connection proves it.
+    pub(crate) client: Claimant,
+}
 
-    fn connect_info(&self) -> TcpConnectInfo {
+/// Who a client is, as far as its connection proves it: with mutual TLS its
+/// certificate (a BLAKE3 digest of the DER bytes), otherwise only the
+/// address it connects from. Identities a client merely states (a topic
+/// subscriber's instance id) are bound to this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Claimant {
+    /// The end-entity certificate the client authenticated with.
+    Certificate([u8; 32]),
+    /// The IP address of a client without a certificate.
+    Address(std::net::IpAddr),
+}
+
+impl std::fmt::Display for Claimant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Claimant::Certificate(digest) => {
+                write!(f, "certificate ")?;
+                digest[..8].iter().try_for_each(|b| write!(f, "{b:02x}"))
+            }
+            Claimant::Address(ip) => write!(f, "address {ip}"),
+        }
+    }
+}
+
+impl Connected for Conn {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
         self.info.clone()
     }
 }
@@ -121,6 +156,8 @@ impl Drop for Decrement {
 pub(crate) struct ListenerCounters {
     /// Connections closed at once: their address had its share open.
     pub(crate) over_limit: AtomicU64,
+    /// Connections closed at once: the node had its most open.
+    pub(crate) over_total: AtomicU64,
     /// TLS handshakes that failed or did not finish in time.
     pub(crate) handshakes_failed: AtomicU64,
     /// Plain-text connections closed because their client sent no HTTP/2
@@ -157,6 +194,7 @@ async fn preface(socket: &TcpStream) {
 pub(crate) fn incoming(
     listener: TcpListener,
     tls: TlsSlot,
+    max_connections: usize,
     max_per_address: usize,
     max_handshakes: usize,
     first_bytes: Duration,
@@ -168,7 +206,9 @@ pub(crate) fn incoming(
 ) {
     let (tx, rx) = mpsc::channel(64);
     let accepting = tokio::spawn(async move {
-        let per_address = Arc::new(crate::client_share::ClientShares::default());
+        let per_address = Arc::new(crate::client_share::ClientShares::with_total(
+            max_connections,
+        ));
         let refused_log = SharedLogLimiter::default();
         let failed_log = Arc::new(SharedLogLimiter::default());
         let handshaking = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -188,17 +228,29 @@ pub(crate) fn incoming(
                     continue;
                 }
             };
-            let Some(slot) = per_address.take(remote.ip(), max_per_address) else {
-                counters.over_limit.fetch_add(1, Ordering::Relaxed);
-                if refused_log.due().is_some() {
-                    tracing::warn!(client = %remote.ip(), limit = max_per_address,
-                        refused_total = counters.over_limit.load(Ordering::Relaxed),
-                        "refused a connection: this address has its share of connections open");
+            let slot = match per_address.take(remote.ip(), max_per_address) {
+                Ok(slot) => slot,
+                Err(refused) => {
+                    let total = match refused {
+                        Refused::ClientShare => &counters.over_limit,
+                        Refused::Total => &counters.over_total,
+                    };
+                    total.fetch_add(1, Ordering::Relaxed);
+                    if let Some(suppressed) = refused_log.due() {
+                        match refused {
+                            Refused::ClientShare => tracing::warn!(client = %remote.ip(),
+                                limit = max_per_address, suppressed,
+                                "refused a connection: this client has its share of connections open"),
+                            Refused::Total => tracing::warn!(client = %remote.ip(),
+                                limit = max_connections, suppressed,
+                                "refused a connection: the node has its most connections open"),
+                        }
+                    }
+                    continue;
                 }
-                continue;
             };
             let _ = socket.set_nodelay(true);
-            let info = TcpConnectInfo {
+            let tcp = TcpConnectInfo {
                 local_addr: socket.local_addr().ok(),
                 remote_addr: Some(remote),
             };
@@ -224,7 +276,10 @@ pub(crate) fn incoming(
                     }
                     let conn = Conn {
                         stream: Stream::Plain(socket),
-                        info,
+                        info: ConnInfo {
+                            tcp,
+                            client: Claimant::Address(remote.ip()),
+                        },
                         _slot: slot,
                     };
                     let _ = tx.send(Ok(conn)).await;
@@ -246,9 +301,17 @@ pub(crate) fn incoming(
                 let acceptor = tokio_rustls::TlsAcceptor::from(config.rustls());
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
                     Ok(Ok(stream)) => {
+                        let client = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .map_or(Claimant::Address(remote.ip()), |cert| {
+                                Claimant::Certificate(*blake3::hash(cert.as_ref()).as_bytes())
+                            });
                         let conn = Conn {
                             stream: Stream::Tls(Box::new(stream)),
-                            info,
+                            info: ConnInfo { tcp, client },
                             _slot: slot,
                         };
                         let _ = tx.send(Ok(conn)).await;
@@ -298,6 +361,7 @@ mod tests {
         let (_incoming, _task) = incoming(
             listener,
             TlsSlot::new(Some(tls())),
+            1000,
             100,
             4,
             PREFACE_TIMEOUT,
@@ -333,6 +397,7 @@ mod tests {
         let (mut incoming, _task) = incoming(
             listener,
             TlsSlot::new(None),
+            1000,
             100,
             4,
             Duration::from_millis(200),

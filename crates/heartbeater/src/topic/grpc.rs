@@ -7,21 +7,30 @@ use futures_util::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
-use super::hub::Topics;
+use super::hub::{Refusal, Topics};
 use super::types::validate_topic;
 use crate::grpc::access::{Access, Gate};
+use crate::grpc::listener::ConnInfo;
 use crate::grpc::proto::topic_service_server::TopicService;
 use crate::grpc::proto::{FrameKind, TopicFrame};
+use crate::log_limit::SharedLogLimiter;
 
 /// The gRPC face of a node's topics.
 pub(crate) struct TopicGrpc {
     topics: Arc<Topics>,
     gate: Gate,
+    /// Refused claims are logged, but a client repeating one must not be
+    /// able to fill the log.
+    refused_log: SharedLogLimiter,
 }
 
 impl TopicGrpc {
     pub(crate) fn new(topics: Arc<Topics>, gate: Gate) -> Self {
-        Self { topics, gate }
+        Self {
+            topics,
+            gate,
+            refused_log: SharedLogLimiter::default(),
+        }
     }
 }
 
@@ -44,6 +53,11 @@ impl TopicService for TopicGrpc {
         request: Request<Streaming<TopicFrame>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         self.gate.check(request.metadata(), Access::Read)?;
+        let info = request
+            .extensions()
+            .get::<ConnInfo>()
+            .cloned()
+            .ok_or_else(|| Status::internal("no connection information"))?;
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -69,13 +83,31 @@ impl TopicService for TopicGrpc {
             ))
         })?;
 
-        let (conn, frames) = hub.add_subscriber(instance).ok_or_else(|| {
-            Status::resource_exhausted(format!(
-                "topic {:?} has {} subscriptions, its most; try again later",
-                header.topic,
-                crate::topic::hub::MAX_SUBSCRIPTIONS
-            ))
-        })?;
+        let (conn, frames) = hub
+            .add_subscriber(instance, info.client)
+            .map_err(|refusal| match refusal {
+                Refusal::TopicFull => Status::resource_exhausted(format!(
+                    "topic {:?} has {} subscriptions, its most; try again later",
+                    header.topic,
+                    crate::topic::hub::MAX_SUBSCRIPTIONS
+                )),
+                Refusal::NodeFull => Status::resource_exhausted(format!(
+                    "this node serves {} subscriptions, its most; try again later",
+                    crate::topic::hub::MAX_NODE_SUBSCRIPTIONS
+                )),
+                Refusal::Claimed { holder } => {
+                    if let Some(suppressed) = self.refused_log.due() {
+                        tracing::warn!(topic = %header.topic, %instance, %holder,
+                            claimant = %info.client, client = ?info.tcp.remote_addr, suppressed,
+                            "refused a subscription: its instance id is subscribed from another client");
+                    }
+                    Status::permission_denied(format!(
+                        "instance {instance} is subscribed to {:?} from another client; \
+                         an instance id belongs to one client at a time",
+                        header.topic
+                    ))
+                }
+            })?;
         tokio::spawn(async move {
             // Answers are attributed to the instance that subscribed, not to
             // whatever a frame's header claims.

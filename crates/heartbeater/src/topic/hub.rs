@@ -2,7 +2,7 @@
 //! each, and the fan-out of frames to them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -15,7 +15,9 @@ use uuid::Uuid;
 use super::activation::{Activation, HeartbeatOutlet, Stopped};
 use super::queue::{subscriber_queue, PushError, QueueLimits, QueueStream, SubscriberQueue};
 use super::types::{validate_topic, ClientConnectionListener, HeartbeatParameters, TopicError};
+use crate::grpc::listener::Claimant;
 use crate::grpc::proto::{FrameHeader, FrameKind, TopicFrame};
+use crate::log_limit::SharedLogLimiter;
 
 /// Frames queued per subscriber before `send` waits for it.
 pub(crate) const SUBSCRIBER_QUEUE: usize = 1024;
@@ -30,6 +32,20 @@ pub(crate) const SUBSCRIBER_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// subscriber is dropped as stuck, unless
 /// [`TopicPublisher::set_stall_timeout`] says otherwise.
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a client whose subscription was dropped as stuck is not waited
+/// for again: the subscriptions it opens afterwards still get every frame
+/// there is room for, but a full queue is dropped at once instead of
+/// holding `send` up for the stall timeout. Without it, a client that
+/// opened a fresh subscription and stopped reading once per stall timeout
+/// would hold every `send` up for ever. Subscriptions opened before the
+/// drop (other processes on the same host, behind the same address) are
+/// waited for as before.
+pub(crate) const STALL_MEMORY: Duration = Duration::from_secs(60);
+
+/// Clients remembered as stuck at most (each entry is a few dozen bytes);
+/// the oldest goes first.
+const STALLED_CLIENTS: usize = 4096;
 
 const LIMITS: QueueLimits = QueueLimits {
     frames: SUBSCRIBER_QUEUE,
@@ -46,6 +62,32 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Default)]
 pub(crate) struct Topics {
     hubs: Mutex<HashMap<String, Arc<TopicHub>>>,
+    /// Subscription streams open on all of them.
+    open: Arc<AtomicUsize>,
+}
+
+/// Subscription streams one node serves at once, over all its topics: each
+/// topic's own bound times the number of topics would be no bound at all.
+pub const MAX_NODE_SUBSCRIPTIONS: usize = 16 * 1024;
+
+/// One subscription's place in the node's count; given back on drop, by
+/// whichever way the subscription ends (left, dropped as stalled, closed).
+struct NodeSlot(Arc<AtomicUsize>);
+
+impl NodeSlot {
+    fn take(open: &Arc<AtomicUsize>) -> Option<NodeSlot> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_NODE_SUBSCRIPTIONS).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| NodeSlot(open.clone()))
+    }
+}
+
+impl Drop for NodeSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Topics {
@@ -70,6 +112,9 @@ impl Topics {
             next_heartbeat_request: AtomicU64::new(1),
             heartbeats_sent: AtomicU64::new(0),
             stall_timeout: Mutex::new(DEFAULT_STALL_TIMEOUT),
+            stalled: Mutex::default(),
+            stall_log: SharedLogLimiter::default(),
+            node_open: self.open.clone(),
             topics: Arc::downgrade(self),
         });
         hubs.insert(topic.to_owned(), hub.clone());
@@ -125,7 +170,25 @@ pub struct TopicStats {
 struct Subscriber {
     conn: u64,
     instance: Uuid,
+    claimant: Claimant,
     queue: SubscriberQueue,
+    _slot: NodeSlot,
+}
+
+/// Why a subscription was not opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The topic serves [`MAX_SUBSCRIPTIONS`] streams already.
+    TopicFull,
+    /// The node serves [`MAX_NODE_SUBSCRIPTIONS`] streams already.
+    NodeFull,
+    /// The instance id has a stream open from another client (another
+    /// certificate, or without mutual TLS another address): an instance id
+    /// belongs to one client at a time.
+    Claimed {
+        /// The client that holds it.
+        holder: Claimant,
+    },
 }
 
 /// One answer to [`TopicPublisher::request`].
@@ -164,6 +227,11 @@ pub(crate) struct TopicHub {
     next_heartbeat_request: AtomicU64,
     heartbeats_sent: AtomicU64,
     stall_timeout: Mutex<Duration>,
+    /// Clients dropped as stuck: when, and the first connection number
+    /// opened after it (see [`STALL_MEMORY`]).
+    stalled: Mutex<HashMap<Claimant, (tokio::time::Instant, u64)>>,
+    stall_log: SharedLogLimiter,
+    node_open: Arc<AtomicUsize>,
     topics: Weak<Topics>,
 }
 
@@ -197,31 +265,66 @@ impl TopicHub {
         }
     }
 
-    /// A new subscription stream from `instance`: its connection number and
-    /// the frames to send it; `None` when the topic has
-    /// [`MAX_SUBSCRIPTIONS`] already.
-    pub(crate) fn add_subscriber(&self, instance: Uuid) -> Option<(u64, QueueStream)> {
+    /// A new subscription stream from `instance`, opened by `claimant`: its
+    /// connection number and the frames to send it.
+    ///
+    /// An instance id is only a claim, and ids are public (`/api/topics`),
+    /// so it is bound to the client that opened its first stream: while that
+    /// stream is open, another client's claim of the same id is refused.
+    /// Once every stream of an instance has closed, the instance is reported
+    /// disconnected (see [`TopicHub::remove_subscriber`]), so whoever claims
+    /// the id next starts from disconnected and cannot inherit a connection.
+    pub(crate) fn add_subscriber(
+        &self,
+        instance: Uuid,
+        claimant: Claimant,
+    ) -> Result<(u64, QueueStream), Refusal> {
         let mut subscribers = lock(&self.subscribers);
-        if subscribers.len() >= MAX_SUBSCRIPTIONS {
-            return None;
+        if let Some(holder) = subscribers
+            .iter()
+            .find(|s| s.instance == instance && s.claimant != claimant)
+        {
+            return Err(Refusal::Claimed {
+                holder: holder.claimant,
+            });
         }
+        if subscribers.len() >= MAX_SUBSCRIPTIONS {
+            return Err(Refusal::TopicFull);
+        }
+        let slot = NodeSlot::take(&self.node_open).ok_or(Refusal::NodeFull)?;
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (queue, stream) = subscriber_queue(LIMITS);
         subscribers.push(Subscriber {
             conn,
             instance,
+            claimant,
             queue,
+            _slot: slot,
         });
         drop(subscribers);
-        tracing::debug!(topic = %self.topic, %instance, conn, "subscriber joined");
-        Some((conn, stream))
+        tracing::debug!(topic = %self.topic, %instance, conn, %claimant, "subscriber joined");
+        Ok((conn, stream))
     }
 
+    /// Stream `conn` has ended. When it was its instance's last, the
+    /// instance is reported disconnected at once: a client with no stream
+    /// open receives nothing, whatever it answered before, and its id is
+    /// free for another client only from disconnected.
     pub(crate) fn remove_subscriber(&self, conn: u64) {
-        let mut subscribers = lock(&self.subscribers);
-        if let Some(i) = subscribers.iter().position(|s| s.conn == conn) {
-            subscribers.remove(i).queue.close();
+        let gone = {
+            let mut subscribers = lock(&self.subscribers);
+            let Some(i) = subscribers.iter().position(|s| s.conn == conn) else {
+                return;
+            };
+            let left = subscribers.remove(i);
+            left.queue.close();
             tracing::debug!(topic = %self.topic, conn, "subscriber left");
+            (!subscribers.iter().any(|s| s.instance == left.instance)).then_some(left.instance)
+        };
+        if let Some(instance) = gone {
+            if let Some(activation) = lock(&self.heartbeats).as_ref() {
+                activation.forget(instance);
+            }
         }
     }
 
@@ -249,16 +352,16 @@ impl TopicHub {
     /// dropped (see [`TopicHub::drop_stalled`]), so one stuck subscriber
     /// holds `send` up once, for the stall timeout, and never again.
     async fn send_to_all(&self, frame: TopicFrame) -> usize {
-        let targets: Vec<(u64, Uuid, SubscriberQueue)> = lock(&self.subscribers)
+        let targets: Vec<(u64, Uuid, Claimant, SubscriberQueue)> = lock(&self.subscribers)
             .iter()
-            .map(|s| (s.conn, s.instance, s.queue.clone()))
+            .map(|s| (s.conn, s.instance, s.claimant, s.queue.clone()))
             .collect();
         let mut delivered = 0;
         let mut full = Vec::new();
-        for (conn, instance, queue) in targets {
+        for (conn, instance, claimant, queue) in targets {
             match queue.try_push(frame.clone()) {
                 Ok(()) => delivered += 1,
-                Err(PushError::Full(_)) => full.push((conn, instance, queue)),
+                Err(PushError::Full(_)) => full.push((conn, instance, claimant, queue)),
                 Err(PushError::Gone) => {}
             }
         }
@@ -266,21 +369,59 @@ impl TopicHub {
             return delivered;
         }
         let stall = *lock(&self.stall_timeout);
-        let waits = full.into_iter().map(|(conn, instance, queue)| {
-            let frame = frame.clone();
-            async move {
-                let waited = tokio::time::timeout(stall, queue.push(frame)).await;
-                (conn, instance, waited)
-            }
-        });
-        for (conn, instance, waited) in join_all(waits).await {
+        // A client stuck recently is not waited for again.
+        let (again, waited_for): (Vec<_>, Vec<_>) = full
+            .into_iter()
+            .partition(|(conn, _, claimant, _)| self.stuck_recently(claimant, *conn));
+        for (conn, instance, claimant, _) in again {
+            self.drop_stalled(conn, instance, claimant, Duration::ZERO);
+        }
+        let waits = waited_for
+            .into_iter()
+            .map(|(conn, instance, claimant, queue)| {
+                let frame = frame.clone();
+                async move {
+                    let waited = tokio::time::timeout(stall, queue.push(frame)).await;
+                    (conn, instance, claimant, waited)
+                }
+            });
+        for (conn, instance, claimant, waited) in join_all(waits).await {
             match waited {
                 Ok(Ok(())) => delivered += 1,
                 Ok(Err(_gone)) => {}
-                Err(_elapsed) => self.drop_stalled(conn, instance, stall),
+                Err(_elapsed) => self.drop_stalled(conn, instance, claimant, stall),
             }
         }
         delivered
+    }
+
+    /// Whether stream `conn` of `claimant` was opened after a subscription
+    /// of the same client was dropped as stuck, within [`STALL_MEMORY`].
+    fn stuck_recently(&self, claimant: &Claimant, conn: u64) -> bool {
+        lock(&self.stalled)
+            .get(claimant)
+            .is_some_and(|(at, after)| at.elapsed() < STALL_MEMORY && conn >= *after)
+    }
+
+    fn remember_stuck(&self, claimant: Claimant) {
+        let opened_after = self.next_conn.load(Ordering::Relaxed);
+        let mut stalled = lock(&self.stalled);
+        stalled.retain(|_, (at, _)| at.elapsed() < STALL_MEMORY);
+        if stalled.len() >= STALLED_CLIENTS && !stalled.contains_key(&claimant) {
+            if let Some(oldest) = stalled
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(c, _)| *c)
+            {
+                stalled.remove(&oldest);
+            }
+        }
+        // A later drop of the same client keeps the earliest mark: streams
+        // opened since the first drop are all fresh ones.
+        let entry = stalled
+            .entry(claimant)
+            .or_insert((tokio::time::Instant::now(), opened_after));
+        entry.0 = tokio::time::Instant::now();
     }
 
     /// Drops stream `conn`, whose queue stayed full for `stall`: its frames
@@ -288,7 +429,8 @@ impl TopicHub {
     /// subscribes again), its answers no longer count, and, with heartbeats
     /// active, `instance` is reported disconnected if it was connected and
     /// has no other stream open.
-    fn drop_stalled(&self, conn: u64, instance: Uuid, stall: Duration) {
+    fn drop_stalled(&self, conn: u64, instance: Uuid, claimant: Claimant, stall: Duration) {
+        self.remember_stuck(claimant);
         let still_there = {
             let mut subscribers = lock(&self.subscribers);
             let Some(i) = subscribers.iter().position(|s| s.conn == conn) else {
@@ -296,12 +438,18 @@ impl TopicHub {
                 return;
             };
             let dropped = subscribers.remove(i);
-            dropped.queue.end_with(Status::resource_exhausted(format!(
-                "subscriber too slow: its queue stayed full for {stall:?}; subscribe again"
-            )));
+            let why = if stall.is_zero() {
+                "subscriber too slow: its queue is full, and this client was dropped as stuck within the last minute; subscribe again".to_owned()
+            } else {
+                format!("subscriber too slow: its queue stayed full for {stall:?}; subscribe again")
+            };
+            dropped.queue.end_with(Status::resource_exhausted(why));
             subscribers.iter().any(|s| s.instance == instance)
         };
-        tracing::warn!(topic = %self.topic, %instance, conn, ?stall, "dropped a subscriber too slow to keep up");
+        if let Some(suppressed) = self.stall_log.due() {
+            tracing::warn!(topic = %self.topic, %instance, conn, %claimant, ?stall, suppressed,
+                "dropped a subscriber too slow to keep up");
+        }
         if !still_there {
             if let Some(activation) = lock(&self.heartbeats).as_ref() {
                 activation.forget(instance);
@@ -568,8 +716,8 @@ mod tests {
         let publisher = topics.create("t", Uuid::new_v4()).unwrap();
         let hub = publisher.inner.hub.clone();
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let (conn_a, _frames_a) = hub.add_subscriber(a).unwrap();
-        let (conn_b, _frames_b) = hub.add_subscriber(b).unwrap();
+        let (conn_a, _frames_a) = hub.add_subscriber(a, client(1)).unwrap();
+        let (conn_b, _frames_b) = hub.add_subscriber(b, client(2)).unwrap();
         let asking = publisher.clone();
         let request =
             tokio::spawn(async move { asking.request("q", Duration::from_millis(500)).await });
@@ -596,12 +744,127 @@ mod tests {
         let hub = publisher.inner.hub.clone();
         let held: Vec<_> = (0..MAX_SUBSCRIPTIONS)
             .map(|_| {
-                hub.add_subscriber(Uuid::new_v4())
+                hub.add_subscriber(Uuid::new_v4(), client(1))
                     .expect("within the bound")
             })
             .collect();
-        assert!(hub.add_subscriber(Uuid::new_v4()).is_none());
+        assert_eq!(
+            hub.add_subscriber(Uuid::new_v4(), client(1)).err(),
+            Some(Refusal::TopicFull)
+        );
         hub.remove_subscriber(held[0].0);
-        assert!(hub.add_subscriber(Uuid::new_v4()).is_some(), "room again");
+        assert!(
+            hub.add_subscriber(Uuid::new_v4(), client(1)).is_ok(),
+            "room again"
+        );
+    }
+
+    #[test]
+    fn a_node_serves_so_many_subscriptions_over_all_its_topics() {
+        let topics = Arc::new(Topics::default());
+        let publishers: Vec<_> = (0..MAX_NODE_SUBSCRIPTIONS / MAX_SUBSCRIPTIONS + 1)
+            .map(|n| topics.create(&format!("t{n}"), Uuid::new_v4()).unwrap())
+            .collect();
+        let mut held = Vec::new();
+        for publisher in &publishers[1..] {
+            for _ in 0..MAX_SUBSCRIPTIONS {
+                held.push(
+                    publisher
+                        .inner
+                        .hub
+                        .add_subscriber(Uuid::new_v4(), client(1))
+                        .expect("within the bound"),
+                );
+            }
+        }
+        let hub = &publishers[0].inner.hub;
+        assert_eq!(
+            hub.add_subscriber(Uuid::new_v4(), client(1)).err(),
+            Some(Refusal::NodeFull),
+            "a topic with room of its own, on a full node"
+        );
+        publishers[1].inner.hub.remove_subscriber(held[0].0);
+        assert!(hub.add_subscriber(Uuid::new_v4(), client(1)).is_ok());
+        // Unpublishing gives every subscription's place back.
+        drop(publishers);
+        assert_eq!(topics.open.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_dropped_as_stuck_does_not_hold_send_up_again() {
+        use tokio::time::Instant;
+        let topics = Arc::new(Topics::default());
+        let publisher = topics.create("t", Uuid::new_v4()).unwrap();
+        let hub = publisher.inner.hub.clone();
+        let stall = publisher.stall_timeout();
+        let send = |n: usize| {
+            let publisher = publisher.clone();
+            async move {
+                for _ in 0..n {
+                    publisher.send("m").await;
+                }
+            }
+        };
+        // A subscription that never reads: its queue fills, then a send
+        // waits the stall timeout and drops it.
+        let (_, _stuck) = hub.add_subscriber(Uuid::new_v4(), client(1)).unwrap();
+        send(SUBSCRIBER_QUEUE).await;
+        // Another process on the same host, subscribed before the drop.
+        let (_, _neighbour) = hub.add_subscriber(Uuid::new_v4(), client(1)).unwrap();
+        let start = Instant::now();
+        assert_eq!(publisher.send("m").await, 1);
+        assert!(start.elapsed() >= stall, "waited for it once");
+        // The neighbour falls behind too: it was there before the drop, so
+        // it is waited for like anyone.
+        send(SUBSCRIBER_QUEUE - 1).await;
+        let start = Instant::now();
+        assert_eq!(publisher.send("m").await, 0);
+        assert!(start.elapsed() >= stall, "the neighbour waited for");
+        // The stuck client, a fresh subscription that does not read either:
+        // not waited for again.
+        let (_, _again) = hub.add_subscriber(Uuid::new_v4(), client(1)).unwrap();
+        send(SUBSCRIBER_QUEUE).await;
+        let start = Instant::now();
+        assert_eq!(publisher.send("m").await, 0);
+        assert_eq!(start.elapsed(), Duration::ZERO, "dropped at once");
+        assert!(publisher.subscribers().is_empty());
+        // Another client is still waited for, and so is this one later.
+        tokio::time::advance(STALL_MEMORY).await;
+        for n in [1, 2] {
+            let (_, _frames) = hub.add_subscriber(Uuid::new_v4(), client(n)).unwrap();
+            send(SUBSCRIBER_QUEUE).await;
+            let start = Instant::now();
+            publisher.send("m").await;
+            assert!(start.elapsed() >= stall, "client {n} waited for");
+        }
+    }
+
+    fn client(n: u8) -> Claimant {
+        Claimant::Address(std::net::IpAddr::from([192, 0, 2, n]))
+    }
+
+    #[test]
+    fn an_instance_id_belongs_to_one_client_while_its_stream_is_open() {
+        let topics = Arc::new(Topics::default());
+        let publisher = topics.create("t", Uuid::new_v4()).unwrap();
+        let hub = publisher.inner.hub.clone();
+        let id = Uuid::new_v4();
+        let (first, _frames) = hub.add_subscriber(id, client(1)).unwrap();
+        // The same client may open a second stream; another may not.
+        let (second, _more) = hub.add_subscriber(id, client(1)).expect("same client");
+        assert_eq!(
+            hub.add_subscriber(id, client(2)).err(),
+            Some(Refusal::Claimed { holder: client(1) })
+        );
+        hub.remove_subscriber(first);
+        assert!(
+            hub.add_subscriber(id, client(2)).is_err(),
+            "one stream is still open"
+        );
+        hub.remove_subscriber(second);
+        assert!(
+            hub.add_subscriber(id, client(2)).is_ok(),
+            "free once closed"
+        );
     }
 }

@@ -33,7 +33,10 @@ mod types;
 
 pub(crate) use grpc::TopicGrpc;
 pub(crate) use hub::Topics;
-pub use hub::{TopicPublisher, TopicResponse, TopicStats, DEFAULT_STALL_TIMEOUT};
+pub use hub::{
+    TopicPublisher, TopicResponse, TopicStats, DEFAULT_STALL_TIMEOUT, MAX_NODE_SUBSCRIPTIONS,
+    MAX_SUBSCRIPTIONS,
+};
 pub(crate) use subscriber::subscribe;
 pub use subscriber::{SubscriptionState, TopicSubscriber};
 pub use types::{
