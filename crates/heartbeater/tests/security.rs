@@ -312,6 +312,34 @@ async fn connections_past_an_address_share_are_closed() {
     .await;
 }
 
+/// Many clients each within their share can still exhaust descriptors: the
+/// node holds all of them together to its own bound.
+#[tokio::test]
+async fn connections_past_the_nodes_total_are_closed() {
+    let node = start(
+        HeartbeatServer::builder()
+            .max_connections(2)
+            .max_connections_per_address(100),
+    )
+    .await;
+    let clients: Vec<HeartbeatClient> = (0..3)
+        .map(|_| HeartbeatClient::new("127.0.0.1", port(&node), DEADLINE).unwrap())
+        .collect();
+    clients[0].heartbeat(hello()).await.unwrap();
+    clients[1].heartbeat(hello()).await.unwrap();
+    let e = clients[2].heartbeat(hello()).await.unwrap_err();
+    assert!(e.is_retryable(), "{e:?}");
+    let stats = node.security_stats();
+    assert!(stats.connections_over_total >= 1, "{stats:?}");
+    assert_eq!(stats.connections_over_limit, 0, "{stats:?}");
+    drop(clients);
+    common::eventually_async("a free connection slot", || async {
+        let c = HeartbeatClient::new("127.0.0.1", port(&node), DEADLINE).unwrap();
+        c.heartbeat(hello()).await.ok()
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn watchers_past_the_limit_are_refused() {
     let node = start(HeartbeatServer::builder().max_watchers(2)).await;

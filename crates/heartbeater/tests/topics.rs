@@ -799,3 +799,37 @@ fn assert_send_sync(
     is(&s);
     is(&n);
 }
+
+/// A client whose last stream closes receives nothing any more: it is
+/// reported disconnected at once, not after its heartbeats go unanswered
+/// (and its instance id can only be claimed again from disconnected).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_stream_closes_is_disconnected_at_once() {
+    let publisher_node = memory_node().await;
+    let addr = publisher_node.local_addr().unwrap();
+    let publisher = publisher_node.create_publisher(TOPIC).unwrap();
+    let recorder = Recorder::default();
+    // Heartbeats slow enough that missing them takes 10 s to notice.
+    let slow = HeartbeatParameters::builder()
+        .heartbeat_rate(Duration::from_secs(2))
+        .heartbeat_timeout(Duration::from_secs(2))
+        .max_client_conn_checks(5)
+        .build()
+        .unwrap();
+    publisher
+        .activate_heartbeats(recorder.clone(), slow)
+        .unwrap();
+    let client = memory_node().await;
+    let subscription = client.subscribe(TOPIC, addr, Counter::new("c")).unwrap();
+    recorder.wait_for("connected", client.instance_id()).await;
+    drop(subscription);
+    let closed = Instant::now();
+    let at = recorder
+        .wait_for("disconnected", client.instance_id())
+        .await;
+    assert!(
+        at - closed < Duration::from_secs(2),
+        "disconnected {:?} after its stream closed",
+        at - closed
+    );
+}
