@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Serve;
 use heartbeater::HeartbeatClient;
@@ -27,10 +27,9 @@ fn http_status(addr: &str, path: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn heavy_reads_past_the_limit_are_told_to_come_back() {
+async fn watchers_that_stop_reading_their_snapshot_hold_no_place() {
     // A node of 60,000 peers: a snapshot (about 5 MB) nobody reads stalls
-    // past what HTTP/2 buffers for it (2 MB a stream), holding its share of
-    // the limit.
+    // past what HTTP/2 buffers for it (2 MB a stream).
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let store = heartbeater::RocksDbStore::open(dir.path()).expect("store");
@@ -50,50 +49,37 @@ async fn heavy_reads_past_the_limit_are_told_to_come_back() {
     let client = HeartbeatClient::new(host, port.parse().expect("port"), Duration::from_secs(10))
         .expect("client");
     assert!(http_status(&http, "/api/peers").contains(" 200 "));
-
-    // Each on a connection of its own: stalled streams fill an HTTP/2
-    // connection's window, and the answers checked below need room.
+    // More stalled snapshots than the node serves heavy reads at once
+    // (32), each on a connection of its own: stalled streams fill an HTTP/2
+    // connection's window, and the answers checked below need room. A
+    // snapshot counts as a heavy read while it copies a page, not while it
+    // waits for its reader, so every one of them is admitted.
     let mut stalled = Vec::new();
-    for _ in 0..32 {
+    for n in 0..40 {
         let other =
             HeartbeatClient::new(host, port.parse().expect("port"), Duration::from_secs(10))
                 .expect("client");
-        let watch = other.watch_peers(true).await.expect("a snapshot watch");
+        let watch = other
+            .watch_peers(true)
+            .await
+            .unwrap_or_else(|e| panic!("snapshot watch {n} refused: {e}"));
         stalled.push((other, watch));
+        // Let it fill its queue and stall before the next.
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Let the 32 snapshots fill their queues and stall.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let text = match client.list_peers_page(0, String::new()).await {
-        Ok(page) => panic!("a 33rd heavy read served {} peers", page.peers.len()),
-        Err(e) => e.to_string(),
-    };
-    assert!(
-        text.contains("RESOURCE_EXHAUSTED")
-            || text.contains("resource exhausted")
-            || text.contains("at once"),
-        "{text}"
-    );
-    assert!(client.watch_peers(true).await.is_err(), "a 33rd snapshot");
-    let status = http_status(&http, "/api/peers");
-    assert!(status.contains(" 503 "), "{status}");
-    // Cheap reads go on meanwhile.
-    assert!(http_status(&http, "/healthz").contains(" 200 "));
-    let _cheap = client
-        .watch_peers(false)
+    // Meanwhile everyone else is served: pages, snapshots, the HTTP list.
+    let page = client
+        .list_peers_page(0, String::new())
         .await
-        .expect("a watch without snapshot");
-
+        .expect("a page while 40 snapshots stall");
+    assert_eq!(page.peers.len(), 1_000);
+    let _reading = client
+        .watch_peers(true)
+        .await
+        .expect("a snapshot while 40 stall");
+    let status = http_status(&http, "/api/peers");
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(http_status(&http, "/healthz").contains(" 200 "));
     drop(stalled);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match client.list_peers_page(0, String::new()).await {
-            Ok(page) => {
-                assert_eq!(page.peers.len(), 1_000);
-                break;
-            }
-            Err(e) => assert!(Instant::now() < deadline, "still refused: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(http_status(&http, "/api/peers").contains(" 200 "));
 }

@@ -814,10 +814,12 @@ impl HeartbeatServer {
         let (incoming, accepting) = crate::grpc::listener::incoming(
             listener,
             self.tls.clone(),
-            fit_to_descriptors(self.grpc_limits.max_connections),
-            self.grpc_limits.max_connections_per_address,
-            crate::grpc::listener::MAX_HANDSHAKES,
-            crate::grpc::listener::PREFACE_TIMEOUT,
+            crate::grpc::listener::ListenerLimits {
+                max_connections: fit_to_descriptors(self.grpc_limits.max_connections),
+                max_per_address: self.grpc_limits.max_connections_per_address,
+                max_handshakes: crate::grpc::listener::MAX_HANDSHAKES,
+                first_bytes: crate::grpc::listener::PREFACE_TIMEOUT,
+            },
             self.listener_counters.clone(),
             shutdown_rx.clone(),
         );

@@ -187,23 +187,39 @@ async fn preface(socket: &TcpStream) {
     }
 }
 
+/// What the listener holds its clients to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ListenerLimits {
+    /// Connections open at once, from all clients.
+    pub(crate) max_connections: usize,
+    /// Connections open at once from one client (IPv4 address, IPv6 /64).
+    pub(crate) max_per_address: usize,
+    /// Handshakes (TLS, or a plain-text preface) in progress at once.
+    pub(crate) max_handshakes: usize,
+    /// How long a plain-text client has to send its HTTP/2 preface.
+    pub(crate) first_bytes: Duration,
+}
+
 /// Accepts connections on `listener` until `shutdown`, and yields them
-/// ready for HTTP/2: within `max_per_address` per client IP, through the
+/// ready for HTTP/2: within `limits` (per client and in all), through the
 /// TLS handshake when `tls` holds a configuration at accept time. The task
 /// owns the listener: once it has ended, the port is free again.
 pub(crate) fn incoming(
     listener: TcpListener,
     tls: TlsSlot,
-    max_connections: usize,
-    max_per_address: usize,
-    max_handshakes: usize,
-    first_bytes: Duration,
+    limits: ListenerLimits,
     counters: Arc<ListenerCounters>,
     mut shutdown: watch::Receiver<bool>,
 ) -> (
     ReceiverStream<Result<Conn, io::Error>>,
     tokio::task::JoinHandle<()>,
 ) {
+    let ListenerLimits {
+        max_connections,
+        max_per_address,
+        max_handshakes,
+        first_bytes,
+    } = limits;
     let (tx, rx) = mpsc::channel(64);
     let accepting = tokio::spawn(async move {
         let per_address = Arc::new(crate::client_share::ClientShares::with_total(
@@ -361,10 +377,12 @@ mod tests {
         let (_incoming, _task) = incoming(
             listener,
             TlsSlot::new(Some(tls())),
-            1000,
-            100,
-            4,
-            PREFACE_TIMEOUT,
+            ListenerLimits {
+                max_connections: 1000,
+                max_per_address: 100,
+                max_handshakes: 4,
+                first_bytes: PREFACE_TIMEOUT,
+            },
             counters.clone(),
             shutdown,
         );
@@ -397,10 +415,12 @@ mod tests {
         let (mut incoming, _task) = incoming(
             listener,
             TlsSlot::new(None),
-            1000,
-            100,
-            4,
-            Duration::from_millis(200),
+            ListenerLimits {
+                max_connections: 1000,
+                max_per_address: 100,
+                max_handshakes: 4,
+                first_bytes: Duration::from_millis(200),
+            },
             counters.clone(),
             shutdown,
         );

@@ -177,8 +177,10 @@ impl HeartbeatService for HeartbeatGrpc {
         let mut events = self.node.subscribe();
         let server_id = self.node.identity().to_owned();
         // A snapshot is streamed a page at a time from the published view,
-        // never built whole: its cost is one page of memory, and one of
-        // the node's heavy reads while it lasts.
+        // never built whole: its cost is one page of memory. It counts as
+        // one of the node's heavy reads while it copies a page, not while
+        // it waits for the client to take one: a watcher that stops
+        // reading must not hold a place others need.
         let snapshot = if request.get_ref().include_snapshot {
             Some(self.node.heavy_read()?)
         } else {
@@ -189,14 +191,23 @@ impl HeartbeatService for HeartbeatGrpc {
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            if let Some(permit) = snapshot {
+            if let Some(first) = snapshot {
                 let now = unix_micros(std::time::SystemTime::now());
                 let mut after: Option<String> = None;
+                let mut permit = Some(first);
                 loop {
+                    let held = match permit.take() {
+                        Some(held) => held,
+                        None => match node.heavy_read_when_free().await {
+                            Some(held) => held,
+                            None => return,
+                        },
+                    };
                     let Ok((page, more)) = node.peers_page(after.take(), SNAPSHOT_PAGE).await
                     else {
                         return;
                     };
+                    drop(held);
                     after = page.last().map(|s| s.peer_id.clone());
                     for s in page {
                         let e = proto::PeerEvent {
@@ -217,7 +228,6 @@ impl HeartbeatService for HeartbeatGrpc {
                         break;
                     }
                 }
-                drop(permit);
             }
             loop {
                 let item = tokio::select! {

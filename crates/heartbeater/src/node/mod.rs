@@ -175,7 +175,34 @@ pub(crate) struct Node {
     /// Reads whose cost grows with the registry (pages, snapshots, the
     /// HTTP API's list) running at once: past it, callers are told to come
     /// back instead of queueing work.
-    heavy_reads: Arc<tokio::sync::Semaphore>,
+    heavy_reads: HeavyReads,
+}
+
+/// The node's bound on heavy reads: a new one is refused when all places
+/// are taken, one already admitted waits for its next place.
+struct HeavyReads {
+    places: Arc<tokio::sync::Semaphore>,
+    limit: usize,
+}
+
+impl HeavyReads {
+    fn new(limit: usize) -> Self {
+        Self {
+            places: Arc::new(tokio::sync::Semaphore::new(limit)),
+            limit,
+        }
+    }
+
+    fn try_take(&self) -> Result<tokio::sync::OwnedSemaphorePermit, NodeError> {
+        self.places
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| NodeError::Busy { limit: self.limit })
+    }
+
+    async fn take_when_free(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.places.clone().acquire_owned().await.ok()
+    }
 }
 
 /// Heavy reads (see [`Node::heavy_read`]) a node serves at once.
@@ -223,7 +250,7 @@ impl Node {
             topics: Arc::default(),
             quarantine: Quarantine::new(quarantined),
             view: Arc::default(),
-            heavy_reads: Arc::new(tokio::sync::Semaphore::new(MAX_HEAVY_READS)),
+            heavy_reads: HeavyReads::new(MAX_HEAVY_READS),
         })
     }
 
@@ -236,12 +263,14 @@ impl Node {
     /// `ListPeers`, a `WatchPeers` snapshot, the HTTP API's list), or
     /// [`NodeError::Busy`] when [`MAX_HEAVY_READS`] are running already.
     pub(crate) fn heavy_read(&self) -> Result<tokio::sync::OwnedSemaphorePermit, NodeError> {
-        self.heavy_reads
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| NodeError::Busy {
-                limit: MAX_HEAVY_READS,
-            })
+        self.heavy_reads.try_take()
+    }
+
+    /// A heavy-read permit once one is free, for a read already admitted
+    /// that goes on (the next page of a snapshot); `None` only if the
+    /// limit is gone (never, while the node exists).
+    pub(crate) async fn heavy_read_when_free(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.heavy_reads.take_when_free().await
     }
 
     /// Runs `read` on the parked table; `None` while a driver owns it.
@@ -754,4 +783,39 @@ pub(crate) fn spec_of_record(r: &PeerRecord) -> Result<PeerSpec, ValidationError
         ));
     }
     Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn heavy_reads_past_the_limit_are_busy_and_a_place_given_back_serves_one() {
+        let reads = HeavyReads::new(MAX_HEAVY_READS);
+        let held: Vec<_> = (0..MAX_HEAVY_READS)
+            .map(|_| reads.try_take().expect("within the limit"))
+            .collect();
+        let refused = reads.try_take().expect_err("one past the limit");
+        assert!(matches!(
+            refused,
+            NodeError::Busy {
+                limit: MAX_HEAVY_READS
+            }
+        ));
+        // What a gRPC caller and an HTTP caller are told.
+        assert_eq!(
+            tonic::Status::from(refused).code(),
+            tonic::Code::ResourceExhausted
+        );
+        // A snapshot already admitted waits for its next place.
+        let waiting = tokio::spawn({
+            let places = reads.places.clone();
+            async move { places.acquire_owned().await.is_ok() }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "no place free yet");
+        drop(held);
+        assert!(waiting.await.unwrap(), "served once a place is back");
+        assert!(reads.try_take().is_ok());
+    }
 }
