@@ -129,16 +129,10 @@ pub(crate) enum PongOutcome {
     Judged(heartbeater_core::ReplyVerdict, heartbeater_core::ProbeId),
 }
 
-/// The datagram side of the node's driver: the sockets, each peer's path,
+/// The datagram side of the node's driver: the socket, each peer's path,
 /// the key that seals probe tokens and the optional cluster keyring.
 pub(crate) struct DatagramPath {
-    /// The node's public socket: monitors' pings arrive here and are
-    /// answered from it.
     pub(crate) socket: Arc<UdpSocket>,
-    /// The socket this node's own heartbeats leave from, so their pongs
-    /// come back to it and not to the public port: a flood on the public
-    /// port (anyone may send to it) then neither delays nor drops them.
-    pub(crate) probe: Arc<UdpSocket>,
     local_v6: bool,
     sealer: ProbeSealer,
     keyring: Option<Keyring>,
@@ -151,7 +145,6 @@ pub(crate) struct DatagramPath {
 impl DatagramPath {
     pub(crate) fn new(
         socket: Arc<UdpSocket>,
-        probe: Arc<UdpSocket>,
         identity: String,
         epoch: u64,
         sealer: ProbeSealer,
@@ -160,7 +153,6 @@ impl DatagramPath {
         let local_v6 = socket.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
         Self {
             socket,
-            probe,
             local_v6,
             sealer,
             keyring,
@@ -256,7 +248,7 @@ impl DatagramPath {
             self.keyring.as_ref(),
             &mut self.out,
         );
-        if let Err(e) = self.probe.try_send_to(&self.out, addr) {
+        if let Err(e) = self.socket.try_send_to(&self.out, addr) {
             tracing::trace!(error = %e, %addr, "heartbeat datagram not sent");
             // A full send buffer is this node's own backlog: the heartbeat
             // is voided, and the peer is not moved to the dearer path,
@@ -348,25 +340,6 @@ impl DatagramPath {
             return;
         };
         entry.target = addr.map_or(Target::Unusable, Target::Addr);
-    }
-}
-
-/// A socket for this node's own heartbeats, on the public socket's address
-/// and a port of the system's choosing. Without one (no free port, say)
-/// the public socket does both jobs, as it did before: heartbeats still
-/// work, only without the shelter from floods.
-pub(crate) fn probe_socket(public: &Arc<UdpSocket>) -> Arc<UdpSocket> {
-    let opened = public.local_addr().and_then(|local| {
-        let socket = std::net::UdpSocket::bind(SocketAddr::new(local.ip(), 0))?;
-        socket.set_nonblocking(true)?;
-        UdpSocket::from_std(socket)
-    });
-    match opened {
-        Ok(socket) => Arc::new(socket),
-        Err(e) => {
-            tracing::warn!(error = %e, "no socket of its own for this node's heartbeats; they leave from the public port");
-            public.clone()
-        }
     }
 }
 

@@ -235,10 +235,8 @@ impl Driver {
         let grpc_allowed = config.keyring.is_none() || config.udp.is_none();
         let sealer = ProbeSealer::new(config.token_secret);
         let path = config.udp.map(|socket| {
-            let probe = crate::driver::datagram_path::probe_socket(&socket);
             DatagramPath::new(
                 socket,
-                probe,
                 config.identity.clone(),
                 config.epoch,
                 sealer,
@@ -273,18 +271,12 @@ impl Driver {
             applying: std::collections::VecDeque::new(),
             looked: Looked::new(now()),
             receiver: None,
-            probe_receiver: None,
             losses: crate::driver::receiver::Losses::default(),
         };
         state.receiver = state
             .path
             .as_ref()
             .map(|p| crate::driver::receiver::Receiver::new(&p.socket));
-        state.probe_receiver = state
-            .path
-            .as_ref()
-            .filter(|p| !Arc::ptr_eq(&p.socket, &p.probe))
-            .map(|p| crate::driver::receiver::Receiver::new(&p.probe));
         // One timer, re-armed only when the earliest deadline moves: a pong
         // must not cost a timer registration. A timer that fired must be
         // re-armed before it is polled again (an elapsed sleep stays ready,
@@ -292,11 +284,6 @@ impl Driver {
         // The socket never changes: one handle for the whole run, not a
         // clone per wake-up.
         let socket = state.path.as_ref().map(|p| p.socket.clone());
-        let probe = state
-            .path
-            .as_ref()
-            .filter(|p| !Arc::ptr_eq(&p.socket, &p.probe))
-            .map(|p| p.probe.clone());
         let sleep = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(sleep);
         let mut armed = Armed::Fired;
@@ -325,13 +312,9 @@ impl Driver {
                 };
             }
             let readable = async {
-                match (&socket, &probe) {
-                    (Some(s), Some(p)) => tokio::select! {
-                        r = p.readable() => r,
-                        r = s.readable() => r,
-                    },
-                    (Some(s), None) => s.readable().await,
-                    _ => std::future::pending().await,
+                match &socket {
+                    Some(s) => s.readable().await,
+                    None => std::future::pending().await,
                 }
             };
             // Waits for anything to do; stopping comes first.
@@ -371,7 +354,7 @@ impl Driver {
             // are applied: a reply already waiting is not a miss.
             let mut sent_total = 0;
             let started = now();
-            let mut public_empty;
+            let mut ran_dry;
             loop {
                 let t = now();
                 let due = state.table.next_deadline().is_some_and(|d| d <= t);
@@ -384,10 +367,7 @@ impl Driver {
                 sent_total += sent;
                 let batch = RECEIVE_BATCH.saturating_add(sent);
                 state.collect_calls(batch);
-                // The replies to this node's heartbeats first, on their own
-                // socket: a flood on the public port waits behind them.
-                state.receive(Socket::Probe, batch);
-                public_empty = state.receive(Socket::Public, batch);
+                ran_dry = state.receive(batch);
                 // Bounded in time as well as in count: a wake-up that ran
                 // long on its own work would look like a pause to the guard.
                 if sent < SEND_CHUNK || now().saturating_duration_since(started) >= SEND_TIME {
@@ -410,11 +390,13 @@ impl Driver {
                 u64::from(state.table.awareness_score()),
                 std::sync::atomic::Ordering::Relaxed,
             );
-            if !public_empty {
+            if !ran_dry {
                 // A socket that never runs dry (a flood) keeps this task
-                // always ready: give the runtime its turn, or its timers, its
-                // other tasks (gRPC calls, readers) and its look at the
-                // sockets wait behind the flood.
+                // always ready, and a task always ready is polled again
+                // before the runtime looks at its timers and sockets: the
+                // node's other tasks (its gRPC calls and server, readers,
+                // timers) would wait behind the flood for seconds. Yielding
+                // gives the runtime its turn.
                 tokio::task::yield_now().await;
             }
         }
@@ -501,22 +483,10 @@ struct Loop {
     changes: Vec<StatusChange>,
     /// Up to when every reply has been read, per path.
     looked: Looked,
-    /// Reads the public datagram socket, noticing what it dropped.
+    /// Reads the datagram socket, noticing what it dropped.
     receiver: Option<crate::driver::receiver::Receiver>,
-    /// Reads the socket the heartbeats leave from (their replies), when it
-    /// is not the public one.
-    probe_receiver: Option<crate::driver::receiver::Receiver>,
-    /// When the socket the replies come to dropped some.
+    /// When the socket dropped replies.
     losses: crate::driver::receiver::Losses,
-}
-
-/// Which of the node's datagram sockets to read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Socket {
-    /// The one this node's heartbeats leave from: their pongs.
-    Probe,
-    /// The public one: monitors' pings, and anything anyone sends.
-    Public,
 }
 
 /// The last time the driver found no reply waiting, per path: a reply it
@@ -782,68 +752,39 @@ impl Loop {
         // one that got no answer.
     }
 
-    /// Reads up to `limit` datagrams from `which` socket: pings are
-    /// answered, pongs judged. If it finds none left waiting on the socket
-    /// the replies come to, every reply so far has been read.
-    /// Returns whether it found the socket empty.
-    fn receive(&mut self, which: Socket, limit: usize) -> bool {
-        let Some(path) = self.path.as_mut() else {
+    /// Reads up to `limit` datagrams: pings are answered, pongs judged. If
+    /// it finds none left waiting, every datagram so far has been read, and
+    /// it returns true.
+    fn receive(&mut self, limit: usize) -> bool {
+        let (Some(path), Some(receiver)) = (self.path.as_mut(), self.receiver.as_mut()) else {
             self.looked.datagram = now();
             return true;
         };
-        // Replies come to the probe socket, or to the public one when the
-        // node could not open a second (then the probe receiver is none).
-        let replies_here = match which {
-            Socket::Probe => true,
-            Socket::Public => self.probe_receiver.is_none(),
-        };
-        let (socket, receiver) = match which {
-            Socket::Probe => (path.probe.clone(), self.probe_receiver.as_mut()),
-            Socket::Public => (path.socket.clone(), self.receiver.as_mut()),
-        };
-        let Some(receiver) = receiver else {
-            return true;
-        };
+        let socket = path.socket.clone();
         let read = now();
-        // A pong on a socket replies do not come to has no heartbeat of
-        // ours waiting on it: no leniency for the node's lag.
         let arrival = Arrival {
-            after: if replies_here {
-                bounded(self.looked.datagram, read)
-            } else {
-                read
-            },
+            after: bounded(self.looked.datagram, read),
             read,
         };
         for _ in 0..limit {
             let (n, from) = match receiver.try_recv(&socket, &mut self.buf) {
                 Ok(r) => {
                     if r.lost_before {
-                        if replies_here {
-                            // The count comes with the next datagram queued
-                            // after the drops: they happened after the one
-                            // read before it was queued, so after the socket
-                            // was last found empty before that read.
-                            self.losses.record(self.looked.before_last_read, now());
-                        }
-                        let seen = match which {
-                            Socket::Probe => &self.counters.probe_receive_drops,
-                            Socket::Public => &self.counters.receive_drops,
-                        };
-                        seen.store(
+                        // The count comes with the next datagram queued
+                        // after the drops: they happened after the one read
+                        // before it was queued, so after the socket was last
+                        // found empty before that read.
+                        self.losses.record(self.looked.before_last_read, now());
+                        self.counters.receive_drops.store(
                             u64::from(receiver.drops()),
                             std::sync::atomic::Ordering::Relaxed,
                         );
                     }
-                    if replies_here {
-                        self.looked.before_last_read = self.looked.datagram;
-                    }
+                    self.looked.before_last_read = self.looked.datagram;
                     (r.len, r.from)
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if replies_here {
-                        self.looked.datagram = now();
-                    }
+                    self.looked.datagram = now();
                     return true;
                 }
                 Err(e) => {

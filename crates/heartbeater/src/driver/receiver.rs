@@ -67,7 +67,7 @@ impl Receiver {
 
         let fd = socket.as_raw_fd();
         let cmsg = &mut self.cmsg;
-        let mut recv = || {
+        let (len, from, counter) = socket.try_io(tokio::io::Interest::READABLE, || {
             let mut iov = [std::io::IoSliceMut::new(buf)];
             let msg = recvmsg::<SockaddrStorage>(
                 fd,
@@ -87,22 +87,7 @@ impl Receiver {
             }
             let from = msg.address.as_ref().and_then(socket_addr);
             Ok((msg.bytes, from, counter))
-        };
-        // Through tokio's readiness first, so that a `WouldBlock` clears it
-        // and the next datagram wakes the driver. But that readiness is only
-        // as fresh as the runtime's last look at its sockets, which a busy
-        // runtime (a flood on the other socket keeps the driver always
-        // ready) takes rarely: when tokio does not know the socket has
-        // data, ask the socket itself.
-        let mut asked = false;
-        let read = socket.try_io(tokio::io::Interest::READABLE, || {
-            asked = true;
-            recv()
-        });
-        let (len, from, counter) = match read {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && !asked => recv()?,
-            other => other?,
-        };
+        })?;
         let lost_before = counter != self.drops;
         self.drops = counter;
         let from = from.ok_or_else(|| std::io::Error::other("a datagram without a sender"))?;

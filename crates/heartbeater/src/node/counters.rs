@@ -21,10 +21,8 @@ pub(crate) struct Counters {
     /// buffer full, its gRPC calls at their limit, a peer's name still being
     /// looked up on a node with a cluster key).
     pub(crate) overload_voided: AtomicU64,
-    /// Datagrams the public socket dropped, its buffer full, as last seen.
+    /// Datagrams the socket dropped, its buffer full, as last seen.
     pub(crate) receive_drops: AtomicU64,
-    /// The same for the socket the node's own heartbeats leave from.
-    pub(crate) probe_receive_drops: AtomicU64,
     /// The table's local health score, as of the driver's latest wake-up.
     pub(crate) awareness: AtomicU64,
     /// Heartbeats by path, RTTs, transitions, registry writes.
@@ -116,8 +114,7 @@ impl Counters {
             too_short: get(&self.not_answered_too_short),
             forged_tokens: get(&self.forged_tokens),
             unmatched_pongs: get(&self.unmatched_pongs),
-            dropped_on_receive: get(&self.receive_drops)
-                .saturating_add(get(&self.probe_receive_drops)),
+            dropped_on_receive: get(&self.receive_drops),
         }
     }
 }
