@@ -654,6 +654,9 @@ settings! {
     /// The most connections one client (an IPv4 address, an IPv6 /64) may hold open.
     [value_name = "N"]
     max_connections_per_address: usize = heartbeater::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS;
+    /// How long a gRPC connection may go without a call before it is closed.
+    [value_name = "DURATION"]
+    connection_idle_timeout: HumanDuration = HumanDuration(heartbeater::DEFAULT_CONNECTION_IDLE_TIMEOUT);
     /// The most calls in progress on one connection.
     [value_name = "N"]
     max_streams_per_connection: u32 = heartbeater::DEFAULT_MAX_STREAMS_PER_CONNECTION;

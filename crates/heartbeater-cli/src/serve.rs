@@ -181,6 +181,7 @@ pub async fn run(cfg: Settings) -> anyhow::Result<()> {
         .default_rise(cfg.default_rise)
         .max_request_bytes(cfg.max_request_bytes)
         .max_connections(cfg.max_connections)
+        .connection_idle_timeout(cfg.connection_idle_timeout.0)
         .max_connections_per_address(cfg.max_connections_per_address)
         .max_streams_per_connection(cfg.max_streams_per_connection)
         .max_watchers(cfg.max_watchers);

@@ -72,6 +72,11 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 1024;
 /// each holds a file descriptor, and a node out of descriptors cannot open
 /// RocksDB's files or accept its monitors' connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default time a gRPC connection may go without a call before it is
+/// closed (a client's HTTP/2 stack answers keepalive pings by itself, so
+/// only this frees a connection that is up but unused). Calls in progress,
+/// long streams included, keep a connection in use.
+pub const DEFAULT_CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// File descriptors kept for everything but gRPC connections (RocksDB's
 /// files, sockets, the HTTP listener's connections) when the connection
 /// bound is fitted to the process's descriptor limit.
@@ -123,6 +128,7 @@ pub struct HeartbeatServerBuilder {
     max_connections_per_address: usize,
     max_streams_per_connection: u32,
     http2_keepalive: (Duration, Duration),
+    connection_idle_timeout: Duration,
     max_watchers: usize,
     pause: PauseThreshold,
     default_detector: DefaultDetector,
@@ -153,6 +159,7 @@ impl Default for HeartbeatServerBuilder {
             max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             http2_keepalive: DEFAULT_HTTP2_KEEPALIVE,
+            connection_idle_timeout: DEFAULT_CONNECTION_IDLE_TIMEOUT,
             max_watchers: DEFAULT_MAX_WATCHERS,
             pause: PauseThreshold::Auto,
             default_detector: DefaultDetector::MissCount,
@@ -365,6 +372,16 @@ impl HeartbeatServerBuilder {
         self
     }
 
+    /// How long a gRPC connection may go without a call before it is closed
+    /// (default [`DEFAULT_CONNECTION_IDLE_TIMEOUT`], 5 minutes). It is
+    /// closed when its client next sends something, at the latest when it
+    /// answers the next keepalive ping; a client opens a new one when it
+    /// calls again.
+    pub fn connection_idle_timeout(mut self, idle: Duration) -> Self {
+        self.connection_idle_timeout = idle;
+        self
+    }
+
     /// The most `WatchPeers` streams open at once (default 1024); one more
     /// is refused with `RESOURCE_EXHAUSTED`.
     pub fn max_watchers(mut self, watchers: usize) -> Self {
@@ -436,6 +453,14 @@ impl HeartbeatServerBuilder {
                 field: "server_host",
                 reason: e.reason,
             })?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 3600))
+            .contains(&self.connection_idle_timeout)
+        {
+            return Err(ServerError::InvalidConfig {
+                field: "connection_idle_timeout",
+                reason: format!("{:?}; must be 1 s to 7 days", self.connection_idle_timeout),
+            });
+        }
         if !(1..=1024).contains(&self.worker_count) {
             return Err(ServerError::InvalidConfig {
                 field: "worker_count",
@@ -633,6 +658,7 @@ impl HeartbeatServerBuilder {
                 max_streams_per_connection: self.max_streams_per_connection,
                 max_watchers: self.max_watchers,
                 http2_keepalive: self.http2_keepalive,
+                connection_idle_timeout: self.connection_idle_timeout,
             },
             listener_counters: Arc::default(),
             keyring: Mutex::new(self.keyring),
@@ -656,6 +682,7 @@ struct GrpcLimits {
     max_streams_per_connection: u32,
     max_watchers: usize,
     http2_keepalive: (Duration, Duration),
+    connection_idle_timeout: Duration,
 }
 
 /// What the node's gRPC security has refused since it was built.
@@ -674,6 +701,9 @@ pub struct SecurityStats {
     /// Plain-text connections closed because their client sent no HTTP/2
     /// preface within 10 s (or 1,024 were already waiting for theirs).
     pub silent_connections: u64,
+    /// Connections closed after going without a call for the idle timeout
+    /// ([`HeartbeatServerBuilder::connection_idle_timeout`]).
+    pub idle_connections: u64,
 }
 
 enum Lifecycle {
@@ -819,6 +849,7 @@ impl HeartbeatServer {
                 max_per_address: self.grpc_limits.max_connections_per_address,
                 max_handshakes: crate::grpc::listener::MAX_HANDSHAKES,
                 first_bytes: crate::grpc::listener::PREFACE_TIMEOUT,
+                idle: self.grpc_limits.connection_idle_timeout,
             },
             self.listener_counters.clone(),
             shutdown_rx.clone(),
@@ -881,6 +912,7 @@ impl HeartbeatServer {
                 .http2_keepalive_interval(Some(self.grpc_limits.http2_keepalive.0))
                 .http2_keepalive_timeout(Some(self.grpc_limits.http2_keepalive.1))
                 .layer(OversizeLayer)
+                .layer(crate::grpc::idle::ActivityLayer)
                 .add_service(health_service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
@@ -1103,6 +1135,7 @@ impl HeartbeatServer {
             connections_over_total: self.listener_counters.over_total.load(Relaxed),
             tls_handshakes_failed: self.listener_counters.handshakes_failed.load(Relaxed),
             silent_connections: self.listener_counters.silent.load(Relaxed),
+            idle_connections: self.listener_counters.idle.load(Relaxed),
         }
     }
 

@@ -3,6 +3,8 @@
 //! slot and descriptor for ever: the node pings it over HTTP/2 and closes
 //! the connection when no acknowledgement comes.
 
+mod common;
+
 use std::time::Duration;
 
 use heartbeater::HeartbeatServer;
@@ -44,4 +46,51 @@ async fn closed_within(keepalive: Option<(Duration, Duration)>, patience: Durati
 async fn a_client_that_never_acknowledges_a_ping_is_closed() {
     let fast = Some((Duration::from_millis(200), Duration::from_millis(200)));
     assert!(closed_within(fast, Duration::from_secs(10)).await);
+}
+
+/// A client whose HTTP/2 stack answers every ping but that makes no call
+/// is closed after the idle timeout; one with a call in progress (a watch)
+/// is not, however long the call lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_a_call_is_closed_after_the_idle_timeout() {
+    use tokio_stream::StreamExt;
+    let node = HeartbeatServer::builder()
+        .server_port(0)
+        .in_memory()
+        .http2_keepalive(Duration::from_millis(200), Duration::from_secs(5))
+        .connection_idle_timeout(Duration::from_secs(1))
+        .build()
+        .expect("build");
+    let addr = node.start().await.expect("start");
+    let port = addr.port();
+    let idle =
+        heartbeater::HeartbeatClient::new("127.0.0.1", port, Duration::from_secs(5)).unwrap();
+    let watching =
+        heartbeater::HeartbeatClient::new("127.0.0.1", port, Duration::from_secs(5)).unwrap();
+    idle.heartbeat(heartbeater::HeartbeatMessage {
+        client_id: "idle".into(),
+        client_epoch: 0,
+    })
+    .await
+    .expect("a first call");
+    let mut events = watching.watch_peers(false).await.expect("a watch");
+    let start = std::time::Instant::now();
+    while node.security_stats().idle_connections == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the idle connection is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Only the idle one: the watch goes on.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(node.security_stats().idle_connections, 1);
+    node.register_peer(common::idle_peer("seen-by-the-watch"))
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("the watch still delivers");
+    assert!(matches!(event, Some(Ok(_))), "{event:?}");
+    node.stop().await.unwrap();
 }

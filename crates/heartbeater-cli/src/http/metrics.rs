@@ -321,6 +321,7 @@ impl Collector for Snapshot {
                 (reason("connections_over_total"), s.connections_over_total),
                 (reason("tls_handshake_failed"), s.tls_handshakes_failed),
                 (reason("no_preface"), s.silent_connections),
+                (reason("idle"), s.idle_connections),
             ],
         )?;
         histogram(

@@ -40,6 +40,9 @@ pub(crate) struct Conn {
     stream: Stream,
     info: ConnInfo,
     _slot: crate::client_share::ClientClaim,
+    /// Closed the next time it is read once it has had no call for this.
+    idle: Duration,
+    counters: Arc<ListenerCounters>,
 }
 
 /// What a request's handler knows of the connection it came on: the
@@ -50,6 +53,8 @@ pub(crate) struct ConnInfo {
     pub(crate) tcp: TcpConnectInfo,
     /// The client as far as the connection proves it.
     pub(crate) client: Claimant,
+    /// Its calls in progress, and when it last had one.
+    pub(crate) activity: Arc<crate::grpc::idle::Activity>,
 }
 
 /// Who a client is, as far as its connection proves it: with mutual TLS its
@@ -90,7 +95,15 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().stream {
+        let conn = self.get_mut();
+        // Read when the client sends something, its acknowledgement of the
+        // server's keepalive ping included: an end of stream here makes
+        // HTTP/2 close the connection.
+        if conn.info.activity.idle_for(conn.idle) {
+            conn.counters.idle.fetch_add(1, Ordering::Relaxed);
+            return Poll::Ready(Ok(()));
+        }
+        match &mut conn.stream {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
@@ -163,6 +176,8 @@ pub(crate) struct ListenerCounters {
     /// Plain-text connections closed because their client sent no HTTP/2
     /// preface in time (or too many were waiting for theirs).
     pub(crate) silent: AtomicU64,
+    /// Connections closed after a while without a call.
+    pub(crate) idle: AtomicU64,
 }
 
 /// How long a plain-text client has to send the HTTP/2 connection preface:
@@ -198,6 +213,8 @@ pub(crate) struct ListenerLimits {
     pub(crate) max_handshakes: usize,
     /// How long a plain-text client has to send its HTTP/2 preface.
     pub(crate) first_bytes: Duration,
+    /// How long a connection may go without a call.
+    pub(crate) idle: Duration,
 }
 
 /// Accepts connections on `listener` until `shutdown`, and yields them
@@ -219,6 +236,7 @@ pub(crate) fn incoming(
         max_per_address,
         max_handshakes,
         first_bytes,
+        idle,
     } = limits;
     let (tx, rx) = mpsc::channel(64);
     let accepting = tokio::spawn(async move {
@@ -295,8 +313,11 @@ pub(crate) fn incoming(
                         info: ConnInfo {
                             tcp,
                             client: Claimant::Address(remote.ip()),
+                            activity: crate::grpc::idle::Activity::new(),
                         },
                         _slot: slot,
+                        idle,
+                        counters,
                     };
                     let _ = tx.send(Ok(conn)).await;
                 });
@@ -327,8 +348,14 @@ pub(crate) fn incoming(
                             });
                         let conn = Conn {
                             stream: Stream::Tls(Box::new(stream)),
-                            info: ConnInfo { tcp, client },
+                            info: ConnInfo {
+                                tcp,
+                                client,
+                                activity: crate::grpc::idle::Activity::new(),
+                            },
                             _slot: slot,
+                            idle,
+                            counters: counters.clone(),
                         };
                         let _ = tx.send(Ok(conn)).await;
                     }
@@ -382,6 +409,7 @@ mod tests {
                 max_per_address: 100,
                 max_handshakes: 4,
                 first_bytes: PREFACE_TIMEOUT,
+                idle: Duration::from_secs(300),
             },
             counters.clone(),
             shutdown,
@@ -420,6 +448,7 @@ mod tests {
                 max_per_address: 100,
                 max_handshakes: 4,
                 first_bytes: Duration::from_millis(200),
+                idle: Duration::from_secs(300),
             },
             counters.clone(),
             shutdown,

@@ -1,9 +1,10 @@
 //! The gRPC edge: the services and their conversions to and from the wire
 //! contract, and what guards them: the access gate (tokens), TLS, the
-//! listener's connection limits, oversize requests, paging.
+//! listener's connection limits, idle connections, oversize requests, paging.
 
 pub(crate) mod access;
 pub(crate) mod convert;
+pub(crate) mod idle;
 pub(crate) mod listener;
 pub(crate) mod oversize;
 pub(crate) mod paging;

@@ -1,0 +1,167 @@
+//! Connections that make no calls are closed after a while.
+//!
+//! A client's HTTP/2 stack answers the server's pings by itself, so the
+//! keepalive closes only connections whose host has gone; one that is up
+//! but makes no call would hold its place (a file descriptor, a share of
+//! its client's connections) for ever. Every call on a connection is
+//! counted from its start until its response has been sent in full (a
+//! stream of events or topic frames counts for as long as it lasts), and a
+//! connection with no call for [`crate::DEFAULT_CONNECTION_IDLE_TIMEOUT`]
+//! (or the builder's value) is closed the next time it is read.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// What a connection has been used for lately, shared by the connection
+/// and the calls on it.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    base: Instant,
+    calls: AtomicUsize,
+    /// Milliseconds after `base` when a call last started or ended.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            base: Instant::now(),
+            calls: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Release);
+    }
+
+    /// Whether the connection has had no call in progress for `idle`.
+    pub(crate) fn idle_for(&self, idle: Duration) -> bool {
+        if self.calls.load(Ordering::Acquire) > 0 {
+            return false;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Acquire));
+        self.base.elapsed().saturating_sub(last) >= idle
+    }
+
+    fn begin(self: &Arc<Self>) -> CallGuard {
+        self.calls.fetch_add(1, Ordering::AcqRel);
+        self.touch();
+        CallGuard(self.clone())
+    }
+}
+
+/// One call in progress; the call ends when this is dropped.
+#[derive(Debug)]
+pub(crate) struct CallGuard(Arc<Activity>);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.calls.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts the calls of each connection ([`Activity`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ActivityLayer;
+
+impl<S> tower_layer::Layer<S> for ActivityLayer {
+    type Service = CountCalls<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CountCalls { inner }
+    }
+}
+
+/// See [`ActivityLayer`].
+#[derive(Debug, Clone)]
+pub(crate) struct CountCalls<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, B> tower_service::Service<http::Request<ReqBody>> for CountCalls<S>
+where
+    S: tower_service::Service<http::Request<ReqBody>, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Counted<B>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let guard = request
+            .extensions()
+            .get::<crate::grpc::listener::ConnInfo>()
+            .map(|info| info.activity.begin());
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| Counted {
+                inner: body,
+                _guard: guard,
+            }))
+        })
+    }
+}
+
+/// A response body that keeps its call counted until it is dropped.
+#[derive(Debug)]
+pub(crate) struct Counted<B> {
+    inner: B,
+    _guard: Option<CallGuard>,
+}
+
+impl<B> http_body::Body for Counted<B>
+where
+    B: http_body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_idle_only_without_a_call_for_the_whole_timeout() {
+        let idle = Duration::from_secs(300);
+        let activity = Activity::new();
+        assert!(!activity.idle_for(idle));
+        let call = activity.begin();
+        tokio::time::advance(idle * 2).await;
+        assert!(!activity.idle_for(idle), "a call in progress");
+        drop(call);
+        tokio::time::advance(idle - Duration::from_secs(1)).await;
+        assert!(!activity.idle_for(idle), "the call just ended");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(activity.idle_for(idle));
+    }
+}
