@@ -11,65 +11,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use tokio::time::Instant;
+use crate::grpc::connection::{CallGuard, ConnInfo};
 
-/// What a connection has been used for lately, shared by the connection
-/// and the calls on it.
-#[derive(Debug)]
-pub(crate) struct Activity {
-    base: Instant,
-    calls: AtomicUsize,
-    /// Milliseconds after `base` when a call last started or ended.
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Self {
-            base: Instant::now(),
-            calls: AtomicUsize::new(0),
-            last_ms: AtomicU64::new(0),
-        })
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Release);
-    }
-
-    /// Whether the connection has had no call in progress for `idle`.
-    pub(crate) fn idle_for(&self, idle: Duration) -> bool {
-        if self.calls.load(Ordering::Acquire) > 0 {
-            return false;
-        }
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Acquire));
-        self.base.elapsed().saturating_sub(last) >= idle
-    }
-
-    fn begin(self: &Arc<Self>) -> CallGuard {
-        self.calls.fetch_add(1, Ordering::AcqRel);
-        self.touch();
-        CallGuard(self.clone())
-    }
-}
-
-/// One call in progress; the call ends when this is dropped.
-#[derive(Debug)]
-pub(crate) struct CallGuard(Arc<Activity>);
-
-impl Drop for CallGuard {
-    fn drop(&mut self) {
-        self.0.touch();
-        self.0.calls.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Counts the calls of each connection ([`Activity`]).
+/// Counts the calls of each connection ([`crate::grpc::connection::Activity`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct ActivityLayer;
 
@@ -103,7 +49,7 @@ where
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let guard = request
             .extensions()
-            .get::<crate::grpc::listener::ConnInfo>()
+            .get::<ConnInfo>()
             .map(|info| info.activity.begin());
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -143,25 +89,5 @@ where
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn a_connection_is_idle_only_without_a_call_for_the_whole_timeout() {
-        let idle = Duration::from_secs(300);
-        let activity = Activity::new();
-        assert!(!activity.idle_for(idle));
-        let call = activity.begin();
-        tokio::time::advance(idle * 2).await;
-        assert!(!activity.idle_for(idle), "a call in progress");
-        drop(call);
-        tokio::time::advance(idle - Duration::from_secs(1)).await;
-        assert!(!activity.idle_for(idle), "the call just ended");
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(activity.idle_for(idle));
     }
 }

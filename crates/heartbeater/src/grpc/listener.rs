@@ -20,6 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::client_share::Refused;
+use crate::grpc::connection::{Claimant, ConnInfo};
 use crate::grpc::tls::TlsSlot;
 use crate::log_limit::SharedLogLimiter;
 
@@ -43,42 +44,6 @@ pub(crate) struct Conn {
     /// Closed the next time it is read once it has had no call for this.
     idle: Duration,
     counters: Arc<ListenerCounters>,
-}
-
-/// What a request's handler knows of the connection it came on: the
-/// addresses, and who the client is beyond what it claims in a message.
-#[derive(Clone, Debug)]
-pub(crate) struct ConnInfo {
-    /// Local and remote addresses.
-    pub(crate) tcp: TcpConnectInfo,
-    /// The client as far as the connection proves it.
-    pub(crate) client: Claimant,
-    /// Its calls in progress, and when it last had one.
-    pub(crate) activity: Arc<crate::grpc::idle::Activity>,
-}
-
-/// Who a client is, as far as its connection proves it: with mutual TLS its
-/// certificate (a BLAKE3 digest of the DER bytes), otherwise only the
-/// address it connects from. Identities a client merely states (a topic
-/// subscriber's instance id) are bound to this.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Claimant {
-    /// The end-entity certificate the client authenticated with.
-    Certificate([u8; 32]),
-    /// The IP address of a client without a certificate.
-    Address(std::net::IpAddr),
-}
-
-impl std::fmt::Display for Claimant {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Claimant::Certificate(digest) => {
-                write!(f, "certificate ")?;
-                digest[..8].iter().try_for_each(|b| write!(f, "{b:02x}"))
-            }
-            Claimant::Address(ip) => write!(f, "address {ip}"),
-        }
-    }
 }
 
 impl Connected for Conn {
@@ -313,7 +278,7 @@ pub(crate) fn incoming(
                         info: ConnInfo {
                             tcp,
                             client: Claimant::Address(remote.ip()),
-                            activity: crate::grpc::idle::Activity::new(),
+                            activity: crate::grpc::connection::Activity::new(),
                         },
                         _slot: slot,
                         idle,
@@ -351,7 +316,7 @@ pub(crate) fn incoming(
                             info: ConnInfo {
                                 tcp,
                                 client,
-                                activity: crate::grpc::idle::Activity::new(),
+                                activity: crate::grpc::connection::Activity::new(),
                             },
                             _slot: slot,
                             idle,

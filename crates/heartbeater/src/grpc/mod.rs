@@ -3,6 +3,7 @@
 //! listener's connection limits, idle connections, oversize requests, paging.
 
 pub(crate) mod access;
+pub(crate) mod connection;
 pub(crate) mod convert;
 pub(crate) mod idle;
 pub(crate) mod listener;

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::hub::{Refusal, Topics};
 use super::types::validate_topic;
 use crate::grpc::access::{Access, Gate};
-use crate::grpc::listener::ConnInfo;
+use crate::grpc::connection::ConnInfo;
 use crate::grpc::proto::topic_service_server::TopicService;
 use crate::grpc::proto::{FrameKind, TopicFrame};
 use crate::log_limit::SharedLogLimiter;

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::activation::{Activation, HeartbeatOutlet, Stopped};
 use super::queue::{subscriber_queue, PushError, QueueLimits, QueueStream, SubscriberQueue};
 use super::types::{validate_topic, ClientConnectionListener, HeartbeatParameters, TopicError};
-use crate::grpc::listener::Claimant;
+use crate::grpc::connection::Claimant;
 use crate::grpc::proto::{FrameHeader, FrameKind, TopicFrame};
 use crate::log_limit::SharedLogLimiter;
 
