@@ -39,7 +39,24 @@ use heartbeater_core::{
 use tokio::net::UdpSocket;
 
 /// A name being resolved for the datagram path.
-pub(crate) type Resolving = Pin<Box<dyn Future<Output = (PeerKey, Option<SocketAddr>)> + Send>>;
+pub(crate) type Resolving = Pin<Box<dyn Future<Output = (PeerKey, Lookup)> + Send>>;
+
+/// What a name lookup for the datagram path gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    /// An address this socket can send to.
+    Found(SocketAddr),
+    /// No usable address: the name does not resolve, has no address of
+    /// this socket's family, or the resolver did not answer in time.
+    Failed,
+    /// The node's own resolver had no room for the lookup: this node's
+    /// trouble, not the peer's, so the next heartbeat asks again.
+    Busy,
+}
+
+/// How long after a failed lookup a peer's name is looked up again; the
+/// heartbeats meanwhile go by gRPC where that is allowed.
+const LOOKUP_RETRY: Duration = Duration::from_secs(2);
 
 /// How long a name may take to resolve before the peer is left to gRPC
 /// until its next silence.
@@ -60,6 +77,11 @@ enum Target {
     Addr(SocketAddr),
     /// No address of this socket's family: gRPC only.
     Unusable,
+    /// A name whose lookup failed: gRPC only until it is looked up again
+    /// at `retry_at`.
+    LookupFailed {
+        retry_at: std::time::Instant,
+    },
 }
 
 #[derive(Debug)]
@@ -233,7 +255,12 @@ impl DatagramPath {
                 return Sent::RESOLVING;
             }
             Target::Resolving => return Sent::RESOLVING,
-            Target::Unusable => return Sent::GRPC_ONLY,
+            Target::LookupFailed { retry_at } if crate::driver::now() >= retry_at => {
+                entry.target = Target::Resolving;
+                resolving.push(resolve(key, spec.host.clone(), spec.port, local_v6));
+                return Sent::RESOLVING;
+            }
+            Target::Unusable | Target::LookupFailed { .. } => return Sent::GRPC_ONLY,
         };
         let path = entry.path;
         let authenticated = self.keyring.is_some();
@@ -335,11 +362,17 @@ impl DatagramPath {
     }
 
     /// A name lookup finished.
-    pub(crate) fn resolved(&mut self, key: PeerKey, addr: Option<SocketAddr>) {
+    pub(crate) fn resolved(&mut self, key: PeerKey, lookup: Lookup) {
         let Some(entry) = self.current(key) else {
             return;
         };
-        entry.target = addr.map_or(Target::Unusable, Target::Addr);
+        entry.target = match lookup {
+            Lookup::Found(addr) => Target::Addr(addr),
+            Lookup::Failed => Target::LookupFailed {
+                retry_at: crate::driver::now() + LOOKUP_RETRY,
+            },
+            Lookup::Busy => Target::Unresolved,
+        };
     }
 }
 
@@ -361,24 +394,57 @@ fn resolve(key: PeerKey, host: String, port: u16, local_v6: bool) -> Resolving {
         let lookup = crate::resolver::Resolver::system()
             .lookup(&host, port, RESOLVE_TIMEOUT)
             .await;
-        let addr = match lookup {
+        let found = match lookup {
             Ok(addrs) => addrs
                 .iter()
                 .find(|a| a.is_ipv6() == local_v6)
                 .or(addrs.first())
-                .and_then(|a| family_fit(*a, local_v6)),
+                .and_then(|a| family_fit(*a, local_v6))
+                .map_or(Lookup::Failed, Lookup::Found),
+            Err(crate::resolver::LookupError::Busy) => Lookup::Busy,
             Err(e) => {
                 tracing::debug!(%host, error = %e, "cannot resolve peer host for datagrams");
-                None
+                Lookup::Failed
             }
         };
-        (key, addr)
+        (key, found)
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failed lookup is no verdict on the name for ever: the peer's
+    /// heartbeats go by gRPC meanwhile, and the name is looked up again.
+    #[tokio::test(start_paused = true)]
+    async fn a_name_whose_lookup_failed_is_looked_up_again() {
+        use heartbeater_core::{DetectorConfig, PeerTable};
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let mut path = DatagramPath::new(socket, "me".into(), 1, ProbeSealer::new([7; 32]), None);
+        let mut table = PeerTable::new();
+        let detector = DetectorConfig::new(Duration::from_millis(100), None, None).unwrap();
+        let spec = PeerSpec::new("p", "peer.internal", 8181, detector).unwrap();
+        table.upsert(spec.clone(), crate::driver::now());
+        let mut resolving = futures_util::stream::FuturesUnordered::new();
+        let mut due = Vec::new();
+        table.poll_due(crate::driver::now(), &mut due);
+        let probe = due.first().expect("a heartbeat due").clone();
+        let key = probe.id.peer();
+        let mut send = |path: &mut DatagramPath| path.send(&probe, &spec, true, &mut resolving);
+        assert_eq!(
+            send(&mut path),
+            Sent::RESOLVING,
+            "the first heartbeat looks the name up"
+        );
+        path.resolved(key, Lookup::Failed);
+        assert_eq!(send(&mut path), Sent::GRPC_ONLY, "gRPC meanwhile");
+        tokio::time::advance(LOOKUP_RETRY).await;
+        assert_eq!(send(&mut path), Sent::RESOLVING, "looked up again");
+        // The node's own resolver being full is no failure of the name.
+        path.resolved(key, Lookup::Busy);
+        assert_eq!(send(&mut path), Sent::RESOLVING, "asked again at once");
+    }
 
     #[test]
     fn addresses_are_fitted_to_the_sockets_family() {
