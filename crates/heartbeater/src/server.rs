@@ -373,10 +373,9 @@ impl HeartbeatServerBuilder {
     }
 
     /// How long a gRPC connection may go without a call before it is closed
-    /// (default [`DEFAULT_CONNECTION_IDLE_TIMEOUT`], 5 minutes). It is
-    /// closed when its client next sends something, at the latest when it
-    /// answers the next keepalive ping; a client opens a new one when it
-    /// calls again.
+    /// (default [`DEFAULT_CONNECTION_IDLE_TIMEOUT`], 5 minutes), at a
+    /// moment when nothing it sent is waiting to be read; a client opens a
+    /// new one when it calls again.
     pub fn connection_idle_timeout(mut self, idle: Duration) -> Self {
         self.connection_idle_timeout = idle;
         self

@@ -70,13 +70,16 @@ impl Activity {
         self.last_ms.store(ms, Ordering::Release);
     }
 
-    /// Whether the connection has had no call in progress for `idle`.
-    pub(crate) fn idle_for(&self, idle: Duration) -> bool {
+    /// How much longer the connection may go without a call before it has
+    /// been idle for `idle`: `None` once it has, the whole of `idle` while
+    /// a call is in progress.
+    pub(crate) fn idle_left(&self, idle: Duration) -> Option<Duration> {
         if self.calls.load(Ordering::Acquire) > 0 {
-            return false;
+            return Some(idle);
         }
         let last = Duration::from_millis(self.last_ms.load(Ordering::Acquire));
-        self.base.elapsed().saturating_sub(last) >= idle
+        let quiet = self.base.elapsed().saturating_sub(last);
+        idle.checked_sub(quiet).filter(|left| !left.is_zero())
     }
 
     pub(crate) fn begin(self: &Arc<Self>) -> CallGuard {
@@ -105,14 +108,18 @@ mod tests {
     async fn a_connection_is_idle_only_without_a_call_for_the_whole_timeout() {
         let idle = Duration::from_secs(300);
         let activity = Activity::new();
-        assert!(!activity.idle_for(idle));
+        assert_eq!(activity.idle_left(idle), Some(idle));
         let call = activity.begin();
         tokio::time::advance(idle * 2).await;
-        assert!(!activity.idle_for(idle), "a call in progress");
+        assert_eq!(activity.idle_left(idle), Some(idle), "a call in progress");
         drop(call);
         tokio::time::advance(idle - Duration::from_secs(1)).await;
-        assert!(!activity.idle_for(idle), "the call just ended");
+        assert_eq!(
+            activity.idle_left(idle),
+            Some(Duration::from_secs(1)),
+            "the call ended a while ago"
+        );
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(activity.idle_for(idle));
+        assert_eq!(activity.idle_left(idle), None);
     }
 }

@@ -7,7 +7,9 @@
 //! counted from its start until its response has been sent in full (a
 //! stream of events or topic frames counts for as long as it lasts), and a
 //! connection with no call for [`crate::DEFAULT_CONNECTION_IDLE_TIMEOUT`]
-//! (or the builder's value) is closed the next time it is read.
+//! (or the builder's value) is closed by the listener, at a moment when
+//! nothing is waiting to be read from it: bytes that arrived (a new call)
+//! are always handed on first.
 
 use std::future::Future;
 use std::pin::Pin;

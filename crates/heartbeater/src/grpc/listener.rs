@@ -6,6 +6,7 @@
 //! opens a connection and sends nothing holds one connection slot for a few
 //! seconds, never the accept loop.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,8 +42,10 @@ pub(crate) struct Conn {
     stream: Stream,
     info: ConnInfo,
     _slot: crate::client_share::ClientClaim,
-    /// Closed the next time it is read once it has had no call for this.
+    /// Closed once it has had no call for this.
     idle: Duration,
+    /// Fires when the connection may have been idle for `idle`.
+    idle_timer: Pin<Box<tokio::time::Sleep>>,
     counters: Arc<ListenerCounters>,
 }
 
@@ -61,16 +64,30 @@ impl AsyncRead for Conn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let conn = self.get_mut();
-        // Read when the client sends something, its acknowledgement of the
-        // server's keepalive ping included: an end of stream here makes
-        // HTTP/2 close the connection.
-        if conn.info.activity.idle_for(conn.idle) {
-            conn.counters.idle.fetch_add(1, Ordering::Relaxed);
-            return Poll::Ready(Ok(()));
-        }
-        match &mut conn.stream {
+        let read = match &mut conn.stream {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        if read.is_ready() {
+            // Whatever came (a new call among it) is handed on.
+            return read;
+        }
+        // Nothing to read: an end of stream here, once the connection has
+        // had no call for `idle`, makes HTTP/2 close it.
+        loop {
+            if conn.idle_timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            match conn.info.activity.idle_left(conn.idle) {
+                None => {
+                    conn.counters.idle.fetch_add(1, Ordering::Relaxed);
+                    return Poll::Ready(Ok(()));
+                }
+                Some(left) => conn
+                    .idle_timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + left),
+            }
         }
     }
 }
@@ -282,6 +299,7 @@ pub(crate) fn incoming(
                         },
                         _slot: slot,
                         idle,
+                        idle_timer: Box::pin(tokio::time::sleep(idle)),
                         counters,
                     };
                     let _ = tx.send(Ok(conn)).await;
@@ -320,6 +338,7 @@ pub(crate) fn incoming(
                             },
                             _slot: slot,
                             idle,
+                            idle_timer: Box::pin(tokio::time::sleep(idle)),
                             counters: counters.clone(),
                         };
                         let _ = tx.send(Ok(conn)).await;
