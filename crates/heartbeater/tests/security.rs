@@ -490,8 +490,9 @@ async fn a_watcher_that_falls_behind_is_told_so() {
 
 /// A client that claims a live subscriber's instance id (ids are public in
 /// `/api/topics`) with a certificate of its own is refused while the
-/// subscriber's stream is open, so it cannot answer heartbeats in its name:
-/// once the subscriber is gone, it is reported disconnected.
+/// subscriber's stream is open, and for a while after, so it cannot answer
+/// heartbeats in its name: once the subscriber is gone, it is reported
+/// disconnected, and not connected again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_impostor_subscriber_cannot_keep_a_dead_one_connected() {
     use heartbeater::{ClientConnectionListener, HeartbeatParameters, SubscriptionState};

@@ -43,6 +43,15 @@ pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// waited for as before.
 pub(crate) const STALL_MEMORY: Duration = Duration::from_secs(60);
 
+/// How long an instance id stays bound to the client that held it after
+/// its last stream closed: long enough for that client to reconnect, so
+/// that another client cannot take the id over the moment its holder dies.
+pub(crate) const CLAIM_GRACE: Duration = Duration::from_secs(30);
+
+/// Instance ids remembered after their last stream closed, at most (each
+/// entry is a few dozen bytes); the oldest goes first.
+const RELEASED_CLAIMS: usize = 64 * 1024;
+
 /// Clients remembered as stuck at most (each entry is a few dozen bytes);
 /// the oldest goes first.
 const STALLED_CLIENTS: usize = 4096;
@@ -113,6 +122,7 @@ impl Topics {
             heartbeats_sent: AtomicU64::new(0),
             stall_timeout: Mutex::new(DEFAULT_STALL_TIMEOUT),
             stalled: Mutex::default(),
+            released: Mutex::default(),
             stall_log: SharedLogLimiter::default(),
             node_open: self.open.clone(),
             topics: Arc::downgrade(self),
@@ -230,6 +240,9 @@ pub(crate) struct TopicHub {
     /// Clients dropped as stuck: when, and the first connection number
     /// opened after it (see [`STALL_MEMORY`]).
     stalled: Mutex<HashMap<Claimant, (tokio::time::Instant, u64)>>,
+    /// Instances whose last stream closed within [`CLAIM_GRACE`]: who held
+    /// them, and when the stream closed.
+    released: Mutex<HashMap<Uuid, (Claimant, tokio::time::Instant)>>,
     stall_log: SharedLogLimiter,
     node_open: Arc<AtomicUsize>,
     topics: Weak<Topics>,
@@ -270,10 +283,11 @@ impl TopicHub {
     ///
     /// An instance id is only a claim, and ids are public (`/api/topics`),
     /// so it is bound to the client that opened its first stream: while that
-    /// stream is open, another client's claim of the same id is refused.
-    /// Once every stream of an instance has closed, the instance is reported
-    /// disconnected (see [`TopicHub::remove_subscriber`]), so whoever claims
-    /// the id next starts from disconnected and cannot inherit a connection.
+    /// stream is open, and for [`CLAIM_GRACE`] after the last one closed,
+    /// another client's claim of the same id is refused. Once every stream
+    /// of an instance has closed, the instance is reported disconnected (see
+    /// [`TopicHub::remove_subscriber`]), so whoever claims the id later
+    /// starts from disconnected and cannot inherit a connection.
     pub(crate) fn add_subscriber(
         &self,
         instance: Uuid,
@@ -287,6 +301,11 @@ impl TopicHub {
             return Err(Refusal::Claimed {
                 holder: holder.claimant,
             });
+        }
+        if let Some(holder) = self.recently_held(instance) {
+            if holder != claimant {
+                return Err(Refusal::Claimed { holder });
+            }
         }
         if subscribers.len() >= MAX_SUBSCRIPTIONS {
             return Err(Refusal::TopicFull);
@@ -319,13 +338,42 @@ impl TopicHub {
             let left = subscribers.remove(i);
             left.queue.close();
             tracing::debug!(topic = %self.topic, conn, "subscriber left");
-            (!subscribers.iter().any(|s| s.instance == left.instance)).then_some(left.instance)
+            (!subscribers.iter().any(|s| s.instance == left.instance))
+                .then_some((left.instance, left.claimant))
         };
-        if let Some(instance) = gone {
+        if let Some((instance, claimant)) = gone {
+            self.release(instance, claimant);
             if let Some(activation) = lock(&self.heartbeats).as_ref() {
                 activation.forget(instance);
             }
         }
+    }
+
+    /// The client that held `instance` until its last stream closed, within
+    /// [`CLAIM_GRACE`].
+    fn recently_held(&self, instance: Uuid) -> Option<Claimant> {
+        lock(&self.released)
+            .get(&instance)
+            .filter(|(_, at)| at.elapsed() < CLAIM_GRACE)
+            .map(|(holder, _)| *holder)
+    }
+
+    /// `instance`'s last stream, opened by `claimant`, has closed.
+    fn release(&self, instance: Uuid, claimant: Claimant) {
+        let mut released = lock(&self.released);
+        if released.len() >= RELEASED_CLAIMS {
+            released.retain(|_, (_, at)| at.elapsed() < CLAIM_GRACE);
+        }
+        if released.len() >= RELEASED_CLAIMS {
+            if let Some(oldest) = released
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(id, _)| *id)
+            {
+                released.remove(&oldest);
+            }
+        }
+        released.insert(instance, (claimant, tokio::time::Instant::now()));
     }
 
     /// Whether stream `conn` is still one of the topic's subscribers (not
@@ -451,6 +499,7 @@ impl TopicHub {
                 "dropped a subscriber too slow to keep up");
         }
         if !still_there {
+            self.release(instance, claimant);
             if let Some(activation) = lock(&self.heartbeats).as_ref() {
                 activation.forget(instance);
             }
@@ -843,8 +892,8 @@ mod tests {
         Claimant::Address(std::net::IpAddr::from([192, 0, 2, n]))
     }
 
-    #[test]
-    fn an_instance_id_belongs_to_one_client_while_its_stream_is_open() {
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_id_belongs_to_one_client_while_its_stream_is_open_and_a_while_after() {
         let topics = Arc::new(Topics::default());
         let publisher = topics.create("t", Uuid::new_v4()).unwrap();
         let hub = publisher.inner.hub.clone();
@@ -862,9 +911,19 @@ mod tests {
             "one stream is still open"
         );
         hub.remove_subscriber(second);
+        assert_eq!(
+            hub.add_subscriber(id, client(2)).err(),
+            Some(Refusal::Claimed { holder: client(1) }),
+            "still its holder's for a while after its last stream closed"
+        );
+        let (again, _back) = hub
+            .add_subscriber(id, client(1))
+            .expect("its holder is back");
+        hub.remove_subscriber(again);
+        tokio::time::advance(CLAIM_GRACE).await;
         assert!(
             hub.add_subscriber(id, client(2)).is_ok(),
-            "free once closed"
+            "free after the grace"
         );
     }
 }
