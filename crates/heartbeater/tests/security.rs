@@ -578,5 +578,18 @@ async fn an_impostor_subscriber_cannot_keep_a_dead_one_connected() {
             .then_some(())
     })
     .await;
+    // Nor can it take the id over once the victim is gone: the id stays
+    // its holder's for a while (the impostor keeps retrying meanwhile).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        *heard.0.lock().unwrap(),
+        vec![("connected", victim), ("disconnected", victim)],
+        "the dead subscriber is not reported connected again"
+    );
+    assert!(
+        matches!(impostor.state(), SubscriptionState::Retrying { .. }),
+        "{:?}",
+        impostor.state()
+    );
     drop(impostor);
 }
