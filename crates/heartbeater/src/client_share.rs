@@ -97,7 +97,7 @@ impl Drop for ClientClaim {
 }
 
 /// What a client's share is counted by: its IPv4 address, or its IPv6 /64.
-fn client_network(ip: IpAddr) -> IpAddr {
+pub fn client_network(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

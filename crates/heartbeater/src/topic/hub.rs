@@ -162,6 +162,16 @@ impl Topics {
     }
 }
 
+/// Who is remembered as stuck: a certificate, or a client as its share of
+/// connections counts it (an IPv4 address, an IPv6 /64), since one host
+/// may hold a whole /64 and subscribe from a new address each time.
+fn stall_key(claimant: Claimant) -> Claimant {
+    match claimant {
+        Claimant::Address(ip) => Claimant::Address(crate::client_share::client_network(ip)),
+        certificate => certificate,
+    }
+}
+
 /// One published topic at one moment ([`crate::HeartbeatServer::topics`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicStats {
@@ -447,11 +457,12 @@ impl TopicHub {
     /// of the same client was dropped as stuck, within [`STALL_MEMORY`].
     fn stuck_recently(&self, claimant: &Claimant, conn: u64) -> bool {
         lock(&self.stalled)
-            .get(claimant)
+            .get(&stall_key(*claimant))
             .is_some_and(|(at, after)| at.elapsed() < STALL_MEMORY && conn >= *after)
     }
 
     fn remember_stuck(&self, claimant: Claimant) {
+        let claimant = stall_key(claimant);
         let opened_after = self.next_conn.load(Ordering::Relaxed);
         let mut stalled = lock(&self.stalled);
         stalled.retain(|_, (at, _)| at.elapsed() < STALL_MEMORY);
@@ -886,6 +897,26 @@ mod tests {
             publisher.send("m").await;
             assert!(start.elapsed() >= stall, "client {n} waited for");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_is_remembered_as_stuck_by_its_ipv6_64() {
+        let topics = Arc::new(Topics::default());
+        let publisher = topics.create("t", Uuid::new_v4()).unwrap();
+        let hub = publisher.inner.hub.clone();
+        let at = |a: &str| Claimant::Address(a.parse().unwrap());
+        hub.remember_stuck(at("2001:db8:1:2::1"));
+        let (conn, _frames) = hub
+            .add_subscriber(Uuid::new_v4(), at("2001:db8:1:2::99"))
+            .unwrap();
+        assert!(
+            hub.stuck_recently(&at("2001:db8:1:2::99"), conn),
+            "same /64"
+        );
+        assert!(
+            !hub.stuck_recently(&at("2001:db8:1:3::1"), conn),
+            "another /64"
+        );
     }
 
     fn client(n: u8) -> Claimant {
