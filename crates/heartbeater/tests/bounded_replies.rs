@@ -115,3 +115,50 @@ async fn a_reply_larger_than_any_heartbeat_is_not_read() {
     // One of 1 MiB is never decoded, so never compared or reported.
     assert_eq!(mismatches_reported(1 << 20).await, 0);
 }
+
+/// A connection to the peer's address that answers as another node is not
+/// kept: the next heartbeat connects afresh (and a peer registered by name
+/// is looked up again), so a name that moved is followed even while the
+/// old address still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_answers_as_another_node_is_not_kept() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |s| {
+        counted.fetch_add(1, Ordering::Relaxed);
+        s
+    });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(HeartbeatServiceServer::new(Huge { size: 8 }))
+            .serve_with_incoming(incoming),
+    );
+    let monitor = HeartbeatServer::builder()
+        .server_port(0)
+        .in_memory()
+        .udp_heartbeats(false)
+        .build()
+        .unwrap();
+    monitor.start().await.unwrap();
+    monitor
+        .register_peer(heartbeater::RegisterPeerRequest {
+            peer_id: "the-real-one".into(),
+            peer_host: "127.0.0.1".into(),
+            peer_port: u32::from(port),
+            heartbeat_freq_millis: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    monitor.stop().await.unwrap();
+    let connections = accepted.load(Ordering::Relaxed);
+    assert!(
+        connections >= 3,
+        "{connections} connection(s) for about 10 heartbeats answered by another node"
+    );
+}

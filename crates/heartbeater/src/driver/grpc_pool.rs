@@ -30,12 +30,6 @@ pub(crate) struct GrpcOutcome {
 /// per reply). A longer reply fails the call, as a miss.
 const MAX_HEARTBEAT_REPLY: usize = 4096;
 
-/// How long a channel to a peer registered by name is used before it is
-/// made again: a channel looks its name up once, when it connects, and a
-/// connection that stays up would otherwise keep the address the name had
-/// then for as long as the peer is registered.
-const NAMED_CHANNEL_AGE: Duration = Duration::from_secs(300);
-
 /// A heartbeat call in flight.
 pub(crate) type GrpcCall = Pin<Box<dyn Future<Output = GrpcOutcome> + Send>>;
 
@@ -46,13 +40,7 @@ pub(crate) struct GrpcPool {
     outbound: Outbound,
     /// The outbound generation the pooled channels were made with.
     generation: u64,
-    clients: HashMap<(String, u16), Pooled>,
-}
-
-struct Pooled {
-    client: HeartbeatServiceClient<Channel>,
-    /// When the channel was made, for a peer registered by name.
-    named_since: Option<tokio::time::Instant>,
+    clients: HashMap<(String, u16), HeartbeatServiceClient<Channel>>,
 }
 
 impl GrpcPool {
@@ -80,11 +68,7 @@ impl GrpcPool {
             self.generation = generation;
         }
         if let Some(c) = self.clients.get(&(host.to_owned(), port)) {
-            if c.named_since
-                .is_none_or(|since| since.elapsed() < NAMED_CHANNEL_AGE)
-            {
-                return Some(c.client.clone());
-            }
+            return Some(c.clone());
         }
         let endpoint = match self.outbound.endpoint(host, port) {
             Ok(endpoint) => endpoint.connect_timeout(timeout),
@@ -99,18 +83,7 @@ impl GrpcPool {
             endpoint.connect_with_connector_lazy(crate::resolver::http_connector(timeout));
         let client =
             HeartbeatServiceClient::new(channel).max_decoding_message_size(MAX_HEARTBEAT_REPLY);
-        let named = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_err();
-        self.clients.insert(
-            (host.to_owned(), port),
-            Pooled {
-                client: client.clone(),
-                named_since: named.then(tokio::time::Instant::now),
-            },
-        );
+        self.clients.insert((host.to_owned(), port), client.clone());
         Some(client)
     }
 
@@ -170,27 +143,5 @@ impl GrpcPool {
             };
             GrpcOutcome { id, reply }
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn a_channel_to_a_named_peer_is_made_again_after_a_while() {
-        let mut pool = GrpcPool::new("me".into(), 1, Outbound::default());
-        let t = Duration::from_millis(100);
-        pool.client("peer.internal", 8181, t).unwrap();
-        pool.client("127.0.0.1", 8181, t).unwrap();
-        let made = |pool: &GrpcPool, host: &str| pool.clients[&(host.to_owned(), 8181)].named_since;
-        let first = made(&pool, "peer.internal").expect("named");
-        assert_eq!(made(&pool, "127.0.0.1"), None, "an address never changes");
-        tokio::time::advance(NAMED_CHANNEL_AGE / 2).await;
-        pool.client("peer.internal", 8181, t).unwrap();
-        assert_eq!(made(&pool, "peer.internal"), Some(first), "reused");
-        tokio::time::advance(NAMED_CHANNEL_AGE).await;
-        pool.client("peer.internal", 8181, t).unwrap();
-        assert!(made(&pool, "peer.internal") > Some(first), "made again");
     }
 }

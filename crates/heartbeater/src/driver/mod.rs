@@ -625,6 +625,15 @@ impl Loop {
         let t = now();
         match outcome.reply {
             Some((id, epoch)) => {
+                // Another node at the peer's address: the pooled connection
+                // goes, and the next heartbeat connects afresh (a peer
+                // registered by name is looked up again: its name may have
+                // moved, while the connection stayed up to the old address).
+                if let Some(spec) = self.table.spec(outcome.id.peer()) {
+                    if *spec.peer_id != *id {
+                        self.grpc.close(&spec.host, spec.port);
+                    }
+                }
                 let verdict = self.table.on_reply_in(
                     outcome.id,
                     Path::Grpc,
