@@ -91,6 +91,10 @@ impl TopicService for TopicGrpc {
                     header.topic,
                     crate::topic::hub::MAX_SUBSCRIPTIONS
                 )),
+                Refusal::Unpublished => Status::not_found(format!(
+                    "this node does not publish topic {:?}",
+                    header.topic
+                )),
                 Refusal::NodeFull => Status::resource_exhausted(format!(
                     "this node serves {} subscriptions, its most; try again later",
                     crate::topic::hub::MAX_NODE_SUBSCRIPTIONS

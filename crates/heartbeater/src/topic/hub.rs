@@ -125,6 +125,7 @@ impl Topics {
             released: Mutex::default(),
             stall_log: SharedLogLimiter::default(),
             node_open: self.open.clone(),
+            closed: std::sync::atomic::AtomicBool::new(false),
             topics: Arc::downgrade(self),
         });
         hubs.insert(topic.to_owned(), hub.clone());
@@ -202,6 +203,8 @@ pub(crate) enum Refusal {
     TopicFull,
     /// The node serves [`MAX_NODE_SUBSCRIPTIONS`] streams already.
     NodeFull,
+    /// The topic was unpublished meanwhile.
+    Unpublished,
     /// The instance id has a stream open from another client (another
     /// certificate, or without mutual TLS another address): an instance id
     /// belongs to one client at a time.
@@ -255,6 +258,8 @@ pub(crate) struct TopicHub {
     released: Mutex<HashMap<Uuid, (Claimant, tokio::time::Instant)>>,
     stall_log: SharedLogLimiter,
     node_open: Arc<AtomicUsize>,
+    /// Set when the topic is unpublished.
+    closed: std::sync::atomic::AtomicBool,
     topics: Weak<Topics>,
 }
 
@@ -304,6 +309,9 @@ impl TopicHub {
         claimant: Claimant,
     ) -> Result<(u64, QueueStream), Refusal> {
         let mut subscribers = lock(&self.subscribers);
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Refusal::Unpublished);
+        }
         if let Some(holder) = subscribers
             .iter()
             .find(|s| s.instance == instance && s.claimant != claimant)
@@ -552,7 +560,11 @@ impl TopicHub {
 
     fn close(&self) {
         self.deactivate();
-        for s in lock(&self.subscribers).drain(..) {
+        let mut subscribers = lock(&self.subscribers);
+        // Under the lock a subscription checks it against: none joins a
+        // topic that is gone.
+        self.closed.store(true, Ordering::Release);
+        for s in subscribers.drain(..) {
             s.queue.close();
         }
     }
@@ -917,6 +929,19 @@ mod tests {
             !hub.stuck_recently(&at("2001:db8:1:3::1"), conn),
             "another /64"
         );
+    }
+
+    #[test]
+    fn no_subscription_joins_a_topic_that_was_unpublished() {
+        let topics = Arc::new(Topics::default());
+        let publisher = topics.create("t", Uuid::new_v4()).unwrap();
+        let hub = publisher.inner.hub.clone();
+        drop(publisher);
+        assert_eq!(
+            hub.add_subscriber(Uuid::new_v4(), client(1)).err(),
+            Some(Refusal::Unpublished)
+        );
+        assert_eq!(topics.open.load(Ordering::Acquire), 0);
     }
 
     fn client(n: u8) -> Claimant {
