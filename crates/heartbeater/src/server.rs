@@ -1283,15 +1283,16 @@ fn fit_to_descriptors(wanted: usize) -> usize {
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return wanted;
     };
-    let soft = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-        hard
+    // A hard limit of "unlimited" cannot be the soft one on every system:
+    // ask for a finite number then.
+    let target = hard.min(1 << 20);
+    let soft = if soft < target && setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_ok() {
+        target
     } else {
         soft
     };
-    let room = usize::try_from(soft)
-        .unwrap_or(usize::MAX)
-        .saturating_sub(DESCRIPTORS_KEPT)
-        .max(16);
+    let soft = usize::try_from(soft).unwrap_or(usize::MAX);
+    let room = connections_within(soft, wanted);
     if room < wanted {
         tracing::warn!(
             open_files_limit = soft,
@@ -1299,10 +1300,19 @@ fn fit_to_descriptors(wanted: usize) -> usize {
             serving = room,
             "the open-files limit leaves room for fewer gRPC connections than configured; raise it (ulimit -n, LimitNOFILE=) to serve more"
         );
-        room
-    } else {
-        wanted
     }
+    room
+}
+
+/// The connections a process allowed `open_files` descriptors may serve,
+/// at most `wanted`: what is left after [`DESCRIPTORS_KEPT`], and with a
+/// small limit, half of it.
+fn connections_within(open_files: usize, wanted: usize) -> usize {
+    wanted.min(
+        open_files
+            .saturating_sub(DESCRIPTORS_KEPT)
+            .max(open_files / 2),
+    )
 }
 
 /// Resolves `host` and binds the gRPC listener and, with `udp`, the
@@ -1418,5 +1428,19 @@ async fn record_epochs(
         if stopping {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_bound_fits_the_open_files_limit() {
+        assert_eq!(connections_within(20_000, 4096), 4096);
+        assert_eq!(connections_within(4096, 4096), 4096 - DESCRIPTORS_KEPT);
+        assert_eq!(connections_within(1024, 4096), 512);
+        assert_eq!(connections_within(256, 4096), 128);
+        assert_eq!(connections_within(usize::MAX, 4096), 4096);
     }
 }
