@@ -255,7 +255,7 @@ impl DatagramPath {
                 return Sent::RESOLVING;
             }
             Target::Resolving => return Sent::RESOLVING,
-            Target::LookupFailed { retry_at } if crate::driver::now() >= retry_at => {
+            Target::LookupFailed { retry_at } if crate::driver::clock::now() >= retry_at => {
                 entry.target = Target::Resolving;
                 resolving.push(resolve(key, spec.host.clone(), spec.port, local_v6));
                 return Sent::RESOLVING;
@@ -369,7 +369,7 @@ impl DatagramPath {
         entry.target = match lookup {
             Lookup::Found(addr) => Target::Addr(addr),
             Lookup::Failed => Target::LookupFailed {
-                retry_at: crate::driver::now() + LOOKUP_RETRY,
+                retry_at: crate::driver::clock::now() + LOOKUP_RETRY,
             },
             Lookup::Busy => Target::Unresolved,
         };
@@ -425,10 +425,10 @@ mod tests {
         let mut table = PeerTable::new();
         let detector = DetectorConfig::new(Duration::from_millis(100), None, None).unwrap();
         let spec = PeerSpec::new("p", "peer.internal", 8181, detector).unwrap();
-        table.upsert(spec.clone(), crate::driver::now());
+        table.upsert(spec.clone(), crate::driver::clock::now());
         let mut resolving = futures_util::stream::FuturesUnordered::new();
         let mut due = Vec::new();
-        table.poll_due(crate::driver::now(), &mut due);
+        table.poll_due(crate::driver::clock::now(), &mut due);
         let probe = due.first().expect("a heartbeat due").clone();
         let key = probe.id.peer();
         let mut send = |path: &mut DatagramPath| path.send(&probe, &spec, true, &mut resolving);

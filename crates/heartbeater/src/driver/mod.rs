@@ -31,6 +31,7 @@
 //! heartbeat the driver cannot carry (a full send buffer, [`GRPC_IN_FLIGHT`]
 //! calls already out) is voided rather than moved to the dearer path.
 
+pub(crate) mod clock;
 pub(crate) mod datagram_path;
 pub(crate) mod fanout;
 pub(crate) mod grpc_pool;
@@ -446,9 +447,7 @@ pub(crate) fn known(table: &PeerTable, ids: &[String]) -> Known {
     }
 }
 
-pub(crate) fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
-}
+pub(crate) use clock::now;
 
 /// An `Apply` command on its way into the table.
 struct Applying {
