@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::activation::{Activation, HeartbeatOutlet, Stopped};
 use super::queue::{subscriber_queue, PushError, QueueLimits, QueueStream, SubscriberQueue};
+use super::recent::Recent;
 use super::types::{validate_topic, ClientConnectionListener, HeartbeatParameters, TopicError};
 use crate::grpc::connection::Claimant;
 use crate::grpc::proto::{FrameHeader, FrameKind, TopicFrame};
@@ -121,8 +122,8 @@ impl Topics {
             next_heartbeat_request: AtomicU64::new(1),
             heartbeats_sent: AtomicU64::new(0),
             stall_timeout: Mutex::new(DEFAULT_STALL_TIMEOUT),
-            stalled: Mutex::default(),
-            released: Mutex::default(),
+            stalled: Mutex::new(Recent::new(STALL_MEMORY, STALLED_CLIENTS)),
+            released: Mutex::new(Recent::new(CLAIM_GRACE, RELEASED_CLAIMS)),
             stall_log: SharedLogLimiter::default(),
             node_open: self.open.clone(),
             closed: std::sync::atomic::AtomicBool::new(false),
@@ -252,10 +253,10 @@ pub(crate) struct TopicHub {
     stall_timeout: Mutex<Duration>,
     /// Clients dropped as stuck: when, and the first connection number
     /// opened after it (see [`STALL_MEMORY`]).
-    stalled: Mutex<HashMap<Claimant, (tokio::time::Instant, u64)>>,
+    stalled: Mutex<Recent<Claimant, u64>>,
     /// Instances whose last stream closed within [`CLAIM_GRACE`]: who held
     /// them, and when the stream closed.
-    released: Mutex<HashMap<Uuid, (Claimant, tokio::time::Instant)>>,
+    released: Mutex<Recent<Uuid, Claimant>>,
     stall_log: SharedLogLimiter,
     node_open: Arc<AtomicUsize>,
     /// Set when the topic is unpublished.
@@ -370,28 +371,12 @@ impl TopicHub {
     /// The client that held `instance` until its last stream closed, within
     /// [`CLAIM_GRACE`].
     fn recently_held(&self, instance: Uuid) -> Option<Claimant> {
-        lock(&self.released)
-            .get(&instance)
-            .filter(|(_, at)| at.elapsed() < CLAIM_GRACE)
-            .map(|(holder, _)| *holder)
+        lock(&self.released).get(&instance)
     }
 
     /// `instance`'s last stream, opened by `claimant`, has closed.
     fn release(&self, instance: Uuid, claimant: Claimant) {
-        let mut released = lock(&self.released);
-        if released.len() >= RELEASED_CLAIMS {
-            released.retain(|_, (_, at)| at.elapsed() < CLAIM_GRACE);
-        }
-        if released.len() >= RELEASED_CLAIMS {
-            if let Some(oldest) = released
-                .iter()
-                .min_by_key(|(_, (_, at))| *at)
-                .map(|(id, _)| *id)
-            {
-                released.remove(&oldest);
-            }
-        }
-        released.insert(instance, (claimant, tokio::time::Instant::now()));
+        lock(&self.released).note(instance, |_| claimant);
     }
 
     /// Whether stream `conn` is still one of the topic's subscribers (not
@@ -466,29 +451,14 @@ impl TopicHub {
     fn stuck_recently(&self, claimant: &Claimant, conn: u64) -> bool {
         lock(&self.stalled)
             .get(&stall_key(*claimant))
-            .is_some_and(|(at, after)| at.elapsed() < STALL_MEMORY && conn >= *after)
+            .is_some_and(|opened_after| conn >= opened_after)
     }
 
     fn remember_stuck(&self, claimant: Claimant) {
-        let claimant = stall_key(claimant);
         let opened_after = self.next_conn.load(Ordering::Relaxed);
-        let mut stalled = lock(&self.stalled);
-        stalled.retain(|_, (at, _)| at.elapsed() < STALL_MEMORY);
-        if stalled.len() >= STALLED_CLIENTS && !stalled.contains_key(&claimant) {
-            if let Some(oldest) = stalled
-                .iter()
-                .min_by_key(|(_, (at, _))| *at)
-                .map(|(c, _)| *c)
-            {
-                stalled.remove(&oldest);
-            }
-        }
         // A later drop of the same client keeps the earliest mark: streams
         // opened since the first drop are all fresh ones.
-        let entry = stalled
-            .entry(claimant)
-            .or_insert((tokio::time::Instant::now(), opened_after));
-        entry.0 = tokio::time::Instant::now();
+        lock(&self.stalled).note(stall_key(claimant), |before| before.unwrap_or(opened_after));
     }
 
     /// Drops stream `conn`, whose queue stayed full for `stall`: its frames

@@ -28,6 +28,7 @@ mod activation;
 mod grpc;
 mod hub;
 mod queue;
+mod recent;
 mod subscriber;
 mod types;
 
