@@ -362,9 +362,6 @@ impl TopicHub {
         };
         if let Some((instance, claimant)) = gone {
             self.release(instance, claimant);
-            if let Some(activation) = lock(&self.heartbeats).as_ref() {
-                activation.forget(instance);
-            }
         }
     }
 
@@ -374,9 +371,14 @@ impl TopicHub {
         lock(&self.released).get(&instance)
     }
 
-    /// `instance`'s last stream, opened by `claimant`, has closed.
+    /// `instance`'s last stream, opened by `claimant`, has closed (left,
+    /// or dropped as stuck): the id stays the claimant's for a while, and
+    /// the instance, receiving nothing any more, is reported disconnected.
     fn release(&self, instance: Uuid, claimant: Claimant) {
         lock(&self.released).note(instance, |_| claimant);
+        if let Some(activation) = lock(&self.heartbeats).as_ref() {
+            activation.forget(instance);
+        }
     }
 
     /// Whether stream `conn` is still one of the topic's subscribers (not
@@ -489,9 +491,6 @@ impl TopicHub {
         }
         if !still_there {
             self.release(instance, claimant);
-            if let Some(activation) = lock(&self.heartbeats).as_ref() {
-                activation.forget(instance);
-            }
         }
     }
 
