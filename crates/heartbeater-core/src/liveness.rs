@@ -144,10 +144,12 @@ pub struct PeerLiveness<D = MissCountDetector> {
     /// The one part of the configuration this needs; the rest lives with
     /// the registration, and a copy here would cost every peer 24 bytes.
     timeout: Duration,
-    /// Consecutive valid replies that bring an unreachable peer back.
-    rise: u32,
-    /// Consecutive valid replies since the last miss.
-    streak: u32,
+    /// Consecutive valid replies that bring an unreachable peer back: at
+    /// most [`crate::config::MAX_RISE`], so a byte holds it.
+    rise: u8,
+    /// Consecutive valid replies since the last miss, saturating: it is only
+    /// ever compared with `rise`.
+    streak: u8,
     detector: D,
     state: PeerState,
     epoch: Option<u64>,
@@ -156,7 +158,10 @@ pub struct PeerLiveness<D = MissCountDetector> {
     last_acked_seq: u64,
     sent: u64,
     acked: u64,
-    last_rtt: Option<Duration>,
+    /// Round-trip time of the last valid reply in microseconds, `NO_RTT`
+    /// before the first: a reply counts only within its timeout, and 4
+    /// bytes hold 71 minutes where an `Option<Duration>` takes 16.
+    last_rtt_micros: u32,
     /// The identity the last reply of the current run of replies from
     /// another identity carried (made safe to show); `None` once the
     /// registered identity answers. Boxed: the common case costs a pointer.
@@ -175,12 +180,21 @@ impl PeerLiveness<MissCountDetector> {
     }
 }
 
+/// `last_rtt_micros` before any valid reply.
+const NO_RTT: u32 = u32::MAX;
+
+/// The configured rise as a byte: validation keeps it at most
+/// [`crate::config::MAX_RISE`].
+fn rise_of(config: DetectorConfig) -> u8 {
+    u8::try_from(config.rise.get()).unwrap_or(u8::MAX)
+}
+
 impl<D: FailureDetector> PeerLiveness<D> {
     /// A fresh peer judged by `detector`.
     pub fn with_detector(config: DetectorConfig, detector: D, known_epoch: Option<u64>) -> Self {
         Self {
             timeout: config.timeout,
-            rise: config.rise.get(),
+            rise: rise_of(config),
             streak: 0,
             detector,
             state: PeerState::Unknown,
@@ -189,7 +203,7 @@ impl<D: FailureDetector> PeerLiveness<D> {
             last_acked_seq: 0,
             sent: 0,
             acked: 0,
-            last_rtt: None,
+            last_rtt_micros: NO_RTT,
             answers_as: None,
         }
     }
@@ -282,7 +296,9 @@ impl<D: FailureDetector> PeerLiveness<D> {
         self.detector.on_ack(now, rtt);
         self.last_acked_seq = self.last_acked_seq.max(seq);
         self.acked = self.acked.saturating_add(1);
-        self.last_rtt = Some(rtt);
+        self.last_rtt_micros = u32::try_from(rtt.as_micros())
+            .unwrap_or(NO_RTT - 1)
+            .min(NO_RTT - 1);
         if let Some(previous) = self.epoch {
             if reply.responder_epoch > previous {
                 out.push(Change::Restarted {
@@ -386,7 +402,7 @@ impl<D: FailureDetector> PeerLiveness<D> {
     /// the peer is ALIVE.
     pub fn reconfigure(&mut self, config: DetectorConfig, detector: D) {
         self.timeout = config.timeout;
-        self.rise = config.rise.get();
+        self.rise = rise_of(config);
         self.streak = 0;
         self.detector = detector;
         // The peer may have moved: whoever answers at the new address is
@@ -448,7 +464,14 @@ impl<D: FailureDetector> PeerLiveness<D> {
 
     /// Round-trip time of the last valid reply.
     pub fn last_rtt(&self) -> Option<Duration> {
-        self.last_rtt
+        (self.last_rtt_micros != NO_RTT)
+            .then(|| Duration::from_micros(u64::from(self.last_rtt_micros)))
+    }
+
+    /// [`Self::last_rtt`] as kept: microseconds, `u32::MAX` before the first
+    /// valid reply (the compact form a published status copies).
+    pub(crate) fn last_rtt_micros(&self) -> u32 {
+        self.last_rtt_micros
     }
 
     /// The identity that answers instead of the registered one, while

@@ -304,7 +304,8 @@ fn index(seq: u64) -> usize {
     (seq % PROBE_WINDOW as u64) as usize
 }
 
-fn micros(d: Duration) -> u64 {
+/// A duration in whole microseconds, saturating (no timer is that far).
+pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 

@@ -17,7 +17,10 @@
 //! from there, rather than a burst of the heartbeats it missed.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap};
+use std::hash::{BuildHasher, RandomState};
+
+use hashbrown::HashTable;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +29,7 @@ use crate::config::{DetectorConfig, PeerSpec};
 use crate::detector::{Configured, DetectorFactory};
 use crate::liveness::{Arrival, Change, PeerLiveness, PeerState, Reply, ReplyVerdict};
 use crate::pages::Pages;
+use crate::probe::micros;
 pub use crate::probe::{Path, Paths, PeerKey, ProbeId};
 use crate::rate::HeartbeatRate;
 
@@ -164,7 +168,10 @@ struct Slot<D> {
     generation: u32,
     /// Whether this peer is counted in [`PeerTable`]'s `alive`.
     counted_alive: bool,
-    next_due: Instant,
+    /// When the next heartbeat is due, in microseconds after the table's
+    /// base: 8 bytes where an `Instant` takes 16, and the same again in the
+    /// timer heap.
+    next_due: u64,
 }
 
 /// When a heartbeat in flight times out, packed into 24 bytes (an `Instant`
@@ -186,9 +193,20 @@ pub struct PeerTable<F: DetectorFactory = Configured> {
     slots: Pages<Slot<F::Detector>>,
     free: Vec<u32>,
     generations: Vec<u32>,
-    index: HashMap<Arc<str>, u32>,
-    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
-    /// Set at the first send; expiries are kept relative to it.
+    /// Slot numbers by peer id: the id lives once, in the slot's
+    /// registration, and the index holds 4 bytes per peer (a map keyed by
+    /// the id held 24). Hashed with a random key, so that ids chosen by a
+    /// client cannot be made to collide.
+    index: HashTable<u32>,
+    hasher: RandomState,
+    /// Each peer's next heartbeat: its due time (as in `Slot::next_due`)
+    /// and its slot. An entry is current while the slot is still due then;
+    /// an entry left by an earlier registration of a reused slot that
+    /// happens to name the same time fires that registration's own
+    /// heartbeat, on time.
+    timers: BinaryHeap<Reverse<(u64, u32)>>,
+    /// Set at the first call that tells the time; timers and expiries are
+    /// kept relative to it.
     base: Option<Instant>,
     expiries: BinaryHeap<Reverse<Expiry>>,
     events: Vec<LivenessEvent>,
@@ -222,33 +240,40 @@ pub enum StatusChange {
 
 /// A peer's status as a view of the table keeps it: the registration
 /// shared with the table (no copy of the id, the host or the timing), and
-/// what changes with each heartbeat. [`PublishedStatus::to_status`] makes
-/// the [`PeerStatus`] a reader gets.
+/// what changes with each heartbeat, packed into 64 bytes (a view holds one
+/// per peer, a million of them on a large node). [`PublishedStatus::to_status`]
+/// makes the [`PeerStatus`] a reader gets.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PublishedStatus {
-    /// The registration, as the table holds it.
-    pub spec: Arc<PeerSpec>,
-    /// Current liveness.
-    pub state: PeerState,
-    /// Last epoch seen, if any.
-    pub epoch: Option<u64>,
-    /// Heartbeats sent since this node started monitoring the peer.
-    pub heartbeats_sent: u64,
-    /// Heartbeats validly acknowledged.
-    pub heartbeats_acked: u64,
-    /// Round-trip time of the last valid reply.
-    pub last_rtt: Option<Duration>,
-    /// Consecutive misses right now.
-    pub missed: u32,
+    spec: Arc<PeerSpec>,
     /// While replies at the peer's address carry another identity: the
     /// last one seen (see [`PeerStatus::answers_as`]).
-    pub answers_as: Option<Box<str>>,
+    answers_as: Option<Box<str>>,
+    /// Last epoch seen, when `has_epoch`.
+    epoch: u64,
+    heartbeats_sent: u64,
+    heartbeats_acked: u64,
+    /// As [`PeerLiveness`] keeps it: microseconds, `u32::MAX` for none.
+    rtt_micros: u32,
+    missed: u32,
+    state: PeerState,
+    has_epoch: bool,
 }
 
 impl PublishedStatus {
     /// The peer's id.
     pub fn peer_id(&self) -> &Arc<str> {
         &self.spec.peer_id
+    }
+
+    /// The registration, as the table holds it.
+    pub fn spec(&self) -> &Arc<PeerSpec> {
+        &self.spec
+    }
+
+    /// Current liveness.
+    pub fn state(&self) -> PeerState {
+        self.state
     }
 
     /// The status as readers get it.
@@ -258,10 +283,11 @@ impl PublishedStatus {
             host: self.spec.host.clone(),
             port: self.spec.port,
             state: self.state,
-            epoch: self.epoch,
+            epoch: self.has_epoch.then_some(self.epoch),
             heartbeats_sent: self.heartbeats_sent,
             heartbeats_acked: self.heartbeats_acked,
-            last_rtt: self.last_rtt,
+            last_rtt: (self.rtt_micros != u32::MAX)
+                .then(|| Duration::from_micros(u64::from(self.rtt_micros))),
             missed: self.missed,
             detector: self.spec.detector,
             answers_as: self.answers_as.as_deref().map(str::to_owned),
@@ -299,7 +325,8 @@ impl<F: DetectorFactory> PeerTable<F> {
             slots: Pages::new(),
             free: Vec::new(),
             generations: Vec::new(),
-            index: HashMap::new(),
+            index: HashTable::new(),
+            hasher: RandomState::new(),
             timers: BinaryHeap::new(),
             base: None,
             expiries: BinaryHeap::new(),
@@ -327,7 +354,7 @@ impl<F: DetectorFactory> PeerTable<F> {
     /// Registers a peer, or updates its registration. Its first heartbeat is
     /// due at `now` when it is new or its registration changed.
     pub fn upsert(&mut self, spec: PeerSpec, now: Instant) -> Upsert {
-        let existing = self.index.get(&spec.peer_id).copied();
+        let existing = self.slot_of(&spec.peer_id);
         if let Some(slot_no) = existing {
             let unchanged = match self.slot_mut(slot_no) {
                 Some(slot) => (*slot.spec == spec).then_some(slot.generation),
@@ -340,6 +367,7 @@ impl<F: DetectorFactory> PeerTable<F> {
                 });
             }
             let generation = self.bump_generation(slot_no);
+            let due = self.micros_at(now);
             let detector = self.detectors.build(&spec.detector);
             let new_period = spec.detector.heartbeat_freq;
             let tolerance = self.awareness.tolerance();
@@ -349,11 +377,11 @@ impl<F: DetectorFactory> PeerTable<F> {
                 slot.liveness.set_tolerance(tolerance);
                 slot.spec = Arc::new(spec);
                 slot.generation = generation;
-                slot.next_due = now;
+                slot.next_due = due;
                 self.forget_period(old_period);
                 self.count_period(new_period);
                 self.push_event(slot_no, EventKind::Registered);
-                self.timers.push(Reverse((now, slot_no, generation)));
+                self.timers.push(Reverse((due, slot_no)));
                 self.compact_timers();
                 return Upsert::Updated(PeerKey {
                     slot: slot_no,
@@ -361,7 +389,8 @@ impl<F: DetectorFactory> PeerTable<F> {
                 });
             }
         }
-        let key = self.insert(spec, None, now);
+        let due = self.micros_at(now);
+        let key = self.insert(spec, None, due);
         self.push_event(key.slot, EventKind::Registered);
         Upsert::Inserted(key)
     }
@@ -373,14 +402,21 @@ impl<F: DetectorFactory> PeerTable<F> {
     /// that depends on its id: a node restarting with 100,000 peers spreads
     /// their heartbeats over the period instead of sending them all at once.
     pub fn restore(&mut self, spec: PeerSpec, known_epoch: Option<u64>, now: Instant) -> PeerKey {
-        if let Some(&slot_no) = self.index.get(&spec.peer_id) {
+        if let Some(slot_no) = self.slot_of(&spec.peer_id) {
             self.remove_slot(slot_no);
         }
-        let first = now + phase(&spec.peer_id, spec.detector.heartbeat_freq);
+        let first =
+            self.micros_at(now) + micros(phase(&spec.peer_id, spec.detector.heartbeat_freq));
         self.insert(spec, known_epoch, first)
     }
 
-    fn insert(&mut self, spec: PeerSpec, known_epoch: Option<u64>, now: Instant) -> PeerKey {
+    /// `now` in microseconds after the base, which the first call sets.
+    /// Rounded up: a heartbeat is never sent before the time asked.
+    fn micros_at(&mut self, now: Instant) -> u64 {
+        micros_after(*self.base.get_or_insert(now), now)
+    }
+
+    fn insert(&mut self, spec: PeerSpec, known_epoch: Option<u64>, due: u64) -> PeerKey {
         let slot_no = match self.free.pop() {
             Some(n) => n,
             None => {
@@ -389,7 +425,7 @@ impl<F: DetectorFactory> PeerTable<F> {
             }
         };
         let generation = self.bump_generation(slot_no);
-        self.index.insert(spec.peer_id.clone(), slot_no);
+        let hash = self.hasher.hash_one(&*spec.peer_id);
         let detector = self.detectors.build(&spec.detector);
         self.count_period(spec.detector.heartbeat_freq);
         let mut liveness = PeerLiveness::with_detector(spec.detector, detector, known_epoch);
@@ -401,10 +437,16 @@ impl<F: DetectorFactory> PeerTable<F> {
                 liveness,
                 generation,
                 counted_alive: false,
-                next_due: now,
+                next_due: due,
             },
         );
-        self.timers.push(Reverse((now, slot_no, generation)));
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.index.insert_unique(hash, slot_no, |&n| {
+            slots
+                .get(n as usize)
+                .map_or(0, |s| hasher.hash_one(&*s.spec.peer_id))
+        });
+        self.timers.push(Reverse((due, slot_no)));
         self.mark_changed(slot_no);
         PeerKey {
             slot: slot_no,
@@ -424,7 +466,7 @@ impl<F: DetectorFactory> PeerTable<F> {
 
     /// Deregisters a peer. Returns whether it was registered.
     pub fn remove(&mut self, peer_id: &str) -> bool {
-        let Some(&slot_no) = self.index.get(peer_id) else {
+        let Some(slot_no) = self.slot_of(peer_id) else {
             return false;
         };
         self.push_event(slot_no, EventKind::Deregistered);
@@ -443,11 +485,11 @@ impl<F: DetectorFactory> PeerTable<F> {
         let slots = &self.slots;
         let live: Vec<_> = self
             .index
-            .values()
+            .iter()
             .filter_map(|&slot_no| {
                 slots
                     .get(slot_no as usize)
-                    .map(|slot| Reverse((slot.next_due, slot_no, slot.generation)))
+                    .map(|slot| Reverse((slot.next_due, slot_no)))
             })
             .collect();
         self.timers = BinaryHeap::from(live);
@@ -474,7 +516,10 @@ impl<F: DetectorFactory> PeerTable<F> {
                 self.alive = self.alive.saturating_sub(1);
             }
             self.forget_period(slot.spec.detector.heartbeat_freq);
-            self.index.remove(&slot.spec.peer_id);
+            let hash = self.hasher.hash_one(&*slot.spec.peer_id);
+            if let Ok(entry) = self.index.find_entry(hash, |&n| n == slot_no) {
+                entry.remove();
+            }
             self.removed.push(slot.spec.peer_id.clone());
             self.bump_generation(slot_no);
             self.free.push(slot_no);
@@ -529,12 +574,13 @@ impl<F: DetectorFactory> PeerTable<F> {
     pub fn on_local_pause(&mut self, now: Instant) -> usize {
         let mut voided = 0;
         let mut fresh = Vec::new();
+        let due = self.micros_at(now);
         self.for_each_slot(|slot_no, slot| {
             let n = slot.liveness.on_local_pause(now);
             if n > 0 {
                 voided += n;
-                slot.next_due = now;
-                fresh.push(Reverse((now, slot_no, slot.generation)));
+                slot.next_due = due;
+                fresh.push(Reverse((due, slot_no)));
             }
         });
         self.timers.extend(fresh);
@@ -543,7 +589,7 @@ impl<F: DetectorFactory> PeerTable<F> {
 
     /// Runs `f` on every registered peer's slot.
     fn for_each_slot(&mut self, mut f: impl FnMut(u32, &mut Slot<F::Detector>)) {
-        for &slot_no in self.index.values() {
+        for &slot_no in &self.index {
             if let Some(slot) = self.slots.get_mut(slot_no as usize) {
                 f(slot_no, slot);
             }
@@ -554,9 +600,9 @@ impl<F: DetectorFactory> PeerTable<F> {
     /// [`PeerTable::poll_due`]; `None` with nothing to do.
     pub fn next_deadline(&mut self) -> Option<Instant> {
         let mut due = None;
-        while let Some(Reverse((at, slot_no, generation))) = self.timers.peek().copied() {
-            if self.is_current(at, slot_no, generation) {
-                due = Some(at);
+        while let Some(Reverse((at, slot_no))) = self.timers.peek().copied() {
+            if self.is_current(at, slot_no) {
+                due = self.base.map(|base| at_of(base, at));
                 break;
             }
             self.timers.pop();
@@ -571,8 +617,8 @@ impl<F: DetectorFactory> PeerTable<F> {
         }
     }
 
-    fn is_current(&self, due: Instant, slot_no: u32, generation: u32) -> bool {
-        matches!(self.slots.get(slot_no as usize), Some(s) if s.generation == generation && s.next_due == due)
+    fn is_current(&self, due: u64, slot_no: u32) -> bool {
+        matches!(self.slots.get(slot_no as usize), Some(s) if s.next_due == due)
     }
 
     /// Settles every heartbeat whose timeout passed by `now` as unanswered,
@@ -678,13 +724,16 @@ impl<F: DetectorFactory> PeerTable<F> {
     /// due at once (a registration of thousands of peers, a long pause).
     pub fn poll_due_at_most(&mut self, now: Instant, out: &mut Vec<Probe>, limit: usize) {
         let base = *self.base.get_or_insert(now);
+        // Whole microseconds passed: a timer due at `d` fires once
+        // `base + d` is reached.
+        let now_micros = micros(now.saturating_duration_since(base));
         let mut taken = 0usize;
-        while let Some(Reverse((due, slot_no, generation))) = self.timers.peek().copied() {
-            if due > now || taken >= limit {
+        while let Some(Reverse((due, slot_no))) = self.timers.peek().copied() {
+            if due > now_micros || taken >= limit {
                 break;
             }
             self.timers.pop();
-            if !self.is_current(due, slot_no, generation) {
+            if !self.is_current(due, slot_no) {
                 continue;
             }
             let mut changes = std::mem::take(&mut self.changes);
@@ -692,18 +741,19 @@ impl<F: DetectorFactory> PeerTable<F> {
                 self.changes = changes;
                 continue;
             };
-            let freq = slot.spec.detector.heartbeat_freq;
+            let freq = micros(slot.spec.detector.heartbeat_freq);
             let timeout = slot.liveness.timeout();
-            let mut next = due + freq;
-            if next <= now {
+            let generation = slot.generation;
+            let mut next = due.saturating_add(freq);
+            if next <= now_micros {
                 // Late by a whole period or more: no catch-up burst.
-                next = now + freq;
+                next = now_micros.saturating_add(freq);
             }
             slot.next_due = next;
             let seq = slot.liveness.on_send(now, &mut changes);
             self.record_changes(slot_no, &mut changes);
             self.changes = changes;
-            self.timers.push(Reverse((next, slot_no, generation)));
+            self.timers.push(Reverse((next, slot_no)));
             let key = PeerKey {
                 slot: slot_no,
                 generation,
@@ -715,7 +765,7 @@ impl<F: DetectorFactory> PeerTable<F> {
             }));
             out.push(Probe {
                 id: ProbeId { key, seq },
-                due,
+                due: at_of(base, due),
                 sent_at: now,
             });
             taken += 1;
@@ -844,7 +894,7 @@ impl<F: DetectorFactory> PeerTable<F> {
 
     /// The key of `peer_id`'s current registration.
     pub fn key_of(&self, peer_id: &str) -> Option<PeerKey> {
-        let slot_no = *self.index.get(peer_id)?;
+        let slot_no = self.slot_of(peer_id)?;
         let slot = self.slots.get(slot_no as usize)?;
         Some(PeerKey {
             slot: slot_no,
@@ -854,13 +904,13 @@ impl<F: DetectorFactory> PeerTable<F> {
 
     /// The status of one peer.
     pub fn status(&self, peer_id: &str) -> Option<PeerStatus> {
-        let slot_no = *self.index.get(peer_id)?;
+        let slot_no = self.slot_of(peer_id)?;
         self.slots.get(slot_no as usize).map(status_of)
     }
 
     /// The published form of one peer's status (see [`PublishedStatus`]).
     pub fn published(&self, peer_id: &str) -> Option<PublishedStatus> {
-        let slot_no = *self.index.get(peer_id)?;
+        let slot_no = self.slot_of(peer_id)?;
         self.slots.get(slot_no as usize).map(published_of)
     }
 
@@ -892,8 +942,11 @@ impl<F: DetectorFactory> PeerTable<F> {
         // A max-heap of the `limit + 1` smallest ids seen: the extra one
         // tells whether another page follows.
         let mut smallest: BinaryHeap<(&str, u32)> = BinaryHeap::with_capacity(limit + 1);
-        for (id, &slot) in &self.index {
-            let id: &str = id;
+        for &slot in &self.index {
+            let Some(s) = self.slots.get(slot as usize) else {
+                continue;
+            };
+            let id: &str = &s.spec.peer_id;
             if after.is_some_and(|a| id <= a) {
                 continue;
             }
@@ -934,6 +987,19 @@ impl<F: DetectorFactory> PeerTable<F> {
         counts
     }
 
+    /// The slot registered under `peer_id`.
+    fn slot_of(&self, peer_id: &str) -> Option<u32> {
+        let hash = self.hasher.hash_one(peer_id);
+        let slots = &self.slots;
+        self.index
+            .find(hash, |&n| {
+                slots
+                    .get(n as usize)
+                    .is_some_and(|s| &*s.spec.peer_id == peer_id)
+            })
+            .copied()
+    }
+
     fn slot_mut(&mut self, slot_no: u32) -> Option<&mut Slot<F::Detector>> {
         self.mark_changed(slot_no);
         self.slots.get_mut(slot_no as usize)
@@ -957,6 +1023,7 @@ impl<F: DetectorFactory> PeerTable<F> {
     /// driver calls it once per wake-up, so that its work for readers
     /// follows its own work and never the size of the table.
     pub fn take_changes(&mut self, budget: usize, out: &mut Vec<StatusChange>) -> usize {
+        self.trim_buffers();
         out.extend(self.removed.drain(..).map(StatusChange::Removed));
         for _ in 0..budget {
             let Some(slot_no) = self.changed.pop_front() else {
@@ -970,6 +1037,23 @@ impl<F: DetectorFactory> PeerTable<F> {
             }
         }
         self.changed.len()
+    }
+
+    /// Gives back what a burst left in the buffers that are empty between
+    /// two wake-ups: registering or restoring a million peers at once queues
+    /// a million changes and events, and the 12 MB they took must not stay
+    /// with the table for the rest of its life.
+    fn trim_buffers(&mut self) {
+        const KEEP: usize = 4096;
+        if self.events.is_empty() && self.events.capacity() > KEEP {
+            self.events.shrink_to(KEEP);
+        }
+        if self.changed.capacity() > KEEP.max(2 * self.changed.len()) {
+            self.changed.shrink_to(KEEP.max(self.changed.len()));
+        }
+        if self.changes.capacity() > KEEP {
+            self.changes.shrink_to(KEEP);
+        }
     }
 
     /// Forgets the changes [`PeerTable::take_changes`] would report: for a
@@ -1025,13 +1109,14 @@ fn published_of<D: crate::detector::FailureDetector>(slot: &Slot<D>) -> Publishe
     let l = &slot.liveness;
     PublishedStatus {
         spec: slot.spec.clone(),
-        state: l.state(),
-        epoch: l.epoch(),
+        answers_as: l.answers_as().map(Box::from),
+        epoch: l.epoch().unwrap_or(0),
         heartbeats_sent: l.heartbeats_sent(),
         heartbeats_acked: l.heartbeats_acked(),
-        last_rtt: l.last_rtt(),
+        rtt_micros: l.last_rtt_micros(),
         missed: l.missed(),
-        answers_as: l.answers_as().map(Box::from),
+        state: l.state(),
+        has_epoch: l.epoch().is_some(),
     }
 }
 

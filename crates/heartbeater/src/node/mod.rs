@@ -709,13 +709,13 @@ fn detector_of(
                 "acceptable_pause_millis",
                 req.acceptable_pause_millis,
                 0,
-                defaults.acceptable_pause,
+                defaults.acceptable_pause(),
             )?;
             let std = duration_field(
                 "min_std_dev_millis",
                 req.min_std_dev_millis,
                 1,
-                defaults.min_std_dev,
+                defaults.min_std_dev(),
             )?;
             DetectorKind::PhiAccrual(PhiParams::new(
                 req.phi_threshold.unwrap_or(default_threshold),

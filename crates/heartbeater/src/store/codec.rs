@@ -92,8 +92,8 @@ pub(crate) fn encode_peer(p: &PeerRecord) -> Vec<u8> {
         DetectorKind::PhiAccrual(phi) => (
             1,
             (phi.threshold() * 100.0).round() as u32,
-            micros(phi.acceptable_pause),
-            micros(phi.min_std_dev),
+            micros(phi.acceptable_pause()),
+            micros(phi.min_std_dev()),
         ),
     };
     frame(PeerV1 {
