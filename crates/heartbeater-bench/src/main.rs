@@ -34,7 +34,7 @@ const SCENARIOS: &[&str] = &[
 
 /// Scenarios run only when named: they test the node under load rather
 /// than measure it against a baseline, and take a minute.
-const ON_REQUEST: &[&str] = &["load", "accuracy", "overload"];
+const ON_REQUEST: &[&str] = &["load", "accuracy", "overload", "scale"];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,10 +53,13 @@ struct Cli {
     /// Run only these scenarios (rpc, tls, peer-path, register, restore,
     /// fanout (also gives memory), detect, topic). Default: all of those.
     /// `load` (a minute under load, see scripts/load.sh), `accuracy` and
-    /// `overload` (schedules at 2x and 4x the node's capacity) run only
-    /// when named.
+    /// `overload` (schedules at 2x and 4x the node's capacity) and `scale`
+    /// (1,000 to 1,000,000 peers on one node) run only when named.
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
+    /// The largest size `scale` measures (of 1000, 10000, 100000, 1000000).
+    #[arg(long, default_value_t = 1_000_000, value_name = "PEERS")]
+    scale_max: usize,
     /// Nodes and responders authenticate every datagram with a cluster key
     /// (one fixed key for the run), to measure what authentication costs.
     #[arg(long)]
@@ -93,6 +96,9 @@ enum Role {
         #[arg(long)]
         count: usize,
     },
+    /// Every peer of the scale scenario, each at its own loopback address.
+    #[command(hide = true)]
+    Addressed,
     /// Nodes subscribed to a topic, counting messages.
     #[command(hide = true)]
     Subscribers {
@@ -118,6 +124,7 @@ async fn scenario(name: &str, settings: &Settings) -> anyhow::Result<Vec<Row>> {
         "load" => scenarios::load::run(settings).await,
         "accuracy" => scenarios::accuracy::run(settings).await,
         "overload" => scenarios::overload::run(settings).await,
+        "scale" => scenarios::scale::run(settings).await,
         other => anyhow::bail!(
             "unknown scenario {other:?}; known: {}, and on request {}",
             SCENARIOS.join(", "),
@@ -140,6 +147,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Role::Echo) => return roles::echo().await,
         Some(Role::Responders { count }) => return roles::responders(count).await,
+        Some(Role::Addressed) => return roles::addressed().await,
         Some(Role::Subscribers {
             count,
             publisher,
@@ -147,7 +155,10 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
         }) => return roles::subscribers(count, publisher, topic).await,
         None => {}
     }
-    let settings = Settings { quick: cli.quick };
+    let settings = Settings {
+        quick: cli.quick,
+        scale_max: cli.scale_max,
+    };
     let names: Vec<String> = if cli.scenarios.is_empty() {
         SCENARIOS.iter().map(|s| s.to_string()).collect()
     } else {

@@ -328,3 +328,133 @@ pub async fn subscribers(count: usize, publisher: String, topic: String) -> anyh
     }
     Ok(())
 }
+
+/// Which peers of an `addressed` responder stay silent: indexes from
+/// `start`, `count` of them.
+#[derive(Default)]
+struct Silenced {
+    start: std::sync::atomic::AtomicUsize,
+    count: std::sync::atomic::AtomicUsize,
+}
+
+impl Silenced {
+    fn covers(&self, i: usize) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let start = self.start.load(Relaxed);
+        i >= start && i - start < self.count.load(Relaxed)
+    }
+}
+
+/// Every peer of the scale scenario on one port: a ping to `127.x.y.z` is
+/// answered as the peer registered at that address
+/// ([`crate::scenarios::scale::peer_addr`]), from that address. The
+/// socket is bound to every address and learns where each ping was sent
+/// (`IP_PKTINFO`); pings from elsewhere than this machine are ignored.
+/// Command: `silence START COUNT` (those peers stop answering; `COUNT` 0
+/// ends it).
+#[cfg(target_os = "linux")]
+pub async fn addressed() -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::Arc;
+
+    use nix::sys::socket::{setsockopt, sockopt};
+
+    let socket = std::net::UdpSocket::bind(("0.0.0.0", 0))?;
+    setsockopt(&socket, sockopt::Ipv4PacketInfo, &true)?;
+    // Room for the replies' bursts: the node sends thousands at once.
+    socket2::SockRef::from(&socket).set_recv_buffer_size(16 << 20)?;
+    let port = socket.local_addr()?.port();
+    let silenced = Arc::new(Silenced::default());
+    let keyring = bench_keyring()?;
+    std::thread::spawn({
+        let silenced = silenced.clone();
+        move || answer_addressed(&socket, &silenced, keyring.as_ref())
+    });
+    println!("{}", json!({ "port": port }));
+    commands(|cmd| {
+        let parts: Vec<&str> = cmd.split_whitespace().collect();
+        match parts.as_slice() {
+            ["silence", start, count] => match (start.parse(), count.parse()) {
+                (Ok(start), Ok(count)) => {
+                    silenced.count.store(0, Relaxed);
+                    silenced.start.store(start, Relaxed);
+                    silenced.count.store(count, Relaxed);
+                    json!({"ok": true})
+                }
+                _ => json!({"error": "silence START COUNT"}),
+            },
+            _ => json!({"error": format!("unknown command {cmd:?}")}),
+        }
+    })
+    .await
+}
+
+#[cfg(target_os = "linux")]
+fn answer_addressed(
+    socket: &std::net::UdpSocket,
+    silenced: &Silenced,
+    keyring: Option<&heartbeater::Keyring>,
+) {
+    use std::io::{IoSlice, IoSliceMut};
+    use std::os::fd::AsRawFd;
+
+    use nix::libc;
+    use nix::sys::socket::{
+        recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn,
+    };
+
+    use crate::scenarios::scale::{peer_id, peer_index};
+
+    let fd = socket.as_raw_fd();
+    let mut cmsg = nix::cmsg_space!(libc::in_pktinfo);
+    let (mut buf, mut out) = (vec![0u8; 2048], Vec::new());
+    loop {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let Ok(msg) = recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty())
+        else {
+            continue;
+        };
+        let (n, from) = (msg.bytes, msg.address);
+        let mut info = None;
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                if let ControlMessageOwned::Ipv4PacketInfo(i) = c {
+                    info = Some(i);
+                }
+            }
+        }
+        let (Some(from), Some(mut info)) = (from, info) else {
+            continue;
+        };
+        if !from.ip().is_loopback() {
+            continue;
+        }
+        let to = std::net::Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr));
+        let Some(i) = peer_index(to) else {
+            continue;
+        };
+        if silenced.covers(i) {
+            continue;
+        }
+        if heartbeater::udp::answer(&buf[..n], &peer_id(i), 1, keyring, &mut out).is_err() {
+            continue;
+        }
+        // From the address the ping went to, as that peer would answer.
+        info.ipi_spec_dst = info.ipi_addr;
+        info.ipi_ifindex = 0;
+        let _ = sendmsg(
+            fd,
+            &[IoSlice::new(&out)],
+            &[ControlMessage::Ipv4PacketInfo(&info)],
+            MsgFlags::MSG_DONTWAIT,
+            Some(&from),
+        );
+    }
+}
+
+/// The scale scenario's responder needs `IP_PKTINFO`, which only Linux has
+/// here.
+#[cfg(not(target_os = "linux"))]
+pub async fn addressed() -> anyhow::Result<()> {
+    anyhow::bail!("the scale scenario's responder runs on Linux only")
+}

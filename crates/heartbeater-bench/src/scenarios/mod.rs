@@ -9,6 +9,7 @@ pub mod peer_path;
 pub mod register;
 pub mod restore;
 pub mod rpc;
+pub mod scale;
 pub mod tls;
 pub mod topic;
 
@@ -24,6 +25,8 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
     pub quick: bool,
+    /// The largest size the scale scenario measures.
+    pub scale_max: usize,
 }
 
 impl Settings {
