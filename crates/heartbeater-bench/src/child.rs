@@ -28,7 +28,23 @@ impl Helper {
     /// helper alone (`None`: as the run says).
     pub async fn start_with(args: &[&str], keyed: Option<bool>) -> anyhow::Result<Helper> {
         let exe = std::env::current_exe().context("cannot find the bench binary")?;
-        let mut command = tokio::process::Command::new(exe);
+        Self::spawn(tokio::process::Command::new(exe), args, keyed).await
+    }
+
+    /// A helper run by another program: `wrapper` (a program and its
+    /// arguments) is given `args`, the bench binary's path first.
+    pub async fn start_under(wrapper: &[&str], args: &[&str]) -> anyhow::Result<Helper> {
+        let (program, wrapper_args) = wrapper.split_first().context("no wrapper")?;
+        let mut command = tokio::process::Command::new(program);
+        command.args(wrapper_args);
+        Self::spawn(command, args, None).await
+    }
+
+    async fn spawn(
+        mut command: tokio::process::Command,
+        args: &[&str],
+        keyed: Option<bool>,
+    ) -> anyhow::Result<Helper> {
         match keyed {
             Some(true) => {
                 command.env(crate::roles::KEYED_ENV, "1");

@@ -34,7 +34,7 @@ const SCENARIOS: &[&str] = &[
 
 /// Scenarios run only when named: they test the node under load rather
 /// than measure it against a baseline, and take a minute.
-const ON_REQUEST: &[&str] = &["load", "accuracy", "overload", "scale"];
+const ON_REQUEST: &[&str] = &["load", "accuracy", "overload", "scale", "instructions"];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,8 +53,9 @@ struct Cli {
     /// Run only these scenarios (rpc, tls, peer-path, register, restore,
     /// fanout (also gives memory), detect, topic). Default: all of those.
     /// `load` (a minute under load, see scripts/load.sh), `accuracy` and
-    /// `overload` (schedules at 2x and 4x the node's capacity) and `scale`
-    /// (1,000 to 1,000,000 peers on one node) run only when named.
+    /// `overload` (schedules at 2x and 4x the node's capacity), `scale`
+    /// (1,000 to 1,000,000 peers on one node) and `instructions` (the node
+    /// under callgrind) run only when named.
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
     /// The largest size `scale` measures (of 1000, 10000, 100000, 1000000).
@@ -125,6 +126,7 @@ async fn scenario(name: &str, settings: &Settings) -> anyhow::Result<Vec<Row>> {
         "accuracy" => scenarios::accuracy::run(settings).await,
         "overload" => scenarios::overload::run(settings).await,
         "scale" => scenarios::scale::run(settings).await,
+        "instructions" => scenarios::instructions::run(settings).await,
         other => anyhow::bail!(
             "unknown scenario {other:?}; known: {}, and on request {}",
             SCENARIOS.join(", "),

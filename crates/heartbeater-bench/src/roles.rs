@@ -62,7 +62,9 @@ pub async fn node(
     let mut builder = HeartbeatServer::builder()
         .server_port(0)
         .udp_heartbeats(udp)
-        .network_heartbeat_budget(u64::MAX);
+        .network_heartbeat_budget(u64::MAX)
+        // The scale scenario's largest size, past the default limit.
+        .max_peers(crate::scenarios::scale::SIZES[3]);
     if judging.pause_off {
         builder = builder.pause_threshold(heartbeater::PauseThreshold::Off);
     }

@@ -3,6 +3,7 @@
 pub mod accuracy;
 pub mod detect;
 pub mod fanout;
+pub mod instructions;
 pub mod load;
 pub mod overload;
 pub mod peer_path;

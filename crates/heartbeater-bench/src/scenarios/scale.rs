@@ -259,6 +259,12 @@ async fn one_size(size: usize, window: Duration) -> anyhow::Result<Vec<Row>> {
     let restore_s = t.elapsed().as_secs_f64();
     drop(node);
 
+    eprintln!(
+        "  scale: {size} peers: {bytes_per_peer:.0} bytes/peer, register {register_s:.1} s, \
+         restore {restore_s:.2} s (raw {raw:.2} s), list {list_all_s:.2} s, {cores:.3} cores, \
+         lateness p99 {lateness_p99_ms:.2} ms, detection p99 +{} ms, {false_downs} false downs",
+        percentile(&over, 0.99)
+    );
     Ok(vec![
         Row::new(
             "scale",

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use heartbeater_core::datagram::{Datagram, Kind};
 use heartbeater_core::{
-    Expired, Keyring, Pages, Path as Route, PeerKey, PeerSpec, Probe, ProbeSealer,
+    Expired, Keyring, Pages, Path as Route, PeerKey, PeerSpec, Probe, ProbeId, ProbeSealer,
 };
 use tokio::net::UdpSocket;
 
@@ -115,6 +115,58 @@ fn local_backlog(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::WouldBlock || e.raw_os_error() == Some(105)
 }
 
+/// Sends `datagrams[i]` (its bytes in `bufs[i]`) to its address, as many as
+/// one system call takes; returns how many it took.
+#[cfg(target_os = "linux")]
+fn send_many(
+    socket: &UdpSocket,
+    datagrams: &[(ProbeId, SocketAddr)],
+    bufs: &[Vec<u8>],
+) -> std::io::Result<usize> {
+    use std::io::IoSlice;
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
+
+    let n = datagrams.len().min(bufs.len()).min(SEND_BATCH);
+    let slices: Vec<[IoSlice<'_>; 1]> = bufs.iter().take(n).map(|b| [IoSlice::new(b)]).collect();
+    let addrs: Vec<Option<SockaddrStorage>> = datagrams
+        .iter()
+        .take(n)
+        .map(|&(_, a)| Some(SockaddrStorage::from(a)))
+        .collect();
+    // Built per call: the headers hold raw pointers, which a driver task
+    // must not keep across an await.
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(n, None);
+    let fd = socket.as_raw_fd();
+    socket.try_io(tokio::io::Interest::WRITABLE, || {
+        let no_cmsgs: [ControlMessage<'_>; 0] = [];
+        sendmmsg(
+            fd,
+            &mut headers,
+            &slices,
+            &addrs,
+            no_cmsgs,
+            MsgFlags::MSG_DONTWAIT,
+        )
+        .map(|results| results.count())
+        .map_err(std::io::Error::from)
+    })
+}
+
+/// Sends the first of `datagrams` (its bytes in `bufs[0]`).
+#[cfg(not(target_os = "linux"))]
+fn send_many(
+    socket: &UdpSocket,
+    datagrams: &[(ProbeId, SocketAddr)],
+    bufs: &[Vec<u8>],
+) -> std::io::Result<usize> {
+    match (datagrams.first(), bufs.first()) {
+        (Some(&(_, addr)), Some(buf)) => socket.try_send_to(buf, addr).map(|_| 1),
+        _ => Ok(0),
+    }
+}
+
 impl Sent {
     /// Not sent at all, because this node's own send buffer is full: the
     /// heartbeat is voided, not carried elsewhere.
@@ -148,7 +200,7 @@ pub(crate) enum PongOutcome {
     /// earlier run.
     Forged,
     /// A token of ours naming heartbeat `.1`, judged by the table.
-    Judged(heartbeater_core::ReplyVerdict, heartbeater_core::ProbeId),
+    Judged(heartbeater_core::ReplyVerdict, ProbeId),
 }
 
 /// The datagram side of the node's driver: the socket, each peer's path,
@@ -161,7 +213,24 @@ pub(crate) struct DatagramPath {
     identity: String,
     epoch: u64,
     peers: Pages<PeerPath>,
-    out: Vec<u8>,
+    /// Heartbeats sealed and not yet handed to the kernel, each with where
+    /// it goes: [`DatagramPath::flush`] sends them many per system call.
+    queued: Vec<(ProbeId, SocketAddr)>,
+    /// `queued[i]`'s bytes in `bufs[i]`; the buffers are kept for reuse.
+    bufs: Vec<Vec<u8>>,
+}
+
+/// Heartbeats queued before [`DatagramPath::flush`] must run: what one
+/// `sendmmsg` takes.
+pub(crate) const SEND_BATCH: usize = 64;
+
+/// A queued heartbeat the kernel did not take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unsent {
+    /// This node's own send buffer was full: void it.
+    Backlog(ProbeId),
+    /// Refused for the peer's reasons (no route, say): gRPC may carry it.
+    Refused(ProbeId),
 }
 
 impl DatagramPath {
@@ -181,7 +250,8 @@ impl DatagramPath {
             identity,
             epoch,
             peers: Pages::new(),
-            out: Vec::with_capacity(heartbeater_core::datagram::MAX_DATAGRAM),
+            queued: Vec::with_capacity(SEND_BATCH),
+            bufs: Vec::new(),
         }
     }
 
@@ -264,6 +334,14 @@ impl DatagramPath {
         };
         let path = entry.path;
         let authenticated = self.keyring.is_some();
+        let i = self.queued.len();
+        if self.bufs.len() <= i {
+            self.bufs
+                .push(Vec::with_capacity(heartbeater_core::datagram::MAX_DATAGRAM));
+        }
+        let Some(out) = self.bufs.get_mut(i) else {
+            return Sent::GRPC_ONLY;
+        };
         Datagram {
             kind: Kind::Ping,
             token: self.sealer.seal(probe.id),
@@ -273,20 +351,11 @@ impl DatagramPath {
         .seal(
             Datagram::pong_len(spec.peer_id.len(), authenticated),
             self.keyring.as_ref(),
-            &mut self.out,
+            out,
         );
-        if let Err(e) = self.socket.try_send_to(&self.out, addr) {
-            tracing::trace!(error = %e, %addr, "heartbeat datagram not sent");
-            // A full send buffer is this node's own backlog: the heartbeat
-            // is voided, and the peer is not moved to the dearer path,
-            // which would only deepen the backlog. No route, a refused
-            // send: gRPC carries this one.
-            return if local_backlog(&e) {
-                Sent::BACKLOG
-            } else {
-                Sent::GRPC_ONLY
-            };
-        }
+        // Sent by the next flush, within this wake-up; taken as sent until
+        // the kernel says otherwise (see `Unsent`).
+        self.queued.push((probe.id, addr));
         match path {
             Path::Probing => Sent {
                 datagram: Some(true),
@@ -304,6 +373,49 @@ impl DatagramPath {
                 resolving: false,
             },
         }
+    }
+
+    /// How many heartbeats wait for [`DatagramPath::flush`].
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// Hands every queued heartbeat to the kernel, as few system calls as
+    /// it takes, and appends those it did not take to `unsent`. Returns how
+    /// many left.
+    pub(crate) fn flush(&mut self, unsent: &mut Vec<Unsent>) -> usize {
+        let mut start = 0;
+        let mut sent = 0;
+        while let Some(rest) = self.queued.get(start..).filter(|r| !r.is_empty()) {
+            let bufs = self.bufs.get(start..).unwrap_or_default();
+            let error = match send_many(&self.socket, rest, bufs) {
+                Ok(n) if n > 0 => {
+                    start += n;
+                    sent += n;
+                    continue;
+                }
+                // Nothing taken, and no reason given: as a full buffer.
+                Ok(_) => std::io::Error::from(std::io::ErrorKind::WouldBlock),
+                Err(e) => e,
+            };
+            if let Some(&(_, addr)) = rest.first() {
+                tracing::trace!(error = %error, %addr, "heartbeat datagram not sent");
+            }
+            // A full send buffer is this node's own backlog: the heartbeats
+            // left are voided, and no peer is moved to the dearer path,
+            // which would only deepen it. No route, a refused send: gRPC
+            // carries that one, and the others go on.
+            if local_backlog(&error) {
+                unsent.extend(rest.iter().map(|&(id, _)| Unsent::Backlog(id)));
+                break;
+            }
+            if let Some(&(id, _)) = rest.first() {
+                unsent.push(Unsent::Refused(id));
+            }
+            start += 1;
+        }
+        self.queued.clear();
+        sent
     }
 
     /// A heartbeat timed out: a datagram that went unanswered moves its peer
@@ -444,6 +556,67 @@ mod tests {
         // The node's own resolver being full is no failure of the name.
         path.resolved(key, Lookup::Busy);
         assert_eq!(send(&mut path), Sent::RESOLVING, "asked again at once");
+    }
+
+    /// Heartbeats queued in one wake-up leave together, each to its own
+    /// peer with its own token; one the kernel refuses is reported, and the
+    /// others still go.
+    #[tokio::test]
+    async fn queued_heartbeats_leave_together_and_a_refused_one_is_reported() {
+        use heartbeater_core::{DetectorConfig, PeerTable};
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let sealer = ProbeSealer::new([7; 32]);
+        let mut path = DatagramPath::new(socket, "me".into(), 1, sealer.clone(), None);
+        let peers: Vec<std::net::UdpSocket> = (0..SEND_BATCH + 3)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let detector = DetectorConfig::new(Duration::from_millis(100), None, None).unwrap();
+        let mut specs: Vec<PeerSpec> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let port = u32::from(p.local_addr().unwrap().port());
+                PeerSpec::new(&format!("p{i}"), "127.0.0.1", port, detector).unwrap()
+            })
+            .collect();
+        // Broadcast, on a socket not allowed to: the kernel refuses it.
+        specs.push(PeerSpec::new("nowhere", "255.255.255.255", 9, detector).unwrap());
+        let mut table = PeerTable::new();
+        let now = std::time::Instant::now();
+        for spec in &specs {
+            table.upsert(spec.clone(), now);
+        }
+        let mut due = Vec::new();
+        table.poll_due(now, &mut due);
+        let mut resolving = futures_util::stream::FuturesUnordered::new();
+        for probe in &due {
+            let spec = table.spec(probe.id.peer()).unwrap().clone();
+            assert_eq!(
+                path.send(probe, &spec, true, &mut resolving).datagram,
+                Some(true)
+            );
+        }
+        assert_eq!(path.queued(), specs.len(), "nothing left yet");
+        // As a driver's socket is: known to the runtime as writable.
+        path.socket.writable().await.unwrap();
+        let mut unsent = Vec::new();
+        assert_eq!(path.flush(&mut unsent), peers.len());
+        assert_eq!(path.queued(), 0);
+        let refused: Vec<_> = due
+            .iter()
+            .filter(|p| table.spec(p.id.peer()).unwrap().host == "255.255.255.255")
+            .map(|p| Unsent::Refused(p.id))
+            .collect();
+        assert_eq!(unsent, refused);
+        for (i, peer) in peers.iter().enumerate() {
+            let mut buf = [0u8; 512];
+            peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let n = peer.recv(&mut buf).unwrap();
+            let ping = Datagram::open(&buf[..n], None).unwrap();
+            let id = sealer.open(&ping.token).expect("a token of ours");
+            let spec = table.spec(id.peer()).unwrap();
+            assert_eq!(&*spec.peer_id, format!("p{i}"), "each to its own peer");
+        }
     }
 
     #[test]

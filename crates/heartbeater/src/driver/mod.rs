@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
-use heartbeater_core::datagram::{Datagram, DecodeError, Kind, MAX_DATAGRAM};
+use heartbeater_core::datagram::{Datagram, DecodeError, Kind};
 use heartbeater_core::{
     Arrival, Expired, HeartbeatRate, Keyring, Path, PauseGuard, PauseThreshold, PeerSpec,
     PeerTable, Probe, ProbeId, ProbeSealer, Reply, ReplyVerdict, StatusChange, Upsert,
@@ -55,7 +55,7 @@ use heartbeater_core::{
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::driver::datagram_path::{DatagramPath, PongOutcome, Resolving};
+use crate::driver::datagram_path::{DatagramPath, PongOutcome, Resolving, Unsent};
 use crate::driver::fanout::{EventFanout, LearnedEpochs};
 use crate::driver::grpc_pool::{GrpcCall, GrpcPool};
 use crate::driver::lateness::LatenessHistogram;
@@ -263,7 +263,8 @@ impl Driver {
             resolving: FuturesUnordered::new(),
             due: Vec::new(),
             expired: Vec::new(),
-            buf: vec![0; MAX_DATAGRAM + 1],
+            batch: crate::driver::receiver::Batch::default(),
+            unsent: Vec::new(),
             rejected_log: LogLimiter::default(),
             guard: PauseGuard::new(config.pause),
             pause_log: LogLimiter::default(),
@@ -470,7 +471,10 @@ struct Loop {
     resolving: FuturesUnordered<Resolving>,
     due: Vec<Probe>,
     expired: Vec<Expired>,
-    buf: Vec<u8>,
+    /// Where the socket's datagrams are read, many per system call.
+    batch: crate::driver::receiver::Batch,
+    /// Heartbeats the last flush could not send (kept for its capacity).
+    unsent: Vec<Unsent>,
     rejected_log: LogLimiter,
     guard: PauseGuard,
     pause_log: LogLimiter,
@@ -718,7 +722,49 @@ impl Loop {
             self.send(&probe);
         }
         self.due = due;
+        self.flush();
         sent
+    }
+
+    /// Hands the queued heartbeat datagrams to the kernel, many per system
+    /// call, and settles those it did not take as a send that failed at
+    /// once would have been.
+    fn flush(&mut self) {
+        let Some(p) = self.path.as_mut() else {
+            return;
+        };
+        let sent = p.flush(&mut self.unsent);
+        for _ in 0..sent {
+            self.counters.work.sent(Path::Datagram);
+        }
+        let t = now();
+        for unsent in std::mem::take(&mut self.unsent).drain(..) {
+            match unsent {
+                Unsent::Backlog(id) => {
+                    // Not carried for this node's own reasons: no outcome.
+                    self.table.void(id);
+                    Counters::add(&self.counters.overload_voided);
+                }
+                Unsent::Refused(id) => {
+                    self.table.on_path_failed(id, Path::Datagram, t);
+                    let over_budget = self.calls.len() >= GRPC_IN_FLIGHT;
+                    let call = match self.table.spec(id.peer()) {
+                        Some(spec) if self.grpc_allowed && !over_budget => {
+                            self.grpc
+                                .call(&spec.host, spec.port, id, spec.detector.timeout)
+                        }
+                        _ => None,
+                    };
+                    // Without gRPC it stays in flight and is a miss at its
+                    // timeout, like a heartbeat with no usable address.
+                    if let Some(call) = call {
+                        self.table.mark_sent(id, Path::Grpc, false);
+                        self.counters.work.sent(Path::Grpc);
+                        self.calls.push(call);
+                    }
+                }
+            }
+        }
     }
 
     fn send(&mut self, probe: &Probe) {
@@ -747,8 +793,8 @@ impl Loop {
             return;
         }
         if let Some(trial) = sent.datagram {
+            // Counted once the kernel took it (`flush`).
             self.table.mark_sent(probe.id, Path::Datagram, trial);
-            self.counters.work.sent(Path::Datagram);
         }
         if let Some(call) = call {
             self.table.mark_sent(probe.id, Path::Grpc, false);
@@ -758,6 +804,13 @@ impl Loop {
         // A heartbeat that left on no path at all for the peer's reasons (no
         // usable address) stays in flight and is a miss at its timeout, like
         // one that got no answer.
+        if self
+            .path
+            .as_ref()
+            .is_some_and(|p| p.queued() >= crate::driver::datagram_path::SEND_BATCH)
+        {
+            self.flush();
+        }
     }
 
     /// Reads up to `limit` datagrams: pings are answered, pongs judged. If
@@ -774,23 +827,11 @@ impl Loop {
             after: bounded(self.looked.datagram, read),
             read,
         };
-        for _ in 0..limit {
-            let (n, from) = match receiver.try_recv(&socket, &mut self.buf) {
-                Ok(r) => {
-                    if r.lost_before {
-                        // The count comes with the next datagram queued
-                        // after the drops: they happened after the one read
-                        // before it was queued, so after the socket was last
-                        // found empty before that read.
-                        self.losses.record(self.looked.before_last_read, now());
-                        self.counters.receive_drops.store(
-                            u64::from(receiver.drops()),
-                            std::sync::atomic::Ordering::Relaxed,
-                        );
-                    }
-                    self.looked.before_last_read = self.looked.datagram;
-                    (r.len, r.from)
-                }
+        let mut read = 0;
+        while read < limit {
+            let asked = now();
+            let got = match receiver.try_recv_many(&socket, &mut self.batch) {
+                Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     self.looked.datagram = now();
                     return true;
@@ -799,50 +840,81 @@ impl Loop {
                     // ICMP errors of earlier sends surface here on some
                     // systems; they say nothing about this socket.
                     tracing::trace!(error = %e, "udp receive");
+                    read += 1;
                     continue;
                 }
             };
-            let datagram = match Datagram::open(&self.buf[..n], path.keyring()) {
-                Ok(d) => d,
-                Err(DecodeError::Auth(e)) => {
-                    Counters::add(&self.counters.auth_failed);
-                    if let Some(suppressed) = self.rejected_log.due() {
-                        let peer = path.peer_at(from).and_then(|k| self.table.spec(k));
-                        warn_rejected(from, peer.map(|s| &*s.peer_id), &e, suppressed);
-                    }
+            read += got;
+            for i in 0..got {
+                let Some((r, bytes)) = self.batch.get(i) else {
+                    break;
+                };
+                if r.lost_before {
+                    // The count comes with the next datagram queued after
+                    // the drops: they happened after the one read before it
+                    // was queued, so after the socket was last found empty
+                    // before that read.
+                    self.losses.record(self.looked.before_last_read, now());
+                    self.counters.receive_drops.store(
+                        u64::from(receiver.drops()),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                }
+                self.looked.before_last_read = self.looked.datagram;
+                let (n, from) = (bytes.len(), r.from);
+                if from.port() == 0 {
+                    // No sender named: nothing to answer or judge.
                     continue;
                 }
-                Err(_) => {
-                    Counters::add(&self.counters.malformed);
-                    continue;
-                }
-            };
-            match datagram.kind {
-                Kind::Ping => self.responder.answer(
-                    &datagram,
-                    n,
-                    from,
-                    path.keyring(),
-                    &socket,
-                    &self.counters,
-                ),
-                Kind::Pong => {
-                    let (outcome, left_both) = path.on_pong(&datagram, arrival, &mut self.table);
-                    match outcome {
-                        PongOutcome::Forged => Counters::add(&self.counters.forged_tokens),
-                        PongOutcome::Judged(v, _) if !v.matched() => {
-                            Counters::add(&self.counters.unmatched_pongs)
+                let datagram = match Datagram::open(bytes, path.keyring()) {
+                    Ok(d) => d,
+                    Err(DecodeError::Auth(e)) => {
+                        Counters::add(&self.counters.auth_failed);
+                        if let Some(suppressed) = self.rejected_log.due() {
+                            let peer = path.peer_at(from).and_then(|k| self.table.spec(k));
+                            warn_rejected(from, peer.map(|s| &*s.peer_id), &e, suppressed);
                         }
-                        PongOutcome::Judged(v, id) => {
-                            count_reply(&self.counters, &self.table, v, Path::Datagram, id)
+                        continue;
+                    }
+                    Err(_) => {
+                        Counters::add(&self.counters.malformed);
+                        continue;
+                    }
+                };
+                match datagram.kind {
+                    Kind::Ping => self.responder.answer(
+                        &datagram,
+                        n,
+                        from,
+                        path.keyring(),
+                        &socket,
+                        &self.counters,
+                    ),
+                    Kind::Pong => {
+                        let (outcome, left_both) =
+                            path.on_pong(&datagram, arrival, &mut self.table);
+                        match outcome {
+                            PongOutcome::Forged => Counters::add(&self.counters.forged_tokens),
+                            PongOutcome::Judged(v, _) if !v.matched() => {
+                                Counters::add(&self.counters.unmatched_pongs)
+                            }
+                            PongOutcome::Judged(v, id) => {
+                                count_reply(&self.counters, &self.table, v, Path::Datagram, id)
+                            }
+                        }
+                        if let Some(key) = left_both {
+                            if let Some(spec) = self.table.spec(key) {
+                                self.grpc.close(&spec.host, spec.port);
+                            }
                         }
                     }
-                    if let Some(key) = left_both {
-                        if let Some(spec) = self.table.spec(key) {
-                            self.grpc.close(&spec.host, spec.port);
-                        }
-                    }
                 }
+            }
+            if got < crate::driver::receiver::BATCH {
+                // One call found the socket empty after these: all that
+                // was queued when it was made has been read.
+                self.looked.datagram = asked;
+                return true;
             }
         }
         false

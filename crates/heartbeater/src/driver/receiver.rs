@@ -18,10 +18,41 @@ const RECEIVE_BUFFER: usize = 8 << 20;
 
 /// Reads datagrams and notices drops.
 pub(crate) struct Receiver {
-    #[cfg(target_os = "linux")]
-    cmsg: Vec<u8>,
     /// The socket's drop counter as last seen.
     drops: u32,
+}
+
+/// Datagrams read per system call: a node under load finds dozens of
+/// replies waiting at each wake-up, and one `recvmmsg` takes them all.
+pub(crate) const BATCH: usize = 32;
+
+/// Room for one datagram: one byte more than the largest a node accepts, so
+/// that a longer one shows as too long instead of fitting once cut.
+const SLOT: usize = heartbeater_core::datagram::MAX_DATAGRAM + 1;
+
+/// Where one system call's datagrams land: [`BATCH`] buffers and what was
+/// read into each. Allocated once per driver.
+pub(crate) struct Batch {
+    bufs: Vec<[u8; SLOT]>,
+    got: Vec<Received>,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self {
+            bufs: vec![[0; SLOT]; BATCH],
+            got: Vec::with_capacity(BATCH),
+        }
+    }
+}
+
+impl Batch {
+    /// Datagram `i` of the last read, with its bytes.
+    pub(crate) fn get(&self, i: usize) -> Option<(&Received, &[u8])> {
+        let r = self.got.get(i)?;
+        let buf = self.bufs.get(i)?;
+        Some((r, &buf[..r.len.min(SLOT)]))
+    }
 }
 
 /// One datagram read.
@@ -47,70 +78,104 @@ impl Receiver {
         {
             tracing::debug!(error = %e, "cannot count datagram drops");
         }
-        Self {
-            #[cfg(target_os = "linux")]
-            cmsg: nix::cmsg_space!(u32),
-            drops: 0,
-        }
+        Self { drops: 0 }
     }
 
-    /// Reads one datagram into `buf` without waiting.
+    /// Reads up to [`BATCH`] datagrams into `batch` in one system call,
+    /// without waiting. Fewer than [`BATCH`] means the socket had no more:
+    /// everything queued before the call was read.
     #[cfg(target_os = "linux")]
-    pub(crate) fn try_recv(
+    pub(crate) fn try_recv_many(
         &mut self,
         socket: &UdpSocket,
-        buf: &mut [u8],
-    ) -> std::io::Result<Received> {
+        batch: &mut Batch,
+    ) -> std::io::Result<usize> {
         use std::os::fd::AsRawFd;
 
-        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+        use nix::sys::socket::{
+            recvmmsg, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage,
+        };
 
         let fd = socket.as_raw_fd();
-        let cmsg = &mut self.cmsg;
-        let (len, from, counter) = socket.try_io(tokio::io::Interest::READABLE, || {
-            let mut iov = [std::io::IoSliceMut::new(buf)];
-            let msg = recvmsg::<SockaddrStorage>(
+        let (bufs, got) = (&mut batch.bufs, &mut batch.got);
+        got.clear();
+        // Built per call: the headers hold raw pointers, so a driver task
+        // that kept them across an await would not be `Send`.
+        let mut headers =
+            MultiHeaders::<SockaddrStorage>::preallocate(BATCH, Some(nix::cmsg_space!(u32)));
+        let mut counters = [None::<u32>; BATCH];
+        socket.try_io(tokio::io::Interest::READABLE, || {
+            let mut iovs: Vec<[std::io::IoSliceMut<'_>; 1]> = bufs
+                .iter_mut()
+                .map(|b| [std::io::IoSliceMut::new(&mut b[..])])
+                .collect();
+            let results = recvmmsg(
                 fd,
-                &mut iov,
-                Some(cmsg.as_mut_slice()),
+                &mut headers,
+                iovs.iter_mut(),
                 MsgFlags::MSG_DONTWAIT,
+                None,
             )
             .map_err(std::io::Error::from)?;
-            // No control message: nothing dropped since the socket opened.
-            let mut counter = 0;
-            if let Ok(cmsgs) = msg.cmsgs() {
-                for c in cmsgs {
-                    if let ControlMessageOwned::RxqOvfl(n) = c {
-                        counter = n;
+            for (i, msg) in results.enumerate() {
+                // No control message: nothing dropped since the socket
+                // opened.
+                let mut counter = 0;
+                if let Ok(cmsgs) = msg.cmsgs() {
+                    for c in cmsgs {
+                        if let ControlMessageOwned::RxqOvfl(n) = c {
+                            counter = n;
+                        }
                     }
                 }
+                if let Some(slot) = counters.get_mut(i) {
+                    *slot = Some(counter);
+                }
+                got.push(Received {
+                    len: msg.bytes,
+                    // Replaced below by a real address, or the datagram
+                    // is dropped: UDP always names its sender.
+                    from: msg
+                        .address
+                        .as_ref()
+                        .and_then(socket_addr)
+                        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                    lost_before: false,
+                });
             }
-            let from = msg.address.as_ref().and_then(socket_addr);
-            Ok((msg.bytes, from, counter))
+            Ok(())
         })?;
-        let lost_before = counter != self.drops;
-        self.drops = counter;
-        let from = from.ok_or_else(|| std::io::Error::other("a datagram without a sender"))?;
-        Ok(Received {
-            len,
-            from,
-            lost_before,
-        })
+        for (r, counter) in got.iter_mut().zip(counters) {
+            let counter = counter.unwrap_or(self.drops);
+            r.lost_before = counter != self.drops;
+            self.drops = counter;
+        }
+        Ok(got.len())
     }
 
-    /// Reads one datagram into `buf` without waiting.
+    /// Reads up to [`BATCH`] datagrams into `batch`, one system call each,
+    /// without waiting.
     #[cfg(not(target_os = "linux"))]
-    pub(crate) fn try_recv(
+    pub(crate) fn try_recv_many(
         &mut self,
         socket: &UdpSocket,
-        buf: &mut [u8],
-    ) -> std::io::Result<Received> {
-        let (len, from) = socket.try_recv_from(buf)?;
-        Ok(Received {
-            len,
-            from,
-            lost_before: false,
-        })
+        batch: &mut Batch,
+    ) -> std::io::Result<usize> {
+        batch.got.clear();
+        for buf in batch.bufs.iter_mut() {
+            match socket.try_recv_from(&mut buf[..]) {
+                Ok((len, from)) => batch.got.push(Received {
+                    len,
+                    from,
+                    lost_before: false,
+                }),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && !batch.got.is_empty() => {
+                    break
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(batch.got.len())
     }
 
     /// Datagrams the socket has dropped since it was opened, as last seen.
@@ -218,6 +283,36 @@ mod tests {
         assert!(!l.overlaps(t0, t0 + ms(15)));
     }
 
+    #[tokio::test]
+    async fn one_read_takes_many_datagrams_each_with_its_bytes_and_sender() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut receiver = Receiver::new(&socket);
+        let to = socket.local_addr().unwrap();
+        let senders: Vec<_> = (0..3)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let total = BATCH + 5;
+        for i in 0..total {
+            senders[i % 3].send_to(&[i as u8; 9], to).unwrap();
+        }
+        socket.readable().await.unwrap();
+        let mut batch = Batch::default();
+        let mut seen = Vec::new();
+        while seen.len() < total {
+            let n = receiver.try_recv_many(&socket, &mut batch).unwrap();
+            assert!(n <= BATCH);
+            for i in 0..n {
+                let (r, bytes) = batch.get(i).unwrap();
+                let k = seen.len();
+                assert_eq!(bytes, &[k as u8; 9], "datagram {k} in order, whole");
+                assert_eq!(r.from, senders[k % 3].local_addr().unwrap());
+                seen.push(k);
+            }
+        }
+        let more = receiver.try_recv_many(&socket, &mut batch);
+        assert_eq!(more.unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
+    }
+
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_read_after_the_socket_dropped_datagrams_says_so() {
@@ -231,23 +326,28 @@ mod tests {
         let to = socket.local_addr().unwrap();
         sender.send_to(b"first", to).unwrap();
         socket.readable().await.unwrap();
-        let mut buf = [0u8; 64];
-        let first = receiver.try_recv(&socket, &mut buf).unwrap();
+        let mut batch = Batch::default();
+        assert_eq!(receiver.try_recv_many(&socket, &mut batch).unwrap(), 1);
+        let (first, bytes) = batch.get(0).unwrap();
+        assert_eq!(bytes, b"first");
         assert!(!first.lost_before, "nothing dropped yet");
         assert_eq!(first.from, sender.local_addr().unwrap());
         for _ in 0..200 {
             sender.send_to(&[7u8; 60], to).unwrap();
         }
         let mut lost = false;
-        while let Ok(r) = receiver.try_recv(&socket, &mut buf) {
-            lost |= r.lost_before;
+        while receiver.try_recv_many(&socket, &mut batch).is_ok() {
+            for i in 0..BATCH {
+                lost |= batch.get(i).is_some_and(|(r, _)| r.lost_before);
+            }
         }
         // What was queued before the drops does not carry them: the next
         // datagram queued after them does.
         assert!(!lost, "seen before any datagram came after the drops");
         sender.send_to(b"after", to).unwrap();
         socket.readable().await.unwrap();
-        let after = receiver.try_recv(&socket, &mut buf).unwrap();
+        assert_eq!(receiver.try_recv_many(&socket, &mut batch).unwrap(), 1);
+        let (after, _) = batch.get(0).unwrap();
         assert!(after.lost_before, "the drops were seen");
         assert!(receiver.drops() > 0);
     }
