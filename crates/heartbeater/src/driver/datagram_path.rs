@@ -579,8 +579,10 @@ mod tests {
                 PeerSpec::new(&format!("p{i}"), "127.0.0.1", port, detector).unwrap()
             })
             .collect();
-        // Broadcast, on a socket not allowed to: the kernel refuses it.
-        specs.push(PeerSpec::new("nowhere", "255.255.255.255", 9, detector).unwrap());
+        // Broadcast, on a socket not allowed to: the kernel refuses it. In
+        // the middle of the batch, with others after it.
+        let nowhere = PeerSpec::new("nowhere", "255.255.255.255", 9, detector).unwrap();
+        specs.insert(10, nowhere);
         let mut table = PeerTable::new();
         let now = std::time::Instant::now();
         for spec in &specs {
