@@ -70,8 +70,17 @@ pub async fn run(s: &super::Settings) -> anyhow::Result<Vec<Row>> {
     };
     let (_responders, groups) = responders(PEERS, PEERS).await?;
     let peers: Vec<(u16, String)> = groups.into_iter().flatten().collect();
+    // The dumps stay where `HEARTBEATER_BENCH_CALLGRIND_DIR` says, for
+    // `callgrind_annotate` to show where the instructions went.
     let dir = tempfile::tempdir()?;
-    let out = dir.path().join("callgrind.out");
+    let dir = match std::env::var_os("HEARTBEATER_BENCH_CALLGRIND_DIR") {
+        Some(kept) => {
+            std::fs::create_dir_all(&kept)?;
+            std::path::PathBuf::from(kept)
+        }
+        None => dir.path().to_owned(),
+    };
+    let out = dir.join("callgrind.out");
     let exe = std::env::current_exe()?;
     let exe = exe.to_string_lossy();
     let out_arg = format!("--callgrind-out-file={}", out.display());
@@ -92,7 +101,7 @@ pub async fn run(s: &super::Settings) -> anyhow::Result<Vec<Row>> {
     tokio::time::sleep(window).await;
     let a1 = acked(&mut node).await?;
     control(&["--dump"], pid)?;
-    let total = dumped_total(dir.path())?;
+    let total = dumped_total(&dir)?;
     let acks = a1.saturating_sub(a0);
     anyhow::ensure!(acks > 0, "no heartbeat acknowledged under callgrind");
     let offered = PEERS as f64 * 1000.0 / PERIOD_MS as f64 * window.as_secs_f64();

@@ -129,29 +129,40 @@ fn send_many(
     use nix::sys::socket::{sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
 
     let n = datagrams.len().min(bufs.len()).min(SEND_BATCH);
-    let slices: Vec<[IoSlice<'_>; 1]> = bufs.iter().take(n).map(|b| [IoSlice::new(b)]).collect();
-    let addrs: Vec<Option<SockaddrStorage>> = datagrams
-        .iter()
-        .take(n)
-        .map(|&(_, a)| Some(SockaddrStorage::from(a)))
-        .collect();
-    // Built per call: the headers hold raw pointers, which a driver task
-    // must not keep across an await.
-    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(n, None);
+    let mut next = bufs.iter();
+    let slices: [[IoSlice<'_>; 1]; SEND_BATCH] =
+        std::array::from_fn(|_| [IoSlice::new(next.next().map_or(&[], |b| &b[..]))]);
+    let mut next = datagrams.iter();
+    let addrs: [Option<SockaddrStorage>; SEND_BATCH] =
+        std::array::from_fn(|_| next.next().map(|&(_, a)| SockaddrStorage::from(a)));
     let fd = socket.as_raw_fd();
     socket.try_io(tokio::io::Interest::WRITABLE, || {
-        let no_cmsgs: [ControlMessage<'_>; 0] = [];
-        sendmmsg(
-            fd,
-            &mut headers,
-            &slices,
-            &addrs,
-            no_cmsgs,
-            MsgFlags::MSG_DONTWAIT,
-        )
-        .map(|results| results.count())
-        .map_err(std::io::Error::from)
+        SEND_HEADERS.with_borrow_mut(|headers| {
+            let headers =
+                headers.get_or_insert_with(|| MultiHeaders::preallocate(SEND_BATCH, None));
+            let no_cmsgs: [ControlMessage<'_>; 0] = [];
+            sendmmsg(
+                fd,
+                headers,
+                slices.get(..n).unwrap_or_default(),
+                addrs.get(..n).unwrap_or_default(),
+                no_cmsgs,
+                MsgFlags::MSG_DONTWAIT,
+            )
+            .map(|results| results.count())
+            .map_err(std::io::Error::from)
+        })
     })
+}
+
+#[cfg(target_os = "linux")]
+std::thread_local! {
+    /// The `sendmmsg` headers, made once per thread: they hold raw pointers,
+    /// so a driver task may not keep them across an await (it would not be
+    /// `Send`), and making them for each flush costs more than the send.
+    static SEND_HEADERS: std::cell::RefCell<
+        Option<nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>>,
+    > = const { std::cell::RefCell::new(None) };
 }
 
 /// Sends the first of `datagrams` (its bytes in `bufs[0]`).
@@ -618,6 +629,22 @@ mod tests {
             let id = sealer.open(&ping.token).expect("a token of ours");
             let spec = table.spec(id.peer()).unwrap();
             assert_eq!(&*spec.peer_id, format!("p{i}"), "each to its own peer");
+        }
+        // The next period's heartbeats leave the same way, through the same
+        // (reused) headers.
+        let mut due = Vec::new();
+        table.poll_due(now + Duration::from_millis(100), &mut due);
+        for probe in &due {
+            let spec = table.spec(probe.id.peer()).unwrap().clone();
+            path.send(probe, &spec, true, &mut resolving);
+        }
+        unsent.clear();
+        assert_eq!(path.flush(&mut unsent), peers.len());
+        for peer in &peers {
+            let mut buf = [0u8; 512];
+            let n = peer.recv(&mut buf).unwrap();
+            let ping = Datagram::open(&buf[..n], None).unwrap();
+            assert_eq!(sealer.open(&ping.token).unwrap().seq(), 2);
         }
     }
 

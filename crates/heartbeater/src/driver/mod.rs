@@ -910,9 +910,9 @@ impl Loop {
                     }
                 }
             }
-            if got < crate::driver::receiver::BATCH {
-                // One call found the socket empty after these: all that
-                // was queued when it was made has been read.
+            if self.batch.drained() {
+                // The read found the socket empty after these: all that
+                // was queued when it began has been read.
                 self.looked.datagram = asked;
                 return true;
             }

@@ -18,6 +18,9 @@ const RECEIVE_BUFFER: usize = 8 << 20;
 
 /// Reads datagrams and notices drops.
 pub(crate) struct Receiver {
+    /// Room for one datagram's control messages (the drop counter).
+    #[cfg(target_os = "linux")]
+    cmsg: Vec<u8>,
     /// The socket's drop counter as last seen.
     drops: u32,
 }
@@ -35,18 +38,31 @@ const SLOT: usize = heartbeater_core::datagram::MAX_DATAGRAM + 1;
 pub(crate) struct Batch {
     bufs: Vec<[u8; SLOT]>,
     got: Vec<Received>,
+    /// The read that filled it found the socket empty after these.
+    drained: bool,
 }
+
+/// Datagrams read one `recvmsg` each before a batch (see
+/// [`Receiver::try_recv_many`]).
+#[cfg(target_os = "linux")]
+const SINGLES: usize = 2;
 
 impl Default for Batch {
     fn default() -> Self {
         Self {
             bufs: vec![[0; SLOT]; BATCH],
             got: Vec::with_capacity(BATCH),
+            drained: false,
         }
     }
 }
 
 impl Batch {
+    /// Whether the read that filled it found the socket empty after these.
+    pub(crate) fn drained(&self) -> bool {
+        self.drained
+    }
+
     /// Datagram `i` of the last read, with its bytes.
     pub(crate) fn get(&self, i: usize) -> Option<(&Received, &[u8])> {
         let r = self.got.get(i)?;
@@ -78,32 +94,104 @@ impl Receiver {
         {
             tracing::debug!(error = %e, "cannot count datagram drops");
         }
-        Self { drops: 0 }
+        Self {
+            #[cfg(target_os = "linux")]
+            cmsg: nix::cmsg_space!(u32),
+            drops: 0,
+        }
     }
 
-    /// Reads up to [`BATCH`] datagrams into `batch` in one system call,
-    /// without waiting. Fewer than [`BATCH`] means the socket had no more:
-    /// everything queued before the call was read.
+    /// Reads up to [`BATCH`] datagrams into `batch` without waiting, and
+    /// says in [`Batch::drained`] whether it found the socket empty after
+    /// them (everything queued before the read was read).
+    ///
+    /// The first two come one `recvmsg` each: a node that is keeping up
+    /// finds one reply per wake-up, and a second read that finds nothing
+    /// costs less than setting up a batch. Only a socket with two or more
+    /// waiting, a busy one, is read with one `recvmmsg` for the rest.
     #[cfg(target_os = "linux")]
     pub(crate) fn try_recv_many(
         &mut self,
         socket: &UdpSocket,
         batch: &mut Batch,
     ) -> std::io::Result<usize> {
+        batch.got.clear();
+        batch.drained = false;
+        for i in 0..SINGLES {
+            let Some(buf) = batch.bufs.get_mut(i) else {
+                break;
+            };
+            match self.try_recv_one(socket, buf) {
+                Ok(r) => batch.got.push(r),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    batch.drained = true;
+                    return if batch.got.is_empty() {
+                        Err(e)
+                    } else {
+                        Ok(batch.got.len())
+                    };
+                }
+                // An error after datagrams were read: they are handled
+                // first, and the error comes again with the next read.
+                Err(_) if !batch.got.is_empty() => return Ok(batch.got.len()),
+                Err(e) => return Err(e),
+            }
+        }
+        match self.try_recv_rest(socket, batch) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => batch.drained = true,
+            // As above: reported by the next read.
+            Err(_) => {}
+        }
+        Ok(batch.got.len())
+    }
+
+    /// One datagram into `buf`, one `recvmsg`.
+    #[cfg(target_os = "linux")]
+    fn try_recv_one(&mut self, socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<Received> {
         use std::os::fd::AsRawFd;
 
-        use nix::sys::socket::{
-            recvmmsg, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage,
-        };
+        use nix::sys::socket::{recvmsg, MsgFlags, SockaddrStorage};
 
         let fd = socket.as_raw_fd();
-        let (bufs, got) = (&mut batch.bufs, &mut batch.got);
-        got.clear();
-        // Built per call: the headers hold raw pointers, so a driver task
-        // that kept them across an await would not be `Send`.
+        let cmsg = &mut self.cmsg;
+        let (len, from, counter) = socket.try_io(tokio::io::Interest::READABLE, || {
+            let mut iov = [std::io::IoSliceMut::new(buf)];
+            let msg = recvmsg::<SockaddrStorage>(
+                fd,
+                &mut iov,
+                Some(cmsg.as_mut_slice()),
+                MsgFlags::MSG_DONTWAIT,
+            )
+            .map_err(std::io::Error::from)?;
+            let counter = drop_counter(msg.cmsgs().ok());
+            Ok((
+                msg.bytes,
+                msg.address.as_ref().and_then(socket_addr),
+                counter,
+            ))
+        })?;
+        Ok(self.received(len, from, counter))
+    }
+
+    /// Fills the rest of `batch` with one `recvmmsg`. `WouldBlock` if the
+    /// socket had nothing more; fewer than asked also means it is empty.
+    #[cfg(target_os = "linux")]
+    fn try_recv_rest(&mut self, socket: &UdpSocket, batch: &mut Batch) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+
+        use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+
+        let fd = socket.as_raw_fd();
+        let start = batch.got.len();
+        let want = BATCH.saturating_sub(start);
+        let bufs = batch.bufs.get_mut(start..).unwrap_or_default();
+        // Made for each call: they hold raw pointers (a driver task keeping
+        // them across an await would not be `Send`), and the kernel shrinks
+        // their control-message room as it fills it.
         let mut headers =
-            MultiHeaders::<SockaddrStorage>::preallocate(BATCH, Some(nix::cmsg_space!(u32)));
-        let mut counters = [None::<u32>; BATCH];
+            MultiHeaders::<SockaddrStorage>::preallocate(want, Some(nix::cmsg_space!(u32)));
+        let mut read: Vec<(usize, Option<SocketAddr>, u32)> = Vec::with_capacity(want);
         socket.try_io(tokio::io::Interest::READABLE, || {
             let mut iovs: Vec<[std::io::IoSliceMut<'_>; 1]> = bufs
                 .iter_mut()
@@ -117,40 +205,37 @@ impl Receiver {
                 None,
             )
             .map_err(std::io::Error::from)?;
-            for (i, msg) in results.enumerate() {
-                // No control message: nothing dropped since the socket
-                // opened.
-                let mut counter = 0;
-                if let Ok(cmsgs) = msg.cmsgs() {
-                    for c in cmsgs {
-                        if let ControlMessageOwned::RxqOvfl(n) = c {
-                            counter = n;
-                        }
-                    }
-                }
-                if let Some(slot) = counters.get_mut(i) {
-                    *slot = Some(counter);
-                }
-                got.push(Received {
-                    len: msg.bytes,
-                    // Replaced below by a real address, or the datagram
-                    // is dropped: UDP always names its sender.
-                    from: msg
-                        .address
-                        .as_ref()
-                        .and_then(socket_addr)
-                        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
-                    lost_before: false,
-                });
+            for msg in results {
+                let counter = drop_counter(msg.cmsgs().ok());
+                read.push((
+                    msg.bytes,
+                    msg.address.as_ref().and_then(socket_addr),
+                    counter,
+                ));
             }
             Ok(())
         })?;
-        for (r, counter) in got.iter_mut().zip(counters) {
-            let counter = counter.unwrap_or(self.drops);
-            r.lost_before = counter != self.drops;
-            self.drops = counter;
+        let drained = read.len() < want;
+        for (len, from, counter) in read {
+            let r = self.received(len, from, counter);
+            batch.got.push(r);
         }
-        Ok(got.len())
+        batch.drained = drained;
+        Ok(())
+    }
+
+    /// A datagram read, with the socket's drop counter as it came with it.
+    /// One without a sender (UDP always names one) gets port 0, and the
+    /// driver drops it.
+    #[cfg(target_os = "linux")]
+    fn received(&mut self, len: usize, from: Option<SocketAddr>, counter: u32) -> Received {
+        let lost_before = counter != self.drops;
+        self.drops = counter;
+        Received {
+            len,
+            from: from.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+            lost_before,
+        }
     }
 
     /// Reads up to [`BATCH`] datagrams into `batch`, one system call each,
@@ -162,6 +247,7 @@ impl Receiver {
         batch: &mut Batch,
     ) -> std::io::Result<usize> {
         batch.got.clear();
+        batch.drained = false;
         for buf in batch.bufs.iter_mut() {
             match socket.try_recv_from(&mut buf[..]) {
                 Ok((len, from)) => batch.got.push(Received {
@@ -170,8 +256,10 @@ impl Receiver {
                     lost_before: false,
                 }),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && !batch.got.is_empty() => {
-                    break
+                    batch.drained = true;
+                    break;
                 }
+                Err(_) if !batch.got.is_empty() => break,
                 Err(e) => return Err(e),
             }
         }
@@ -182,6 +270,21 @@ impl Receiver {
     pub(crate) fn drops(&self) -> u32 {
         self.drops
     }
+}
+
+/// The drop counter among a datagram's control messages; none means
+/// nothing dropped since the socket opened.
+#[cfg(target_os = "linux")]
+fn drop_counter<'a>(
+    cmsgs: Option<impl Iterator<Item = nix::sys::socket::ControlMessageOwned> + 'a>,
+) -> u32 {
+    let mut counter = 0;
+    for c in cmsgs.into_iter().flatten() {
+        if let nix::sys::socket::ControlMessageOwned::RxqOvfl(n) = c {
+            counter = n;
+        }
+    }
+    counter
 }
 
 #[cfg(target_os = "linux")]
@@ -335,6 +438,9 @@ mod tests {
         for _ in 0..200 {
             sender.send_to(&[7u8; 60], to).unwrap();
         }
+        // The first read found the socket empty after "first": the runtime
+        // learns of what came since as a driver would, by waiting.
+        socket.readable().await.unwrap();
         let mut lost = false;
         while receiver.try_recv_many(&socket, &mut batch).is_ok() {
             for i in 0..BATCH {
