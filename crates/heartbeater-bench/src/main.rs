@@ -32,9 +32,10 @@ const SCENARIOS: &[&str] = &[
     "topic",
 ];
 
-/// Scenarios run only when named: they test the node under load rather
-/// than measure it against a baseline, and take a minute.
-const ON_REQUEST: &[&str] = &["load", "accuracy", "overload"];
+/// Scenarios run only when named: they take a minute or more, and either
+/// test the node under load rather than measure it against a baseline
+/// (load, accuracy, overload) or need a server installed beside it (etcd).
+const ON_REQUEST: &[&str] = &["load", "accuracy", "overload", "etcd"];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -52,8 +53,9 @@ struct Cli {
     json: bool,
     /// Run only these scenarios (rpc, tls, peer-path, register, restore,
     /// fanout (also gives memory), detect, topic). Default: all of those.
-    /// `load` (a minute under load, see scripts/load.sh), `accuracy` and
-    /// `overload` (schedules at 2x and 4x the node's capacity) run only
+    /// `load` (a minute under load, see scripts/load.sh), `accuracy`,
+    /// `overload` (schedules at 2x and 4x the node's capacity) and `etcd`
+    /// (against etcd leases and puts; needs Debian's etcd-server) run only
     /// when named.
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
@@ -118,6 +120,7 @@ async fn scenario(name: &str, settings: &Settings) -> anyhow::Result<Vec<Row>> {
         "load" => scenarios::load::run(settings).await,
         "accuracy" => scenarios::accuracy::run(settings).await,
         "overload" => scenarios::overload::run(settings).await,
+        "etcd" => scenarios::etcd::run(settings).await,
         other => anyhow::bail!(
             "unknown scenario {other:?}; known: {}, and on request {}",
             SCENARIOS.join(", "),
