@@ -32,9 +32,18 @@ const SCENARIOS: &[&str] = &[
     "topic",
 ];
 
-/// Scenarios run only when named: they test the node under load rather
-/// than measure it against a baseline, and take a minute.
-const ON_REQUEST: &[&str] = &["load", "accuracy", "overload", "scale", "instructions"];
+/// Scenarios run only when named: they take a minute or more, and either
+/// test the node under load rather than measure it against a baseline
+/// (load, accuracy, overload), need a server installed beside it (etcd) or
+/// a tool (instructions: valgrind), or hold a million peers (scale).
+const ON_REQUEST: &[&str] = &[
+    "load",
+    "accuracy",
+    "overload",
+    "etcd",
+    "scale",
+    "instructions",
+];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -52,10 +61,11 @@ struct Cli {
     json: bool,
     /// Run only these scenarios (rpc, tls, peer-path, register, restore,
     /// fanout (also gives memory), detect, topic). Default: all of those.
-    /// `load` (a minute under load, see scripts/load.sh), `accuracy` and
-    /// `overload` (schedules at 2x and 4x the node's capacity), `scale`
+    /// `load` (a minute under load, see scripts/load.sh), `accuracy`,
+    /// `overload` (schedules at 2x and 4x the node's capacity), `etcd`
+    /// (against etcd leases and puts; needs Debian's etcd-server), `scale`
     /// (1,000 to 1,000,000 peers on one node) and `instructions` (the node
-    /// under callgrind) run only when named.
+    /// under callgrind; needs Debian's valgrind) run only when named.
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
     /// The largest size `scale` measures (of 1000, 10000, 100000, 1000000).
@@ -127,6 +137,7 @@ async fn scenario(name: &str, settings: &Settings) -> anyhow::Result<Vec<Row>> {
         "overload" => scenarios::overload::run(settings).await,
         "scale" => scenarios::scale::run(settings).await,
         "instructions" => scenarios::instructions::run(settings).await,
+        "etcd" => scenarios::etcd::run(settings).await,
         other => anyhow::bail!(
             "unknown scenario {other:?}; known: {}, and on request {}",
             SCENARIOS.join(", "),

@@ -59,12 +59,14 @@ pub async fn node(
 ) -> anyhow::Result<()> {
     // The peer path is measured at 1 ms periods, registered over gRPC, far
     // past the default heartbeat budget on purpose: it finds the node's limit.
+    // Registrations are measured as fast as they go for a whole window,
+    // which on a fast machine writes past the default registry limit
+    // (100,000); the limit guards a node in service, not this one.
     let mut builder = HeartbeatServer::builder()
         .server_port(0)
         .udp_heartbeats(udp)
         .network_heartbeat_budget(u64::MAX)
-        // The scale scenario's largest size, past the default limit.
-        .max_peers(crate::scenarios::scale::SIZES[3]);
+        .max_peers(usize::MAX);
     if judging.pause_off {
         builder = builder.pause_threshold(heartbeater::PauseThreshold::Off);
     }

@@ -2,6 +2,7 @@
 
 pub mod accuracy;
 pub mod detect;
+pub mod etcd;
 pub mod fanout;
 pub mod instructions;
 pub mod load;

@@ -1,5 +1,7 @@
 //! `register`: acknowledged (synced) registrations per second from 64
-//! concurrent clients, against raw synced RocksDB writes from 64 threads.
+//! concurrent clients, and raw synced RocksDB writes from 64 threads as the
+//! limit (no RPC, no table). The goal is against what users run instead:
+//! etcd `Put`s, in the `etcd` scenario (`etcd/durable_puts_ratio`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,8 +14,6 @@ use super::{median, node_client, Settings};
 use crate::child::Helper;
 use crate::report::Row;
 
-const BASELINE: &str = "RocksDB synced put, 64 threads";
-
 /// The record each baseline put writes, its id replaced per put.
 fn template() -> anyhow::Result<PeerRecord> {
     let hourly = heartbeater::DetectorConfig::new(Duration::from_secs(3600), None, None)?;
@@ -21,7 +21,9 @@ fn template() -> anyhow::Result<PeerRecord> {
     Ok(PeerRecord::from_spec(&spec, 0))
 }
 
-async fn ours(window: Duration, round: usize) -> anyhow::Result<f64> {
+/// Durable registrations per second from 64 concurrent clients on a fresh
+/// RocksDB node; `round` keeps the peer ids of successive rounds apart.
+pub async fn ours(window: Duration, round: usize) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
     let dir_arg = dir.path().to_string_lossy().into_owned();
     let node = Helper::start(&["node", "--data-dir", &dir_arg]).await?;
@@ -92,12 +94,20 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Row>> {
         b.push(tokio::task::spawn_blocking(move || baseline(window)).await??);
         o.push(ours(s.window(), round).await?);
     }
-    Ok(vec![Row::new(
-        "register",
-        "durable_per_s_c64",
-        median(o),
-        "registrations/s",
-        ">= 10000",
-    )
-    .against(BASELINE, median(b))])
+    Ok(vec![
+        Row::new(
+            "register",
+            "durable_per_s_c64",
+            median(o),
+            "registrations/s",
+            "see etcd/durable_puts_ratio",
+        ),
+        Row::new(
+            "register",
+            "rocksdb_synced_puts_c64",
+            median(b),
+            "puts/s",
+            "limit",
+        ),
+    ])
 }
