@@ -116,7 +116,9 @@ fn local_backlog(e: &std::io::Error) -> bool {
 }
 
 /// Sends `datagrams[i]` (its bytes in `bufs[i]`) to its address, as many as
-/// one system call takes; returns how many it took.
+/// one system call takes; returns how many it took. One datagram goes by
+/// `sendto`: a node keeping up sends one or two per wake-up, and setting up
+/// a batch would cost more than the call it saves.
 #[cfg(target_os = "linux")]
 fn send_many(
     socket: &UdpSocket,
@@ -129,12 +131,18 @@ fn send_many(
     use nix::sys::socket::{sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
 
     let n = datagrams.len().min(bufs.len()).min(SEND_BATCH);
-    let mut next = bufs.iter();
-    let slices: [[IoSlice<'_>; 1]; SEND_BATCH] =
-        std::array::from_fn(|_| [IoSlice::new(next.next().map_or(&[], |b| &b[..]))]);
-    let mut next = datagrams.iter();
-    let addrs: [Option<SockaddrStorage>; SEND_BATCH] =
-        std::array::from_fn(|_| next.next().map(|&(_, a)| SockaddrStorage::from(a)));
+    if n <= 1 {
+        return match (datagrams.first(), bufs.first()) {
+            (Some(&(_, addr)), Some(buf)) => socket.try_send_to(buf, addr).map(|_| 1),
+            _ => Ok(0),
+        };
+    }
+    let slices: Vec<[IoSlice<'_>; 1]> = bufs.iter().take(n).map(|b| [IoSlice::new(b)]).collect();
+    let addrs: Vec<Option<SockaddrStorage>> = datagrams
+        .iter()
+        .take(n)
+        .map(|&(_, a)| Some(SockaddrStorage::from(a)))
+        .collect();
     let fd = socket.as_raw_fd();
     socket.try_io(tokio::io::Interest::WRITABLE, || {
         SEND_HEADERS.with_borrow_mut(|headers| {
@@ -144,8 +152,8 @@ fn send_many(
             sendmmsg(
                 fd,
                 headers,
-                slices.get(..n).unwrap_or_default(),
-                addrs.get(..n).unwrap_or_default(),
+                &slices,
+                &addrs,
                 no_cmsgs,
                 MsgFlags::MSG_DONTWAIT,
             )
