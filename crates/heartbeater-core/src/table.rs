@@ -660,9 +660,12 @@ impl<F: DetectorFactory> PeerTable<F> {
         if self.awareness.tick(now, window) {
             self.apply_tolerance();
         }
+        // Whole microseconds passed: an expiry at `at` (rounded up) is due
+        // once `base + at` is reached, compared without making an Instant.
+        let now_micros = micros(now.saturating_duration_since(base));
         let mut taken = 0usize;
         while let Some(&Reverse(e)) = self.expiries.peek() {
-            if at_of(base, e.at_micros) > now || taken >= limit {
+            if e.at_micros > now_micros || taken >= limit {
                 break;
             }
             taken += 1;
@@ -671,6 +674,11 @@ impl<F: DetectorFactory> PeerTable<F> {
                 key: PeerKey::from_bits(e.key),
                 seq: e.seq,
             };
+            // Most heartbeats were answered before their timeout: nothing
+            // to settle, and nothing changed for readers either.
+            if !self.in_flight(id) {
+                continue;
+            }
             let deadline = at_of(base, e.at_micros);
             if let Some(slot) = self.current_mut(id.key) {
                 let sent = deadline
