@@ -64,6 +64,15 @@ impl<T> Pages<T> {
         self.pages.iter().flat_map(|p| p.iter().flatten())
     }
 
+    /// Every entry that is set, with its index, in index order.
+    pub fn indexed(&self) -> impl Iterator<Item = (usize, &T)> {
+        self.pages.iter().enumerate().flat_map(|(p, page)| {
+            page.iter()
+                .enumerate()
+                .filter_map(move |(i, e)| e.as_ref().map(|e| (p * PAGE + i, e)))
+        })
+    }
+
     /// How many entries the allocated pages can hold.
     pub fn capacity(&self) -> usize {
         self.pages.len() * PAGE
@@ -89,6 +98,8 @@ mod tests {
             *v += 1;
         }
         assert_eq!(pages.iter().copied().collect::<Vec<_>>(), vec![32, 21]);
+        let indexed: Vec<_> = pages.indexed().map(|(i, &v)| (i, v)).collect();
+        assert_eq!(indexed, vec![(3, 32), (PAGE * 2 + 1, 21)]);
         assert_eq!(pages.take(3), Some(32));
         assert_eq!(pages.take(3), None);
         assert_eq!(pages.take(PAGE * 9), None);

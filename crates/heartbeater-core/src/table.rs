@@ -256,11 +256,20 @@ pub struct PublishedStatus {
     /// As [`PeerLiveness`] keeps it: microseconds, `u32::MAX` for none.
     rtt_micros: u32,
     missed: u32,
+    /// The table's slot of the peer, for views kept by slot.
+    slot: u32,
     state: PeerState,
     has_epoch: bool,
 }
 
 impl PublishedStatus {
+    /// A small dense number for the peer, unique among the peers
+    /// registered at once and reused after a removal ([`PeerKey::index`]):
+    /// a view can keep statuses in a vector by it.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
     /// The peer's id.
     pub fn peer_id(&self) -> &Arc<str> {
         &self.spec.peer_id
@@ -913,24 +922,35 @@ impl<F: DetectorFactory> PeerTable<F> {
     /// The status of one peer.
     pub fn status(&self, peer_id: &str) -> Option<PeerStatus> {
         let slot_no = self.slot_of(peer_id)?;
-        self.slots.get(slot_no as usize).map(status_of)
+        self.slots
+            .get(slot_no as usize)
+            .map(|s| status_of(slot_no, s))
     }
 
     /// The published form of one peer's status (see [`PublishedStatus`]).
     pub fn published(&self, peer_id: &str) -> Option<PublishedStatus> {
         let slot_no = self.slot_of(peer_id)?;
-        self.slots.get(slot_no as usize).map(published_of)
+        self.slots
+            .get(slot_no as usize)
+            .map(|s| published_of(slot_no, s))
     }
 
     /// The published form of every peer's status, in no order: what a view
     /// of the table starts from.
     pub fn published_all(&self) -> Vec<PublishedStatus> {
-        self.slots.iter().map(published_of).collect()
+        self.slots
+            .indexed()
+            .map(|(n, s)| published_of(n as u32, s))
+            .collect()
     }
 
     /// The status of every peer, ordered by peer id.
     pub fn statuses(&self) -> Vec<PeerStatus> {
-        let mut all: Vec<PeerStatus> = self.slots.iter().map(status_of).collect();
+        let mut all: Vec<PeerStatus> = self
+            .slots
+            .indexed()
+            .map(|(n, s)| status_of(n as u32, s))
+            .collect();
         all.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
         all
     }
@@ -970,7 +990,7 @@ impl<F: DetectorFactory> PeerTable<F> {
         page.truncate(limit);
         let statuses = page
             .into_iter()
-            .filter_map(|(_, slot)| self.slots.get(slot as usize).map(status_of))
+            .filter_map(|(_, n)| self.slots.get(n as usize).map(|s| status_of(n, s)))
             .collect();
         (statuses, more)
     }
@@ -1041,7 +1061,7 @@ impl<F: DetectorFactory> PeerTable<F> {
                 *q = false;
             }
             if let Some(slot) = self.slots.get(slot_no as usize) {
-                out.push(StatusChange::Upsert(published_of(slot)));
+                out.push(StatusChange::Upsert(published_of(slot_no, slot)));
             }
         }
         self.changed.len()
@@ -1113,7 +1133,10 @@ fn phase(id: &str, period: Duration) -> Duration {
     Duration::from_nanos(((u128::from(h) * nanos) >> 64) as u64)
 }
 
-fn published_of<D: crate::detector::FailureDetector>(slot: &Slot<D>) -> PublishedStatus {
+fn published_of<D: crate::detector::FailureDetector>(
+    slot_no: u32,
+    slot: &Slot<D>,
+) -> PublishedStatus {
     let l = &slot.liveness;
     PublishedStatus {
         spec: slot.spec.clone(),
@@ -1123,14 +1146,15 @@ fn published_of<D: crate::detector::FailureDetector>(slot: &Slot<D>) -> Publishe
         heartbeats_acked: l.heartbeats_acked(),
         rtt_micros: l.last_rtt_micros(),
         missed: l.missed(),
+        slot: slot_no,
         state: l.state(),
         has_epoch: l.epoch().is_some(),
     }
 }
 
-fn status_of<D: crate::detector::FailureDetector>(slot: &Slot<D>) -> PeerStatus {
+fn status_of<D: crate::detector::FailureDetector>(slot_no: u32, slot: &Slot<D>) -> PeerStatus {
     // One mapping from a slot to a status: the published form's.
-    published_of(slot).to_status()
+    published_of(slot_no, slot).to_status()
 }
 
 #[cfg(test)]

@@ -10,12 +10,11 @@
 //!
 //! [`PeerTable::take_changes`]: heartbeater_core::PeerTable::take_changes
 
-use std::borrow::Borrow;
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use heartbeater_core::{PeerState, PeerStatus, PublishedStatus, StateCounts, StatusChange};
+use heartbeater_core::{Pages, PeerState, PeerStatus, PublishedStatus, StateCounts, StatusChange};
 
 /// Statuses copied per read lock: a reader of a large page or of every peer
 /// takes the lock once per chunk, so that the driver's next update never
@@ -32,44 +31,16 @@ pub(crate) struct PeerView {
 /// The statuses in their published form: each shares its registration
 /// (id, host, timing) with the driver's table, and only the state and the
 /// counters are the view's own, so the view costs little per peer.
+///
+/// Kept by the table's slot number, so that the update each heartbeat
+/// brings (a send, a reply) is one indexed write; the ids' order, which
+/// pages follow, changes only when a peer comes or goes.
 #[derive(Debug, Default)]
 struct Inner {
-    /// Ordered by the id each status carries: a map keyed by a copy of the
-    /// id would cost every peer 16 bytes more, in nodes the B-tree fills
-    /// only half when ids come in order.
-    peers: BTreeSet<ById>,
+    statuses: Pages<PublishedStatus>,
+    /// Slot by id, in id order.
+    order: BTreeMap<Arc<str>, u32>,
     counts: StateCounts,
-}
-
-/// A status in the set, compared and found by its peer id.
-#[derive(Debug)]
-struct ById(PublishedStatus);
-
-impl PartialEq for ById {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.peer_id() == other.0.peer_id()
-    }
-}
-
-impl Eq for ById {}
-
-impl PartialOrd for ById {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for ById {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.peer_id().cmp(other.0.peer_id())
-    }
-}
-
-/// Agrees with `Ord`: both compare the id as a `str`.
-impl Borrow<str> for ById {
-    fn borrow(&self) -> &str {
-        self.0.peer_id()
-    }
 }
 
 fn count(counts: &mut StateCounts, state: PeerState, add: bool) {
@@ -88,16 +59,37 @@ fn count(counts: &mut StateCounts, state: PeerState, add: bool) {
 impl Inner {
     fn upsert(&mut self, status: PublishedStatus) {
         count(&mut self.counts, status.state(), true);
-        // Most changes are to a known peer (a heartbeat sent, a reply):
-        // replaced in place.
-        if let Some(old) = self.peers.replace(ById(status)) {
-            count(&mut self.counts, old.0.state(), false);
+        let slot = status.slot();
+        let id = status.peer_id().clone();
+        match self.statuses.set(slot as usize, status) {
+            // Most changes are to a known peer (a heartbeat sent, a reply).
+            Some(old) if old.peer_id() == &id => {
+                count(&mut self.counts, old.state(), false);
+                return;
+            }
+            // The slot went to another peer before this view heard of the
+            // first one's removal.
+            Some(old) => {
+                count(&mut self.counts, old.state(), false);
+                self.order.remove(&**old.peer_id());
+            }
+            None => {}
+        }
+        // The same peer in another slot (removed and registered again).
+        if let Some(before) = self.order.insert(id.clone(), slot) {
+            if before != slot {
+                if let Some(old) = self.statuses.take(before as usize) {
+                    count(&mut self.counts, old.state(), false);
+                }
+            }
         }
     }
 
     fn remove(&mut self, peer_id: &str) {
-        if let Some(old) = self.peers.take(peer_id) {
-            count(&mut self.counts, old.0.state(), false);
+        if let Some(slot) = self.order.remove(peer_id) {
+            if let Some(old) = self.statuses.take(slot as usize) {
+                count(&mut self.counts, old.state(), false);
+            }
         }
     }
 }
@@ -113,14 +105,18 @@ impl PeerView {
 
     /// Replaces every status: at the start of a driver, from its table.
     pub(crate) fn reset(&self, statuses: Vec<PublishedStatus>) {
-        let mut counts = StateCounts::default();
-        for s in &statuses {
-            count(&mut counts, s.state(), true);
-        }
+        let mut inner = Inner::default();
         // Built at once, the B-tree's nodes are full; inserted one by one
         // in id order, they would be about half full.
-        let peers: BTreeSet<ById> = statuses.into_iter().map(ById).collect();
-        *self.write() = Inner { peers, counts };
+        inner.order = statuses
+            .iter()
+            .map(|s| (s.peer_id().clone(), s.slot()))
+            .collect();
+        for s in statuses {
+            count(&mut inner.counts, s.state(), true);
+            inner.statuses.set(s.slot() as usize, s);
+        }
+        *self.write() = inner;
     }
 
     /// Applies `changes` in order, under one write lock, and empties it.
@@ -153,10 +149,11 @@ impl PeerView {
                     Some(id) => Bound::Excluded(id.as_str()),
                     None => Bound::Unbounded,
                 };
+                let statuses = &inner.statuses;
                 let mut range = inner
-                    .peers
+                    .order
                     .range::<str, _>((lower, Bound::Unbounded))
-                    .map(|s| &s.0);
+                    .filter_map(|(_, &slot)| statuses.get(slot as usize));
                 let chunk: Vec<PeerStatus> = range
                     .by_ref()
                     .take(want)
@@ -213,6 +210,46 @@ mod tests {
 
     fn ids(statuses: &[PeerStatus]) -> Vec<&str> {
         statuses.iter().map(|s| s.peer_id.as_str()).collect()
+    }
+
+    fn upserts(t: &mut PeerTable) -> Vec<StatusChange> {
+        let mut changes = Vec::new();
+        t.take_changes(10_000, &mut changes);
+        changes.retain(|c| matches!(c, StatusChange::Upsert(_)));
+        changes
+    }
+
+    #[test]
+    fn a_slot_taken_by_another_peer_or_a_peer_in_another_slot_leaves_one_status_each() {
+        let mut t = table(&["a", "b"]);
+        let view = PeerView::default();
+        view.apply(&mut upserts(&mut t));
+        // "a" goes and "c" takes its slot; the view hears of "c" first.
+        t.remove("a");
+        let mut removal = Vec::new();
+        t.take_changes(0, &mut removal);
+        let detector = DetectorConfig::new(Duration::from_millis(100), None, None).unwrap();
+        let c = PeerSpec::new("c", "127.0.0.1", 9, detector).unwrap();
+        t.upsert(c, Instant::now());
+        view.apply(&mut upserts(&mut t));
+        assert_eq!(ids(&view.all()), ["b", "c"]);
+        assert_eq!(view.counts().unknown, 2);
+        // The late removal of "a" changes nothing.
+        view.apply(&mut removal);
+        assert_eq!(ids(&view.all()), ["b", "c"]);
+        // "b" comes back in another slot before its removal is heard of.
+        t.remove("b");
+        t.take_changes(0, &mut Vec::new());
+        let d = PeerSpec::new("d", "127.0.0.1", 9, detector).unwrap();
+        t.upsert(d, Instant::now());
+        let b = PeerSpec::new("b", "127.0.0.1", 10, detector).unwrap();
+        t.upsert(b, Instant::now());
+        let mut changes = upserts(&mut t);
+        changes.retain(|c| matches!(c, StatusChange::Upsert(s) if &**s.peer_id() == "b"));
+        view.apply(&mut changes);
+        assert_eq!(ids(&view.all()), ["b", "c"], "one status for b");
+        assert_eq!(view.all()[0].port, 10, "the new registration");
+        assert_eq!(view.counts().unknown, 2);
     }
 
     #[test]
