@@ -549,6 +549,7 @@ impl HeartbeatServerBuilder {
         })?;
         let loaded = store.load_peers()?;
         let mut table = PeerTable::new();
+        table.reserve(loaded.records.len());
         let mut quarantined = Vec::new();
         let now = tokio::time::Instant::now().into_std();
         for record in loaded.records {
