@@ -1,43 +1,28 @@
 //! The in-memory registry store: everything is lost when the last handle is
 //! dropped. Clones share one registry, which lets tests "reopen" it.
 
+use super::codec;
+use super::registry::{LoadedPeers, NodeMeta, PeerRecord, RegistryOp, RegistryStore, StoreError};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
-use super::registry::{LoadedPeers, NodeMeta, PeerRecord, RegistryOp, RegistryStore, StoreError};
-
-/// One peer as kept here: the record without its id (the map's key holds
-/// it) and with the remembered epoch inline. A node monitoring 10,000 peers
-/// pays for this on every one of them, so it is about half the size of a
-/// [`PeerRecord`] plus a separate epoch map.
+/// One peer as kept here: the record in the form the RocksDB store writes
+/// (a few dozen bytes, in one allocation), and the remembered epoch. A node
+/// monitoring 10,000 peers pays for this on every one of them: the record as
+/// a struct of its own took about 100 bytes plus a second allocation for
+/// the host.
 #[derive(Debug)]
 struct Stored {
-    host: Box<str>,
-    heartbeat_freq: Duration,
-    timeout: Duration,
-    registered_at_micros: i64,
+    encoded: Box<[u8]>,
     last_epoch: Option<u64>,
-    max_missed: u32,
-    rise: u32,
-    kind: heartbeater_core::DetectorKind,
-    port: u16,
 }
 
 impl Stored {
-    fn record(&self, peer_id: &str) -> PeerRecord {
-        PeerRecord {
-            peer_id: peer_id.to_owned(),
-            host: self.host.to_string(),
-            port: self.port,
-            heartbeat_freq: self.heartbeat_freq,
-            timeout: self.timeout,
-            max_missed: self.max_missed,
-            registered_at_micros: self.registered_at_micros,
-            last_epoch: self.last_epoch,
-            kind: self.kind,
-            rise: self.rise,
-        }
+    fn record(&self) -> Option<PeerRecord> {
+        // Encoded here from a valid record: decoding it gives it back.
+        let mut record = codec::decode_peer(&self.encoded).ok()?;
+        record.last_epoch = self.last_epoch;
+        Some(record)
     }
 }
 
@@ -56,15 +41,8 @@ impl Inner {
             .get(record.peer_id.as_str())
             .and_then(|p| p.last_epoch);
         let stored = Stored {
-            host: record.host.as_str().into(),
-            heartbeat_freq: record.heartbeat_freq,
-            timeout: record.timeout,
-            registered_at_micros: record.registered_at_micros,
+            encoded: codec::encode_peer(record).into_boxed_slice(),
             last_epoch,
-            max_missed: record.max_missed,
-            rise: record.rise,
-            kind: record.kind,
-            port: record.port,
         };
         self.peers.insert(record.peer_id.as_str().into(), stored);
     }
@@ -126,13 +104,13 @@ impl RegistryStore for MemoryStore {
     }
 
     fn get_peer(&self, peer_id: &str) -> Result<Option<PeerRecord>, StoreError> {
-        Ok(self.lock().peers.get(peer_id).map(|p| p.record(peer_id)))
+        Ok(self.lock().peers.get(peer_id).and_then(Stored::record))
     }
 
     fn load_peers(&self) -> Result<LoadedPeers, StoreError> {
         let inner = self.lock();
         Ok(LoadedPeers {
-            records: inner.peers.iter().map(|(id, p)| p.record(id)).collect(),
+            records: inner.peers.values().filter_map(Stored::record).collect(),
             unreadable: Vec::new(),
         })
     }
