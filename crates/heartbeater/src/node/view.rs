@@ -105,13 +105,15 @@ impl PeerView {
 
     /// Replaces every status: at the start of a driver, from its table.
     pub(crate) fn reset(&self, statuses: Vec<PublishedStatus>) {
-        let mut inner = Inner::default();
         // Built at once, the B-tree's nodes are full; inserted one by one
         // in id order, they would be about half full.
-        inner.order = statuses
-            .iter()
-            .map(|s| (s.peer_id().clone(), s.slot()))
-            .collect();
+        let mut inner = Inner {
+            order: statuses
+                .iter()
+                .map(|s| (s.peer_id().clone(), s.slot()))
+                .collect(),
+            ..Inner::default()
+        };
         for s in statuses {
             count(&mut inner.counts, s.state(), true);
             inner.statuses.set(s.slot() as usize, s);
