@@ -746,7 +746,6 @@ impl Loop {
                     Counters::add(&self.counters.overload_voided);
                 }
                 Unsent::Refused(id) => {
-                    self.table.on_path_failed(id, Path::Datagram, t);
                     let over_budget = self.calls.len() >= GRPC_IN_FLIGHT;
                     let call = match self.table.spec(id.peer()) {
                         Some(spec) if self.grpc_allowed && !over_budget => {
@@ -755,12 +754,16 @@ impl Loop {
                         }
                         _ => None,
                     };
-                    // Without gRPC it stays in flight and is a miss at its
-                    // timeout, like a heartbeat with no usable address.
+                    // gRPC carries it: marked on gRPC before the datagram is
+                    // taken off, so that it is never without a path (which
+                    // would be a miss at once). Without gRPC it stays as sent
+                    // and its silence is judged at its timeout, like a
+                    // datagram the network lost.
                     if let Some(call) = call {
                         self.table.mark_sent(id, Path::Grpc, false);
                         self.counters.work.sent(Path::Grpc);
                         self.calls.push(call);
+                        self.table.on_path_failed(id, Path::Datagram, t);
                     }
                 }
             }
