@@ -163,6 +163,34 @@ fn an_empty_group_write_changes_nothing(h: &dyn Harness) {
     assert_eq!(s.load_peers().unwrap().records, vec![record("p", 1)]);
 }
 
+/// Read as they come, the peers arrive in id order, each with its own
+/// epoch: the ones with none between ones with one, and none of a peer
+/// that is gone.
+fn peers_read_as_they_come_carry_their_own_epochs(h: &dyn Harness) {
+    let s = h.open();
+    for id in ["a", "b", "c", "d", "e"] {
+        s.put_peer(&record(id, 1)).unwrap();
+    }
+    s.record_epoch("a", 1).unwrap();
+    s.record_epoch("c", 3).unwrap();
+    s.record_epoch("d", 4).unwrap();
+    s.delete_peer("d").unwrap();
+    s.record_epoch("e", 5).unwrap();
+    drop(s);
+    let s = h.open();
+    let mut seen = Vec::new();
+    let unreadable = s
+        .for_each_peer(&mut |r| seen.push((r.peer_id, r.last_epoch)))
+        .unwrap();
+    assert!(unreadable.is_empty());
+    let expected = [("a", Some(1)), ("b", None), ("c", Some(3)), ("e", Some(5))];
+    let expected: Vec<(String, Option<u64>)> = expected
+        .iter()
+        .map(|&(id, e)| (id.to_owned(), e))
+        .collect();
+    assert_eq!(seen, expected);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -182,4 +210,5 @@ conformance!(
     many_concurrent_writers_all_land,
     a_group_write_applies_in_order_and_survives_a_reopen,
     an_empty_group_write_changes_nothing,
+    peers_read_as_they_come_carry_their_own_epochs,
 );

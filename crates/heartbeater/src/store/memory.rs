@@ -115,6 +115,10 @@ impl RegistryStore for MemoryStore {
         })
     }
 
+    fn peer_count_hint(&self) -> usize {
+        self.lock().peers.len()
+    }
+
     fn record_epoch(&self, peer_id: &str, epoch: u64) -> Result<(), StoreError> {
         if let Some(p) = self.lock().peers.get_mut(peer_id) {
             p.last_epoch = Some(epoch);

@@ -197,6 +197,27 @@ pub trait RegistryStore: Send + Sync + 'static {
     /// damaged record must not take the registry down. A store that cannot
     /// be read at all (a corrupt file) is still an error.
     fn load_peers(&self) -> Result<LoadedPeers, StoreError>;
+    /// Every peer that decodes, handed to `each` in id order as it is read,
+    /// with its remembered epoch; returns the ones that do not decode, as
+    /// [`RegistryStore::load_peers`] does. A node restoring its registry
+    /// builds its table from these while the store still reads: a store
+    /// that can read as it goes should say so here. The default reads them
+    /// all first.
+    fn for_each_peer(
+        &self,
+        each: &mut dyn FnMut(PeerRecord),
+    ) -> Result<Vec<UnreadablePeer>, StoreError> {
+        let loaded = self.load_peers()?;
+        for record in loaded.records {
+            each(record);
+        }
+        Ok(loaded.unreadable)
+    }
+    /// About how many peers are stored, for sizing what will hold them; 0
+    /// when the store cannot tell cheaply. Never a bound on anything.
+    fn peer_count_hint(&self) -> usize {
+        0
+    }
     /// Remembers the last epoch seen from a registered peer. Ignored for an
     /// unknown peer; not synced.
     fn record_epoch(&self, peer_id: &str, epoch: u64) -> Result<(), StoreError>;

@@ -123,6 +123,21 @@ impl RocksDbStore {
         })
     }
 
+    /// A remembered epoch as stored; a bad one is forgotten, not fatal: it
+    /// is advisory (it may be lost in a crash anyway).
+    fn stored_epoch(&self, key: &[u8], value: &[u8]) -> Option<u64> {
+        match codec::decode_epoch(value) {
+            Ok(epoch) => Some(epoch),
+            Err(_) => {
+                tracing::warn!(
+                    peer = %String::from_utf8_lossy(key),
+                    "stored peer epoch does not decode; forgotten"
+                );
+                None
+            }
+        }
+    }
+
     fn io(&self, e: rocksdb::Error) -> StoreError {
         let detail = e.to_string();
         if e.kind() == rocksdb::ErrorKind::Corruption {
@@ -260,46 +275,85 @@ impl RegistryStore for RocksDbStore {
     }
 
     fn load_peers(&self) -> Result<LoadedPeers, StoreError> {
-        let mut out = LoadedPeers::default();
+        let mut records = Vec::with_capacity(self.peer_count_hint());
+        let unreadable = self.for_each_peer(&mut |record| records.push(record))?;
+        Ok(LoadedPeers {
+            records,
+            unreadable,
+        })
+    }
+
+    fn for_each_peer(
+        &self,
+        each: &mut dyn FnMut(PeerRecord),
+    ) -> Result<Vec<UnreadablePeer>, StoreError> {
+        let mut unreadable = Vec::new();
+        // Both column families are ordered by peer id: the epochs are
+        // joined to the records in one pass over each, as they are read.
+        let mut epochs = self
+            .db
+            .iterator_cf(self.cf(CF_EPOCHS)?, IteratorMode::Start)
+            .peekable();
         for item in self.db.iterator_cf(self.cf(CF_PEERS)?, IteratorMode::Start) {
             // An error here is RocksDB failing to read a block (a checksum
             // or an I/O error): the store itself is damaged, and a partial
             // registry would silently drop peers, so the load fails.
             let (key, value) = item.map_err(|e| self.io(e))?;
+            let mut last_epoch = None;
+            while let Some(next) = epochs.peek() {
+                let epoch_key = match next {
+                    Ok((k, _)) => k,
+                    Err(_) => {
+                        if let Some(Err(e)) = epochs.next() {
+                            return Err(self.io(e));
+                        }
+                        continue;
+                    }
+                };
+                match (**epoch_key).cmp(&*key) {
+                    std::cmp::Ordering::Less => {
+                        // The epoch of a peer no longer registered.
+                        epochs.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if let Some(Ok((k, v))) = epochs.next() {
+                            last_epoch = self.stored_epoch(&k, &v);
+                        }
+                        break;
+                    }
+                    std::cmp::Ordering::Greater => break,
+                }
+            }
             match codec::decode_peer(&value) {
-                Ok(record) if record.peer_id.as_bytes() == &*key => out.records.push(record),
-                Ok(record) => out.unreadable.push(UnreadablePeer {
+                Ok(mut record) if record.peer_id.as_bytes() == &*key => {
+                    record.last_epoch = last_epoch;
+                    each(record);
+                }
+                Ok(record) => unreadable.push(UnreadablePeer {
                     key: key.into_vec(),
                     reason: format!("record names peer {:?}, not its key", record.peer_id),
                 }),
-                Err(reason) => out.unreadable.push(UnreadablePeer {
+                Err(reason) => unreadable.push(UnreadablePeer {
                     key: key.into_vec(),
                     reason,
                 }),
             }
         }
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_EPOCHS)?, IteratorMode::Start)
-        {
-            let (key, value) = item.map_err(|e| self.io(e))?;
-            // A remembered epoch is advisory (it may be lost in a crash
-            // anyway): a bad one is forgotten, not fatal.
-            let Ok(epoch) = codec::decode_epoch(&value) else {
-                tracing::warn!(
-                    peer = %String::from_utf8_lossy(&key),
-                    "stored peer epoch does not decode; forgotten"
-                );
-                continue;
-            };
-            if let Ok(i) = out
-                .records
-                .binary_search_by(|p| p.peer_id.as_bytes().cmp(&key))
-            {
-                out.records[i].last_epoch = Some(epoch);
-            }
-        }
-        Ok(out)
+        Ok(unreadable)
+    }
+
+    fn peer_count_hint(&self) -> usize {
+        let Ok(peers) = self.cf(CF_PEERS) else {
+            return 0;
+        };
+        self.db
+            .property_int_value_cf(peers, "rocksdb.estimate-num-keys")
+            .ok()
+            .flatten()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0)
+            // An estimate: a damaged or odd one must not size a huge table.
+            .min(1 << 24)
     }
 
     fn record_epoch(&self, peer_id: &str, epoch: u64) -> Result<(), StoreError> {
