@@ -184,10 +184,8 @@ fn peers_read_as_they_come_carry_their_own_epochs(h: &dyn Harness) {
         .unwrap();
     assert!(unreadable.is_empty());
     let expected = [("a", Some(1)), ("b", None), ("c", Some(3)), ("e", Some(5))];
-    let expected: Vec<(String, Option<u64>)> = expected
-        .iter()
-        .map(|&(id, e)| (id.to_owned(), e))
-        .collect();
+    let expected: Vec<(String, Option<u64>)> =
+        expected.iter().map(|&(id, e)| (id.to_owned(), e)).collect();
     assert_eq!(seen, expected);
 }
 

@@ -370,3 +370,56 @@ impl RegistryStore for RocksDbStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn record(id: &str) -> PeerRecord {
+        PeerRecord {
+            peer_id: id.into(),
+            host: "127.0.0.1".into(),
+            port: 9,
+            heartbeat_freq: Duration::from_millis(100),
+            timeout: Duration::from_millis(100),
+            max_missed: 3,
+            registered_at_micros: 0,
+            last_epoch: None,
+            kind: Default::default(),
+            rise: 1,
+        }
+    }
+
+    /// An epoch left behind by a peer that is gone (a deregistration racing
+    /// the epoch's write) is passed over: the peers after it still get
+    /// their own.
+    #[test]
+    fn an_epoch_without_its_peer_does_not_hold_back_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksDbStore::open(dir.path()).unwrap();
+        for id in ["b", "d"] {
+            store.put_peer(&record(id)).unwrap();
+        }
+        let epochs = store.cf(CF_EPOCHS).unwrap();
+        store
+            .db
+            .put_cf(epochs, "a", codec::encode_epoch(1))
+            .unwrap();
+        store
+            .db
+            .put_cf(epochs, "c", codec::encode_epoch(3))
+            .unwrap();
+        store.record_epoch("b", 2).unwrap();
+        store.record_epoch("d", 4).unwrap();
+        let mut seen = Vec::new();
+        store
+            .for_each_peer(&mut |r| seen.push((r.peer_id, r.last_epoch)))
+            .unwrap();
+        assert_eq!(
+            seen,
+            vec![("b".to_owned(), Some(2)), ("d".to_owned(), Some(4))]
+        );
+    }
+}
