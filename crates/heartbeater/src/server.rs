@@ -38,7 +38,7 @@ use crate::grpc::tls::{TlsClientConfig, TlsServerConfig, TlsSlot};
 use crate::node::counters::{Counters, DatagramStats, PauseStats};
 use crate::node::event::EventStream;
 use crate::node::quarantine::QuarantinedPeer;
-use crate::node::{spec_of_record, DefaultDetector, Limits, Node, NodeError, NodeParts};
+use crate::node::{DefaultDetector, Limits, Node, NodeError, NodeParts};
 use crate::store::{MemoryStore, NodeMeta, RegistryStore, RocksDbStore};
 use crate::topic::{TopicError, TopicGrpc, TopicHandler, TopicPublisher, TopicSubscriber};
 
@@ -547,27 +547,8 @@ impl HeartbeatServerBuilder {
             identity: identity.clone(),
             epoch,
         })?;
-        let loaded = store.load_peers()?;
-        let mut table = PeerTable::new();
-        table.reserve(loaded.records.len());
-        let mut quarantined = Vec::new();
         let now = tokio::time::Instant::now().into_std();
-        for record in loaded.records {
-            match spec_of_record(&record) {
-                Ok(spec) => {
-                    table.restore(spec, record.last_epoch, now);
-                }
-                Err(e) => quarantined.push(QuarantinedPeer {
-                    peer_id: record.peer_id,
-                    reason: format!("invalid registration: {e}"),
-                }),
-            }
-        }
-        quarantined.extend(loaded.unreadable.into_iter().map(|u| QuarantinedPeer {
-            peer_id: u.display_id(),
-            reason: u.reason,
-        }));
-        quarantined.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        let (table, quarantined) = crate::node::restore::restore_table(&*store, now)?;
         for peer in quarantined.iter().take(16) {
             tracing::warn!(
                 peer = %peer.peer_id,

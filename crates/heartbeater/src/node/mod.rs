@@ -17,6 +17,7 @@ pub(crate) mod counters;
 pub(crate) mod event;
 pub(crate) mod metrics;
 pub(crate) mod quarantine;
+pub(crate) mod restore;
 pub(crate) mod view;
 
 use std::collections::{HashMap, HashSet};
