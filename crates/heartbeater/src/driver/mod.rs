@@ -738,7 +738,8 @@ impl Loop {
             self.counters.work.sent(Path::Datagram);
         }
         let t = now();
-        for unsent in std::mem::take(&mut self.unsent).drain(..) {
+        let mut unsent_all = std::mem::take(&mut self.unsent);
+        for unsent in unsent_all.drain(..) {
             match unsent {
                 Unsent::Backlog(id) => {
                     // Not carried for this node's own reasons: no outcome.
@@ -768,6 +769,7 @@ impl Loop {
                 }
             }
         }
+        self.unsent = unsent_all;
     }
 
     fn send(&mut self, probe: &Probe) {
