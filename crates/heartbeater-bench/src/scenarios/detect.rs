@@ -2,11 +2,8 @@
 //! process) killed at once. How far past the bound (`3 x 100 ms + 100 ms`)
 //! each is declared down, and whether any live peer ever is.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
-
-use futures_util::StreamExt;
-use heartbeater::proto::PeerEventKind;
 
 use super::{node_client, percentile, register_all, responders, wait_all_alive};
 use crate::child::Helper;
@@ -24,41 +21,13 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
     register_all(&client, &all, 100).await?;
     wait_all_alive(&mut node, PEERS, Duration::from_secs(60)).await?;
 
-    let mut events = client.watch_peers(false).await?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(Ok(e)) = events.next().await {
-            if e.kind == PeerEventKind::PeerDown as i32
-                && tx.send((e.peer_id, Instant::now())).is_err()
-            {
-                return;
-            }
-        }
-    });
+    let mut downs = super::Downs::watch(&client).await?;
     // A quiet stretch first: any PeerDown here is a false one.
     tokio::time::sleep(Duration::from_secs(2)).await;
     helpers[0].kill().await?;
     let killed = Instant::now();
     tokio::time::sleep(BOUND * 3).await;
-
-    let mut downs: HashMap<String, Instant> = HashMap::new();
-    let mut false_downs = 0u64;
-    while let Ok((peer, at)) = rx.try_recv() {
-        if victims.contains(&peer) && at >= killed {
-            downs.entry(peer).or_insert(at);
-        } else {
-            false_downs += 1;
-        }
-    }
-    let mut over: Vec<u64> = victims
-        .iter()
-        .map(|v| match downs.get(v) {
-            Some(at) => at.duration_since(killed).saturating_sub(BOUND).as_millis() as u64,
-            // Never declared down within three bounds.
-            None => (BOUND * 3).as_millis() as u64,
-        })
-        .collect();
-    over.sort_unstable();
+    let (over, false_downs) = downs.score(&victims, killed, BOUND, BOUND * 3);
     Ok(vec![
         Row::new(
             "detect",

@@ -196,3 +196,55 @@ pub fn percentile(sorted: &[u64], q: f64) -> f64 {
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1] as f64
 }
+
+/// Every PeerDown a node reports from now on, with when it came.
+pub struct Downs(tokio::sync::mpsc::UnboundedReceiver<(String, std::time::Instant)>);
+
+impl Downs {
+    /// Starts watching `client`'s node.
+    pub async fn watch(client: &heartbeater::HeartbeatClient) -> anyhow::Result<Self> {
+        use futures_util::StreamExt;
+        let mut events = client.watch_peers(false).await?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(Ok(e)) = events.next().await {
+                if e.kind == heartbeater::proto::PeerEventKind::PeerDown as i32
+                    && tx.send((e.peer_id, std::time::Instant::now())).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Self(rx))
+    }
+
+    /// For each of `victims`, killed at `killed`, how many ms past `bound`
+    /// it was declared down (`waited` for one never declared down), sorted;
+    /// and how many PeerDowns were of anyone else, or came before the kill.
+    pub fn score(
+        &mut self,
+        victims: &std::collections::HashSet<String>,
+        killed: std::time::Instant,
+        bound: Duration,
+        waited: Duration,
+    ) -> (Vec<u64>, u64) {
+        let mut downs = std::collections::HashMap::new();
+        let mut false_downs = 0u64;
+        while let Ok((peer, at)) = self.0.try_recv() {
+            if victims.contains(&peer) && at >= killed {
+                downs.entry(peer).or_insert(at);
+            } else {
+                false_downs += 1;
+            }
+        }
+        let mut over: Vec<u64> = victims
+            .iter()
+            .map(|v| match downs.get(v) {
+                Some(at) => at.duration_since(killed).saturating_sub(bound).as_millis() as u64,
+                None => waited.as_millis() as u64,
+            })
+            .collect();
+        over.sort_unstable();
+        (over, false_downs)
+    }
+}

@@ -15,13 +15,12 @@
 //! responder per peer; the responder's own cost is not the node's and is
 //! not measured.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures_util::{StreamExt, TryStreamExt};
-use heartbeater::proto::PeerEventKind;
 use heartbeater::store::{RegistryStore, RocksDbStore};
 use heartbeater::RegisterPeerRequest;
 
@@ -149,43 +148,14 @@ async fn detection(
     client: &heartbeater::HeartbeatClient,
     responder: &mut Helper,
 ) -> anyhow::Result<(Vec<u64>, u64)> {
-    let mut events = client.watch_peers(false).await?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(Ok(e)) = events.next().await {
-            if e.kind == PeerEventKind::PeerDown as i32
-                && tx.send((e.peer_id, Instant::now())).is_err()
-            {
-                return;
-            }
-        }
-    });
+    let mut downs = super::Downs::watch(client).await?;
     // A quiet stretch first: any PeerDown in it is a false one.
     tokio::time::sleep(Duration::from_secs(2)).await;
     responder.ask(&format!("silence 0 {SAMPLE}")).await?;
     let killed = Instant::now();
     tokio::time::sleep(SAMPLE_BOUND * 3).await;
     let victims: HashSet<String> = (0..SAMPLE).map(peer_id).collect();
-    let mut downs: HashMap<String, Instant> = HashMap::new();
-    let mut false_downs = 0u64;
-    while let Ok((peer, at)) = rx.try_recv() {
-        if victims.contains(&peer) && at >= killed {
-            downs.entry(peer).or_insert(at);
-        } else {
-            false_downs += 1;
-        }
-    }
-    let mut over: Vec<u64> = victims
-        .iter()
-        .map(|v| match downs.get(v) {
-            Some(at) => at
-                .duration_since(killed)
-                .saturating_sub(SAMPLE_BOUND)
-                .as_millis() as u64,
-            None => (SAMPLE_BOUND * 3).as_millis() as u64,
-        })
-        .collect();
-    over.sort_unstable();
+    let (over, false_downs) = downs.score(&victims, killed, SAMPLE_BOUND, SAMPLE_BOUND * 3);
     responder.ask("silence 0 0").await?;
     Ok((over, false_downs))
 }
