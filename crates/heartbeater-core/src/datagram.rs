@@ -34,7 +34,7 @@
 use crate::auth::{AuthError, Keyring, TRAILER_BYTES};
 use crate::config::MAX_PEER_ID_BYTES;
 
-const MAGIC: [u8; 3] = *b"HBT";
+pub(crate) const MAGIC: [u8; 3] = *b"HBT";
 /// The datagram version this build speaks.
 pub const VERSION: u8 = 2;
 /// Bytes before the identity.
@@ -94,6 +94,10 @@ pub enum DecodeError {
     /// The authentication does not check out.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// A field holds a value its message does not allow (an indirect probe
+    /// request's timeout, port or address).
+    #[error("{0} out of range")]
+    OutOfRange(&'static str),
 }
 
 impl<'a> Datagram<'a> {

@@ -16,6 +16,8 @@
 //! - [`failure_detector`]: the [`FailureDetector`] trait every detector meets.
 //! - [`identity`]: what a node's identity may be (a UUID or a name), its
 //!   canonical spelling, and how an identity from the wire is shown.
+//! - [`indirect`]: indirect probes on the wire: a monitor's request that a
+//!   helper heartbeat a suspect, and the helper's answer.
 //! - [`liveness`]: one peer's state machine (`Unknown`, `Alive`, `Unreachable`).
 //! - [`pause`]: the local-pause guard: no verdict on time the monitor lost.
 //! - [`phi`]: the phi accrual detector, for links whose timing varies.
@@ -39,6 +41,7 @@ pub mod datagram;
 pub mod detector;
 pub mod failure_detector;
 pub mod identity;
+pub mod indirect;
 pub mod liveness;
 pub mod pages;
 pub mod pause;

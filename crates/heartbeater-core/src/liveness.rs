@@ -21,7 +21,14 @@
 //! - a higher epoch than the last one seen is a restart; a lower one is a
 //!   stale incarnation and is not an acknowledgement;
 //! - a reply from another identity is not an acknowledgement and is reported
-//!   once per run of such replies.
+//!   once per run of such replies;
+//! - with indirect probes on ([`PeerLiveness::set_indirect`]), the miss that
+//!   would convict opens an *indirect round* instead ([`Change::Suspect`]):
+//!   the driver asks other nodes to heartbeat the peer, and one valid answer
+//!   through them before the round's timeout counts as a valid reply (the
+//!   peer is then *reached indirectly* until a direct reply comes), while a
+//!   round without one convicts; a peer that dies is then unreachable within
+//!   `max_missed x frequency + 2 x timeout` of its last valid reply.
 
 use std::time::{Duration, Instant};
 
@@ -77,6 +84,23 @@ pub enum Change {
         /// The identity that answered, as [`crate::identity::shown_identity`]
         /// makes it safe to show.
         observed: String,
+    },
+    /// The peer would be convicted: an indirect probe round is open under
+    /// sequence number `seq` until `until`, and the driver must ask helpers
+    /// to heartbeat the peer (or fail the round on
+    /// [`crate::probe::Path::Indirect`] if it has none).
+    Suspect {
+        /// Names the round, as a heartbeat's sequence number does.
+        seq: u64,
+        /// When the round times out without an answer, convicting the peer.
+        until: Instant,
+    },
+    /// The peer answered only through other nodes: it is alive, and the
+    /// path between the monitor and it is what fails. Reported once per run
+    /// of indirect answers.
+    ReachedIndirectly {
+        /// The helper that carried the answer, when the driver named it.
+        via: Option<String>,
     },
 }
 
@@ -136,9 +160,36 @@ impl ReplyVerdict {
     }
 }
 
+/// What is seldom said about a peer, boxed so that the common case costs
+/// one pointer: who answers in its place, and through whom it was last
+/// reached when only other nodes reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Remarks {
+    /// The identity the last reply of the current run of replies from
+    /// another identity carried (made safe to show).
+    pub(crate) answers_as: Option<Box<str>>,
+    /// While the peer is reached only indirectly: the helpers whose answers
+    /// kept it alive, the latest first, at most [`MAX_VIA`].
+    pub(crate) reached_via: Vec<Box<str>>,
+}
+
+/// Helpers remembered per peer reached indirectly.
+pub const MAX_VIA: usize = 8;
+
+impl Remarks {
+    fn is_empty(&self) -> bool {
+        self.answers_as.is_none() && self.reached_via.is_empty()
+    }
+}
+
+/// `indirect` bit: indirect probe rounds are on for this peer.
+const INDIRECT_ON: u8 = 1;
+/// `indirect` bit: the last valid reply came through other nodes.
+const REACHED_INDIRECTLY: u8 = 2;
+
 /// Per-peer liveness state: about 160 bytes with the default detector, no
 /// allocation after construction but the identity of a peer that answers
-/// as another.
+/// as another, or the helpers of a peer reached indirectly.
 #[derive(Debug, Clone)]
 pub struct PeerLiveness<D = MissCountDetector> {
     /// The one part of the configuration this needs; the rest lives with
@@ -150,6 +201,8 @@ pub struct PeerLiveness<D = MissCountDetector> {
     /// Consecutive valid replies since the last miss, saturating: it is only
     /// ever compared with `rise`.
     streak: u8,
+    /// `INDIRECT_ON` and `REACHED_INDIRECTLY`.
+    indirect: u8,
     detector: D,
     state: PeerState,
     epoch: Option<u64>,
@@ -162,10 +215,9 @@ pub struct PeerLiveness<D = MissCountDetector> {
     /// before the first: a reply counts only within its timeout, and 4
     /// bytes hold 71 minutes where an `Option<Duration>` takes 16.
     last_rtt_micros: u32,
-    /// The identity the last reply of the current run of replies from
-    /// another identity carried (made safe to show); `None` once the
-    /// registered identity answers. Boxed: the common case costs a pointer.
-    answers_as: Option<Box<str>>,
+    /// Who answers in the peer's place, through whom it is reached; `None`
+    /// while neither (the common case costs a pointer).
+    remarks: Option<Box<Remarks>>,
 }
 
 impl PeerLiveness<MissCountDetector> {
@@ -196,6 +248,7 @@ impl<D: FailureDetector> PeerLiveness<D> {
             timeout: config.timeout,
             rise: rise_of(config),
             streak: 0,
+            indirect: 0,
             detector,
             state: PeerState::Unknown,
             epoch: known_epoch,
@@ -204,7 +257,7 @@ impl<D: FailureDetector> PeerLiveness<D> {
             sent: 0,
             acked: 0,
             last_rtt_micros: NO_RTT,
-            answers_as: None,
+            remarks: None,
         }
     }
 
@@ -255,6 +308,45 @@ impl<D: FailureDetector> PeerLiveness<D> {
         reply: Reply<'_>,
         out: &mut Vec<Change>,
     ) -> ReplyVerdict {
+        self.reply_in(seq, path, arrival, expected_id, reply, None, out)
+    }
+
+    /// An answer to indirect round `seq`, carried by helper `via`: what the
+    /// helper saw of the peer. It counts as a valid reply only if it comes
+    /// within the round's timeout with the registered identity and an epoch
+    /// no lower than the last one seen; any other answer is ignored (another
+    /// helper may still answer), and the round's timeout convicts.
+    pub fn on_indirect_reply(
+        &mut self,
+        seq: u64,
+        arrival: Arrival,
+        expected_id: &str,
+        reply: Reply<'_>,
+        via: &str,
+        out: &mut Vec<Change>,
+    ) -> ReplyVerdict {
+        self.reply_in(
+            seq,
+            Path::Indirect,
+            arrival,
+            expected_id,
+            reply,
+            Some(via),
+            out,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn reply_in(
+        &mut self,
+        seq: u64,
+        path: Path,
+        arrival: Arrival,
+        expected_id: &str,
+        reply: Reply<'_>,
+        via: Option<&str>,
+        out: &mut Vec<Change>,
+    ) -> ReplyVerdict {
         let now = arrival.read;
         match self.window.paths(seq) {
             None => return ReplyVerdict::NotInFlight,
@@ -264,6 +356,17 @@ impl<D: FailureDetector> PeerLiveness<D> {
         let Some(rtt) = self.window.age(seq, now) else {
             return ReplyVerdict::NotInFlight;
         };
+        if path == Path::Indirect {
+            // A helper's word about someone else answering, or an old
+            // incarnation, settles nothing: another helper may still reach
+            // the registered peer, and the round's timeout convicts.
+            if reply.responder_id != expected_id {
+                return ReplyVerdict::WrongIdentity;
+            }
+            if matches!(self.epoch, Some(known) if reply.responder_epoch < known) {
+                return ReplyVerdict::StaleEpoch;
+            }
+        }
         let Some(settled) = self.window.settle(seq) else {
             return ReplyVerdict::NotInFlight;
         };
@@ -276,9 +379,10 @@ impl<D: FailureDetector> PeerLiveness<D> {
             // The identity is whatever the network sent: kept and reported
             // only in a form that cannot steer a terminal or fill a log.
             let observed = crate::identity::shown_identity(reply.responder_id);
-            let reported = self.answers_as.is_some();
-            if self.answers_as.as_deref() != Some(&*observed) {
-                self.answers_as = Some(Box::from(&*observed));
+            let remarks = self.remarks.get_or_insert_with(Box::default);
+            let reported = remarks.answers_as.is_some();
+            if remarks.answers_as.as_deref() != Some(&*observed) {
+                remarks.answers_as = Some(Box::from(&*observed));
             }
             if !reported {
                 out.push(Change::IdentityMismatch {
@@ -288,17 +392,38 @@ impl<D: FailureDetector> PeerLiveness<D> {
             self.count_miss(seq, now, out);
             return ReplyVerdict::WrongIdentity;
         }
-        self.answers_as = None;
+        self.edit_remarks(|r| r.answers_as = None);
         if matches!(self.epoch, Some(known) if reply.responder_epoch < known) {
             self.count_miss(seq, now, out);
             return ReplyVerdict::StaleEpoch;
         }
         self.detector.on_ack(now, rtt);
         self.last_acked_seq = self.last_acked_seq.max(seq);
-        self.acked = self.acked.saturating_add(1);
-        self.last_rtt_micros = u32::try_from(rtt.as_micros())
-            .unwrap_or(NO_RTT - 1)
-            .min(NO_RTT - 1);
+        if path == Path::Indirect {
+            // Alive, through others: the RTT and the count of acknowledged
+            // heartbeats stay those of the monitor's own path.
+            let first = self.indirect & REACHED_INDIRECTLY == 0;
+            self.indirect |= REACHED_INDIRECTLY;
+            if let Some(via) = via {
+                let via = crate::identity::shown_identity(via);
+                let remarks = self.remarks.get_or_insert_with(Box::default);
+                remarks.reached_via.retain(|v| **v != *via);
+                remarks.reached_via.insert(0, Box::from(&*via));
+                remarks.reached_via.truncate(MAX_VIA);
+            }
+            if first {
+                out.push(Change::ReachedIndirectly {
+                    via: via.map(|v| crate::identity::shown_identity(v).into_owned()),
+                });
+            }
+        } else {
+            self.acked = self.acked.saturating_add(1);
+            self.last_rtt_micros = u32::try_from(rtt.as_micros())
+                .unwrap_or(NO_RTT - 1)
+                .min(NO_RTT - 1);
+            self.indirect &= !REACHED_INDIRECTLY;
+            self.edit_remarks(|r| r.reached_via.clear());
+        }
         if let Some(previous) = self.epoch {
             if reply.responder_epoch > previous {
                 out.push(Change::Restarted {
@@ -372,10 +497,37 @@ impl<D: FailureDetector> PeerLiveness<D> {
         now: Instant,
         out: &mut Vec<Change>,
     ) -> bool {
+        if settled.round {
+            // No helper reached the peer in time (or there was none): the
+            // conviction the round held back, unless a direct reply came
+            // meanwhile and the detector is at ease again.
+            if self.state != PeerState::Unreachable && self.detector.is_suspect(now) {
+                self.convict(out);
+            }
+            return false;
+        }
         if !settled.counts {
             return false;
         }
         self.count_miss(seq, now, out)
+    }
+
+    /// Changes the seldom-used remarks, dropping the box once it is empty.
+    fn edit_remarks(&mut self, f: impl FnOnce(&mut Remarks)) {
+        if let Some(remarks) = self.remarks.as_mut() {
+            f(remarks);
+            if remarks.is_empty() {
+                self.remarks = None;
+            }
+        }
+    }
+
+    fn convict(&mut self, out: &mut Vec<Change>) {
+        self.state = PeerState::Unreachable;
+        self.streak = 0;
+        self.indirect &= !REACHED_INDIRECTLY;
+        self.edit_remarks(|r| r.reached_via.clear());
+        out.push(Change::Down);
     }
 
     fn count_miss(&mut self, seq: u64, now: Instant, out: &mut Vec<Change>) -> bool {
@@ -389,11 +541,55 @@ impl<D: FailureDetector> PeerLiveness<D> {
     }
 
     fn judge(&mut self, now: Instant, out: &mut Vec<Change>) {
-        if self.state != PeerState::Unreachable && self.detector.is_suspect(now) {
-            self.state = PeerState::Unreachable;
-            self.streak = 0;
-            out.push(Change::Down);
+        if self.state == PeerState::Unreachable || !self.detector.is_suspect(now) {
+            return;
         }
+        if self.indirect & INDIRECT_ON == 0 {
+            self.convict(out);
+            return;
+        }
+        // Other nodes get a say first: one round at a time, which the
+        // misses counted while it is open do not cut short.
+        if self.window.round_in_flight() {
+            return;
+        }
+        let (seq, displaced) = self.window.push(now);
+        self.window.mark(seq, Path::Indirect, false);
+        out.push(Change::Suspect {
+            seq,
+            until: now + self.timeout,
+        });
+        if let Some((old, settled)) = displaced {
+            self.no_reply(old, settled, now, out);
+        }
+    }
+
+    /// Turns indirect probe rounds on or off: with them on, the miss that
+    /// would convict opens a round ([`Change::Suspect`]) instead. Turned
+    /// off, a round in flight still ends as rounds do.
+    pub fn set_indirect(&mut self, on: bool) {
+        if on {
+            self.indirect |= INDIRECT_ON;
+        } else {
+            self.indirect &= !INDIRECT_ON;
+        }
+    }
+
+    /// Whether the last valid reply came through other nodes only.
+    pub fn reached_indirectly(&self) -> bool {
+        self.indirect & REACHED_INDIRECTLY != 0
+    }
+
+    /// The helpers through which the peer was last reached, the latest
+    /// first, while it is reached only indirectly.
+    pub fn reached_via(&self) -> impl Iterator<Item = &str> {
+        self.remarks
+            .iter()
+            .flat_map(|r| r.reached_via.iter().map(|v| &**v))
+    }
+
+    pub(crate) fn remarks(&self) -> Option<&Remarks> {
+        self.remarks.as_deref()
     }
 
     /// Applies a new configuration (a re-registration): the evidence gathered
@@ -406,8 +602,9 @@ impl<D: FailureDetector> PeerLiveness<D> {
         self.streak = 0;
         self.detector = detector;
         // The peer may have moved: whoever answers at the new address is
-        // reported afresh.
-        self.answers_as = None;
+        // reported afresh, and so is the path to it.
+        self.remarks = None;
+        self.indirect &= !REACHED_INDIRECTLY;
         // A peer that is not answering may be held down by an epoch it never
         // had (a forged reply claiming the highest one makes every genuine
         // reply look stale): registering it again starts its epoch afresh.
@@ -477,7 +674,7 @@ impl<D: FailureDetector> PeerLiveness<D> {
     /// The identity that answers instead of the registered one, while
     /// replies come from another identity (made safe to show).
     pub fn answers_as(&self) -> Option<&str> {
-        self.answers_as.as_deref()
+        self.remarks.as_ref().and_then(|r| r.answers_as.as_deref())
     }
 
     /// Consecutive misses right now.
@@ -543,6 +740,146 @@ mod tests {
 
     fn peer() -> Peer {
         Peer::new(100, 3, None)
+    }
+
+    /// A peer that answered once at `t0` with indirect rounds on, then went
+    /// silent for `max_missed` (3) heartbeats: returns the round opened.
+    fn suspected(t0: Instant) -> (Peer, u64, Instant) {
+        let mut p = peer();
+        p.0.set_indirect(true);
+        let s = p.send(t0);
+        assert_eq!(p.reply(s, t0 + ms(1), 1), vec![Change::Up]);
+        let mut opened = None;
+        for i in 1..=3u64 {
+            let at = t0 + ms(100 * i);
+            let s = p.send(at);
+            for c in p.expire(s, at + ms(100)) {
+                match c {
+                    Change::Suspect { seq, until } => opened = Some((seq, until)),
+                    other => panic!("only a round may open, got {other:?}"),
+                }
+            }
+        }
+        let (seq, until) = opened.expect("the third miss opens a round");
+        assert_eq!(
+            p.0.state(),
+            PeerState::Alive,
+            "no verdict while the round is open"
+        );
+        (p, seq, until)
+    }
+
+    fn indirect(p: &mut Peer, seq: u64, at: Instant, r: Reply<'_>) -> (ReplyVerdict, Vec<Change>) {
+        let mut out = Vec::new();
+        let v =
+            p.0.on_indirect_reply(seq, Arrival::at(at), ID, r, "helper-c", &mut out);
+        (v, out)
+    }
+
+    #[test]
+    fn with_indirect_rounds_the_convicting_miss_opens_a_round_instead() {
+        let t0 = Instant::now();
+        let (p, _, until) = suspected(t0);
+        // Opened when the third miss was counted, for one timeout.
+        assert_eq!(until, t0 + ms(300) + ms(100) + ms(100));
+        assert!(!p.0.reached_indirectly());
+    }
+
+    #[test]
+    fn an_indirect_answer_keeps_the_peer_alive_and_says_through_whom() {
+        let t0 = Instant::now();
+        let (mut p, round, _) = suspected(t0);
+        let (v, changes) = indirect(&mut p, round, t0 + ms(450), reply(1));
+        assert_eq!(v, ReplyVerdict::Accepted);
+        assert_eq!(
+            changes,
+            vec![Change::ReachedIndirectly {
+                via: Some("helper-c".into())
+            }]
+        );
+        assert_eq!(p.0.state(), PeerState::Alive);
+        assert!(p.0.reached_indirectly());
+        assert_eq!(p.0.reached_via().collect::<Vec<_>>(), ["helper-c"]);
+        assert_eq!(p.0.missed(), 0, "the round counts as a valid reply");
+        // The monitor's own path did not answer: its RTT and count stay.
+        assert_eq!(p.0.heartbeats_acked(), 1);
+        // A direct reply ends it, silently.
+        let s = p.send(t0 + ms(500));
+        assert_eq!(p.reply(s, t0 + ms(501), 1), vec![]);
+        assert!(!p.0.reached_indirectly());
+        assert_eq!(p.0.reached_via().count(), 0);
+    }
+
+    #[test]
+    fn a_round_without_an_answer_convicts_at_its_timeout() {
+        let t0 = Instant::now();
+        let (mut p, round, until) = suspected(t0);
+        // Misses counted while it is open do not convict early...
+        let s = p.send(t0 + ms(400));
+        assert_eq!(p.expire(s, t0 + ms(450)), vec![]);
+        assert_eq!(p.0.state(), PeerState::Alive);
+        // ...its timeout does.
+        assert_eq!(p.expire(round, until), vec![Change::Down]);
+        assert_eq!(p.0.state(), PeerState::Unreachable);
+    }
+
+    #[test]
+    fn a_round_with_no_helper_to_ask_convicts_at_once() {
+        let t0 = Instant::now();
+        let (mut p, round, _) = suspected(t0);
+        let mut out = Vec::new();
+        p.0.on_path_failed(round, Path::Indirect, t0 + ms(401), &mut out);
+        assert_eq!(out, vec![Change::Down]);
+    }
+
+    #[test]
+    fn a_helper_reporting_another_identity_or_an_old_epoch_settles_nothing() {
+        let t0 = Instant::now();
+        let (mut p, round, until) = suspected(t0);
+        let other = Reply {
+            responder_id: "impostor",
+            responder_epoch: 1,
+        };
+        assert_eq!(
+            indirect(&mut p, round, t0 + ms(420), other).0,
+            ReplyVerdict::WrongIdentity
+        );
+        assert_eq!(
+            indirect(&mut p, round, t0 + ms(430), reply(0)).0,
+            ReplyVerdict::StaleEpoch
+        );
+        // Still open: a later right answer counts.
+        assert_eq!(
+            indirect(&mut p, round, t0 + ms(440), reply(1)).0,
+            ReplyVerdict::Accepted
+        );
+        assert!(p.expire(round, until).is_empty());
+    }
+
+    #[test]
+    fn a_late_indirect_answer_convicts_and_a_direct_reply_in_time_spares() {
+        let t0 = Instant::now();
+        let (mut p, round, until) = suspected(t0);
+        let (v, changes) = indirect(&mut p, round, until + ms(1), reply(1));
+        assert_eq!((v, changes), (ReplyVerdict::Late, vec![Change::Down]));
+
+        let (mut p, round, until) = suspected(t0);
+        let s = p.send(t0 + ms(400));
+        assert_eq!(p.reply(s, t0 + ms(410), 1), vec![]);
+        assert_eq!(p.expire(round, until), vec![], "the peer answered itself");
+        assert_eq!(p.0.state(), PeerState::Alive);
+    }
+
+    #[test]
+    fn an_indirect_answer_is_only_taken_for_a_round() {
+        let t0 = Instant::now();
+        let mut p = peer();
+        p.0.set_indirect(true);
+        let s = p.send(t0);
+        assert_eq!(
+            indirect(&mut p, s, t0 + ms(1), reply(1)).0,
+            ReplyVerdict::WrongPath
+        );
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub enum Path {
     Datagram,
     /// A unary gRPC `Heartbeat` call.
     Grpc,
+    /// Other nodes asked to heartbeat the peer on the monitor's behalf
+    /// (an indirect probe round, opened before a conviction).
+    Indirect,
 }
 
 impl Path {
@@ -112,6 +115,7 @@ impl Path {
         match self {
             Path::Datagram => DATAGRAM,
             Path::Grpc => GRPC,
+            Path::Indirect => INDIRECT,
         }
     }
 }
@@ -133,7 +137,7 @@ impl Paths {
 
     /// Whether it went over no path at all.
     pub fn is_empty(self) -> bool {
-        self.0 & (DATAGRAM | GRPC) == 0
+        self.0 & ROUTES == 0
     }
 }
 
@@ -143,6 +147,13 @@ const GRPC: u8 = 4;
 /// A silence does not count as a miss (a first datagram to a peer that never
 /// answered one: it may just not speak UDP).
 const TRIAL: u8 = 8;
+const INDIRECT: u8 = 16;
+/// Every path a heartbeat can take.
+const ROUTES: u8 = DATAGRAM | GRPC | INDIRECT;
+/// The entry is an indirect probe round: kept apart from the `INDIRECT`
+/// path bit, which goes when the round fails to leave (no helper), so that
+/// its outcome is still that of a round.
+const ROUND: u8 = 32;
 
 /// A heartbeat that left the window, with what it was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +161,8 @@ pub(crate) struct Settled {
     pub(crate) paths: Paths,
     /// Whether its silence counts as a miss.
     pub(crate) counts: bool,
+    /// Whether it was an indirect probe round (marked on [`Path::Indirect`]).
+    pub(crate) round: bool,
 }
 
 /// The heartbeats of one peer still waiting for their outcome, by sequence
@@ -234,7 +247,10 @@ impl ProbeWindow {
             return false;
         };
         let f = &mut self.flags[i];
-        let first = *f & (DATAGRAM | GRPC) == 0;
+        let first = *f & ROUTES == 0;
+        if path == Path::Indirect {
+            *f |= ROUND;
+        }
         if trial && first {
             *f |= TRIAL;
         } else if !trial {
@@ -246,8 +262,7 @@ impl ProbeWindow {
 
     /// The paths heartbeat `seq` went out on, if it is in flight.
     pub(crate) fn paths(&self, seq: u64) -> Option<Paths> {
-        self.slot(seq)
-            .map(|i| Paths(self.flags[i] & (DATAGRAM | GRPC)))
+        self.slot(seq).map(|i| Paths(self.flags[i] & ROUTES))
     }
 
     /// Forgets that `seq` went over `path`; returns the paths left, or
@@ -255,7 +270,7 @@ impl ProbeWindow {
     pub(crate) fn unmark(&mut self, seq: u64, path: Path) -> Option<Paths> {
         let i = self.slot(seq)?;
         self.flags[i] &= !path.bit();
-        Some(Paths(self.flags[i] & (DATAGRAM | GRPC)))
+        Some(Paths(self.flags[i] & ROUTES))
     }
 
     /// How long ago, at `now`, heartbeat `seq` was sent.
@@ -287,6 +302,13 @@ impl ProbeWindow {
         self.next_seq
     }
 
+    /// Whether an indirect probe round is in flight.
+    pub(crate) fn round_in_flight(&self) -> bool {
+        self.flags
+            .iter()
+            .any(|f| f & (IN_FLIGHT | ROUND) == IN_FLIGHT | ROUND)
+    }
+
     /// How many heartbeats are in flight.
     pub(crate) fn len(&self) -> usize {
         self.flags.iter().filter(|f| *f & IN_FLIGHT != 0).count()
@@ -295,8 +317,9 @@ impl ProbeWindow {
 
 fn settled(flags: u8) -> Settled {
     Settled {
-        paths: Paths(flags & (DATAGRAM | GRPC)),
+        paths: Paths(flags & ROUTES),
         counts: flags & TRIAL == 0,
+        round: flags & ROUND != 0,
     }
 }
 
@@ -377,7 +400,8 @@ mod tests {
                 first,
                 Settled {
                     paths: Paths(DATAGRAM),
-                    counts: true
+                    counts: true,
+                    round: false,
                 }
             ))
         );

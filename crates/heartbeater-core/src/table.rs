@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use crate::awareness::Awareness;
 use crate::config::{DetectorConfig, PeerSpec};
 use crate::detector::{Configured, DetectorFactory};
-use crate::liveness::{Arrival, Change, PeerLiveness, PeerState, Reply, ReplyVerdict};
+use crate::liveness::{Arrival, Change, PeerLiveness, PeerState, Remarks, Reply, ReplyVerdict};
 use crate::pages::Pages;
 use crate::probe::micros;
 pub use crate::probe::{Path, Paths, PeerKey, ProbeId};
@@ -77,6 +77,12 @@ pub enum EventKind {
     },
     /// The peer was deregistered.
     Deregistered,
+    /// The peer answered only through other nodes (an indirect probe
+    /// round): alive, with the path between this node and it failing.
+    ReachedIndirectly {
+        /// The helper that carried the answer, when known.
+        via: Option<String>,
+    },
 }
 
 /// One event about one peer, with the peer's state and epoch after it.
@@ -119,6 +125,13 @@ pub struct PeerStatus {
     /// last one seen, escaped when it was not printable. Why a peer stays
     /// `UNKNOWN` or `UNREACHABLE` although something answers.
     pub answers_as: Option<String>,
+    /// Whether the last valid reply came only through other nodes (an
+    /// indirect probe round): the peer is alive, and the path between this
+    /// node and it is what fails.
+    pub reached_indirectly: bool,
+    /// While reached only indirectly: the helpers whose answers kept the
+    /// peer alive, the latest first.
+    pub reached_via: Vec<String>,
 }
 
 /// How many peers are in each state: what a health check or a gauge needs,
@@ -227,6 +240,11 @@ pub struct PeerTable<F: DetectorFactory = Configured> {
     queued: Vec<bool>,
     /// Ids deregistered since [`PeerTable::take_changes`] last ran.
     removed: Vec<Arc<str>>,
+    /// Whether peers about to be convicted get an indirect probe round.
+    indirect: bool,
+    /// Indirect rounds opened since [`PeerTable::take_suspects`] last ran:
+    /// the driver asks helpers for each.
+    suspects: Vec<ProbeId>,
 }
 
 /// A change to a peer's published status (see [`PeerTable::take_changes`]).
@@ -246,9 +264,10 @@ pub enum StatusChange {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PublishedStatus {
     spec: Arc<PeerSpec>,
-    /// While replies at the peer's address carry another identity: the
-    /// last one seen (see [`PeerStatus::answers_as`]).
-    answers_as: Option<Box<str>>,
+    /// Whom replies at the peer's address come from instead, through whom
+    /// it is reached (see [`PeerStatus::answers_as`] and
+    /// [`PeerStatus::reached_via`]); `None` for the common case.
+    remarks: Option<Box<Remarks>>,
     /// Last epoch seen, when `has_epoch`.
     epoch: u64,
     heartbeats_sent: u64,
@@ -260,6 +279,7 @@ pub struct PublishedStatus {
     slot: u32,
     state: PeerState,
     has_epoch: bool,
+    reached_indirectly: bool,
 }
 
 impl PublishedStatus {
@@ -299,7 +319,17 @@ impl PublishedStatus {
                 .then(|| Duration::from_micros(u64::from(self.rtt_micros))),
             missed: self.missed,
             detector: self.spec.detector,
-            answers_as: self.answers_as.as_deref().map(str::to_owned),
+            answers_as: self
+                .remarks
+                .as_ref()
+                .and_then(|r| r.answers_as.as_deref())
+                .map(str::to_owned),
+            reached_indirectly: self.reached_indirectly,
+            reached_via: self
+                .remarks
+                .iter()
+                .flat_map(|r| r.reached_via.iter().map(|v| v.to_string()))
+                .collect(),
         }
     }
 }
@@ -347,6 +377,86 @@ impl<F: DetectorFactory> PeerTable<F> {
             changed: std::collections::VecDeque::new(),
             queued: Vec::new(),
             removed: Vec::new(),
+            indirect: false,
+            suspects: Vec::new(),
+        }
+    }
+
+    /// Turns indirect probe rounds on or off for every peer, present and
+    /// future: with them on, a peer about to be convicted is first probed
+    /// through other nodes ([`PeerTable::take_suspects`]). A driver turns
+    /// them on only where the answers can be authenticated.
+    pub fn set_indirect(&mut self, on: bool) {
+        if self.indirect == on {
+            return;
+        }
+        self.indirect = on;
+        self.for_each_slot(|_, slot| slot.liveness.set_indirect(on));
+    }
+
+    /// Whether indirect probe rounds are on.
+    pub fn indirect(&self) -> bool {
+        self.indirect
+    }
+
+    /// Appends to `out` the indirect rounds opened since the last call, each
+    /// named as a heartbeat on [`Path::Indirect`]: the driver asks helpers
+    /// to probe the peer and hands their answers to
+    /// [`PeerTable::on_indirect_reply`], or, with no helper to ask, fails
+    /// the round ([`PeerTable::on_path_failed`]), which convicts at once. A
+    /// round left alone convicts at its timeout.
+    pub fn take_suspects(&mut self, out: &mut Vec<ProbeId>) {
+        out.append(&mut self.suspects);
+    }
+
+    /// Up to `k` peers, other than `except`, that can probe others on this
+    /// node's behalf: ALIVE and reached directly. Chosen at random with
+    /// `random(n)` (a number below `n`), looking at no more than
+    /// `64 x k` slots, so the cost does not grow with the table; `accept`
+    /// says whether the driver can reach a candidate (it has its address).
+    pub fn pick_helpers(
+        &self,
+        except: PeerKey,
+        k: usize,
+        mut random: impl FnMut(usize) -> usize,
+        mut accept: impl FnMut(PeerKey) -> bool,
+        out: &mut Vec<PeerKey>,
+    ) {
+        let slots = self.generations.len();
+        if slots == 0 || k == 0 {
+            return;
+        }
+        let helpful = |n: usize| {
+            let slot = self.slots.get(n)?;
+            let key = PeerKey {
+                slot: u32::try_from(n).ok()?,
+                generation: slot.generation,
+            };
+            let fit = key != except
+                && slot.liveness.state() == PeerState::Alive
+                && !slot.liveness.reached_indirectly();
+            fit.then_some(key)
+        };
+        let start = out.len();
+        // A small table is walked whole from a random start; a large one
+        // sampled, since its helpers are many.
+        let tries = slots.min(64 * k);
+        let walk = slots <= 64 * k;
+        let first = random(slots);
+        for i in 0..tries {
+            let n = if walk {
+                (first + i) % slots
+            } else {
+                random(slots)
+            };
+            if let Some(key) = helpful(n) {
+                if !out[start..].contains(&key) && accept(key) {
+                    out.push(key);
+                    if out.len() - start >= k {
+                        return;
+                    }
+                }
+            }
         }
     }
 
@@ -454,6 +564,7 @@ impl<F: DetectorFactory> PeerTable<F> {
         self.count_period(spec.detector.heartbeat_freq);
         let mut liveness = PeerLiveness::with_detector(spec.detector, detector, known_epoch);
         liveness.set_tolerance(self.awareness.tolerance());
+        liveness.set_indirect(self.indirect);
         self.slots.set(
             slot_no as usize,
             Slot {
@@ -854,6 +965,32 @@ impl<F: DetectorFactory> PeerTable<F> {
         verdict
     }
 
+    /// An answer to indirect round `id`, carried by helper `via` (what it
+    /// saw of the peer); see [`PeerLiveness::on_indirect_reply`].
+    pub fn on_indirect_reply(
+        &mut self,
+        id: ProbeId,
+        arrival: Arrival,
+        reply: Reply<'_>,
+        via: &str,
+    ) -> ReplyVerdict {
+        let mut changes = std::mem::take(&mut self.changes);
+        let verdict = match self.current_mut(id.key) {
+            Some(slot) => slot.liveness.on_indirect_reply(
+                id.seq,
+                arrival,
+                &slot.spec.peer_id,
+                reply,
+                via,
+                &mut changes,
+            ),
+            None => ReplyVerdict::NotInFlight,
+        };
+        self.record_changes(id.key.slot, &mut changes);
+        self.changes = changes;
+        verdict
+    }
+
     /// Sending heartbeat `id` over `path` failed at `now`; if no other path
     /// carries it, it is a miss now.
     pub fn on_path_failed(&mut self, id: ProbeId, path: Path, now: Instant) {
@@ -891,9 +1028,33 @@ impl<F: DetectorFactory> PeerTable<F> {
                 Change::Down => EventKind::PeerDown,
                 Change::Restarted { previous, .. } => EventKind::Restarted { previous },
                 Change::IdentityMismatch { observed } => EventKind::IdentityMismatch { observed },
+                Change::ReachedIndirectly { via } => EventKind::ReachedIndirectly { via },
+                Change::Suspect { seq, until } => {
+                    self.open_round(slot_no, seq, until);
+                    continue;
+                }
             };
             self.push_event(slot_no, kind);
         }
+    }
+
+    /// Schedules the timeout of an indirect round and hands it to the
+    /// driver.
+    fn open_round(&mut self, slot_no: u32, seq: u64, until: Instant) {
+        let Some(generation) = self.slots.get(slot_no as usize).map(|s| s.generation) else {
+            return;
+        };
+        let key = PeerKey {
+            slot: slot_no,
+            generation,
+        };
+        let base = *self.base.get_or_insert(until);
+        self.expiries.push(Reverse(Expiry {
+            at_micros: micros_after(base, until),
+            key: key.to_bits(),
+            seq,
+        }));
+        self.suspects.push(ProbeId { key, seq });
     }
 
     fn push_event(&mut self, slot_no: u32, kind: EventKind) {
@@ -1155,7 +1316,7 @@ fn published_of<D: crate::detector::FailureDetector>(
     let l = &slot.liveness;
     PublishedStatus {
         spec: slot.spec.clone(),
-        answers_as: l.answers_as().map(Box::from),
+        remarks: l.remarks().map(|r| Box::new(r.clone())),
         epoch: l.epoch().unwrap_or(0),
         heartbeats_sent: l.heartbeats_sent(),
         heartbeats_acked: l.heartbeats_acked(),
@@ -1164,6 +1325,7 @@ fn published_of<D: crate::detector::FailureDetector>(
         slot: slot_no,
         state: l.state(),
         has_epoch: l.epoch().is_some(),
+        reached_indirectly: l.reached_indirectly(),
     }
 }
 
