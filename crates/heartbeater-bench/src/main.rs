@@ -97,6 +97,9 @@ enum Role {
         /// Judge registrations by phi accrual unless they say otherwise.
         #[arg(long)]
         phi: bool,
+        /// No indirect probes (with a cluster key they are on by default).
+        #[arg(long)]
+        no_indirect: bool,
     },
     /// A plain tonic echo server.
     #[command(hide = true)]
@@ -154,8 +157,13 @@ async fn main_async(cli: Cli) -> anyhow::Result<()> {
             tls_dir,
             pause_off,
             phi,
+            no_indirect,
         }) => {
-            let judging = roles::Judging { pause_off, phi };
+            let judging = roles::Judging {
+                pause_off,
+                phi,
+                no_indirect,
+            };
             return roles::node(data_dir, !no_udp, tls_dir, judging).await;
         }
         Some(Role::Echo) => return roles::echo().await,

@@ -49,6 +49,8 @@ pub struct Judging {
     pub pause_off: bool,
     /// Phi accrual by default.
     pub phi: bool,
+    /// Indirect probes off.
+    pub no_indirect: bool,
 }
 
 pub async fn node(
@@ -69,6 +71,9 @@ pub async fn node(
         .max_peers(usize::MAX);
     if judging.pause_off {
         builder = builder.pause_threshold(heartbeater::PauseThreshold::Off);
+    }
+    if judging.no_indirect {
+        builder = builder.indirect_probes(0);
     }
     if judging.phi {
         builder =
@@ -117,6 +122,8 @@ pub async fn node(
                     "voided_overloaded": server.pause_stats().voided_overloaded,
                     "pauses": server.pause_stats().pauses,
                     "dropped_on_receive": server.datagram_stats().dropped_on_receive,
+                    "indirect_rounds": server.indirect_stats().rounds,
+                    "indirect_kept": server.indirect_stats().convictions_prevented,
                     "timed_out": m.datagram.timed_out + m.grpc.timed_out,
                     "stale_pongs": server.datagram_stats().unmatched_pongs,
                 })

@@ -585,6 +585,13 @@ settings! {
     /// A key file, when given, wins.
     [value_name = "KEYS", hide = true]
     cluster_keys: Secret;
+    /// Indirect probes: before convicting a peer, ask this many other peers
+    /// seen ALIVE to heartbeat it (0 to 8; 0 turns them off). One answer
+    /// through them keeps the peer ALIVE, shown as reached indirectly; the
+    /// detection bound grows by one timeout. Needs a cluster key, which
+    /// authenticates the requests and answers: without one they stay off.
+    [value_name = "N"]
+    indirect_probes: usize = heartbeater::DEFAULT_INDIRECT_PROBES;
     /// The most peers the registry holds; a registration past it is
     /// refused with RESOURCE_EXHAUSTED.
     [value_name = "N"]

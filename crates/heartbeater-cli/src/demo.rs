@@ -131,6 +131,10 @@ impl View {
             }
             PeerEventKind::Registered => return,
             PeerEventKind::Deregistered => "deregistered".to_string(),
+            PeerEventKind::ReachedIndirectly { via } => format!(
+                "is reached only through {}",
+                via.as_deref().unwrap_or("another node")
+            ),
         };
         let line = format!(
             "{:<7} sees {:<7} {what}",

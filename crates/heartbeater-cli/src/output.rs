@@ -84,6 +84,7 @@ pub fn event_name(kind: i32) -> &'static str {
         Ok(PeerEventKind::IdentityMismatch) => "IdentityMismatch",
         Ok(PeerEventKind::Deregistered) => "Deregistered",
         Ok(PeerEventKind::Snapshot) => "Snapshot",
+        Ok(PeerEventKind::ReachedIndirectly) => "ReachedIndirectly",
         _ => "Unknown",
     }
 }
@@ -120,7 +121,8 @@ fn missed(missed: u32, max_missed: u32) -> String {
 /// The peers as an aligned table (no borders: it reads like `ps`, and
 /// greps and `column -t` keep working); the state in colour when `colour`.
 /// A last NOTE column, only when a peer needs one, says whom a peer
-/// answers as when replies at its address carry another identity.
+/// answers as when replies at its address carry another identity, or
+/// through which nodes it is reached when only they reach it.
 pub fn peers_table(peers: &[proto::PeerStatus], colour: bool) -> String {
     use comfy_table::{Cell, CellAlignment, Color, Table};
     let mut table = Table::new();
@@ -130,7 +132,9 @@ pub fn peers_table(peers: &[proto::PeerStatus], colour: bool) -> String {
     } else {
         table.force_no_tty();
     }
-    let noted = peers.iter().any(|p| p.answers_as.is_some());
+    let noted = peers
+        .iter()
+        .any(|p| p.answers_as.is_some() || p.reached_indirectly);
     let mut header = vec![
         "PEER ID", "ADDRESS", "STATE", "EPOCH", "FREQ", "SENT", "ACKED", "MISSED", "LAST RTT",
     ];
@@ -169,10 +173,7 @@ pub fn peers_table(peers: &[proto::PeerStatus], colour: bool) -> String {
             right(rtt(p.last_rtt_micros)),
         ];
         if noted {
-            row.push(Cell::new(match &p.answers_as {
-                Some(id) => format!("answers as {}", untrusted(id)),
-                None => String::new(),
-            }));
+            row.push(Cell::new(note(p)));
         }
         table.add_row(row);
     }
@@ -189,6 +190,22 @@ pub fn peers_table(peers: &[proto::PeerStatus], colour: bool) -> String {
         out.push('\n');
     }
     out
+}
+
+/// What the NOTE column says of `p`.
+fn note(p: &proto::PeerStatus) -> String {
+    if let Some(id) = &p.answers_as {
+        return format!("answers as {}", untrusted(id));
+    }
+    if p.reached_indirectly {
+        let via: Vec<String> = p.reached_via.iter().map(|v| untrusted(v).into()).collect();
+        return if via.is_empty() {
+            "reached only indirectly".into()
+        } else {
+            format!("reached only via {}", via.join(", "))
+        };
+    }
+    String::new()
 }
 
 pub fn peer_json(p: &proto::PeerStatus) -> serde_json::Value {
@@ -211,6 +228,8 @@ pub fn peer_json(p: &proto::PeerStatus) -> serde_json::Value {
         },
         "rise": p.rise,
         "answers_as": p.answers_as,
+        "reached_indirectly": p.reached_indirectly,
+        "reached_via": p.reached_via,
     })
 }
 

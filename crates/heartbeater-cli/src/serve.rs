@@ -178,6 +178,7 @@ pub async fn run(cfg: Settings) -> anyhow::Result<()> {
         .min_network_heartbeat_freq(cfg.min_network_freq.0)
         .network_heartbeat_budget(cfg.heartbeat_budget)
         .pause_threshold(cfg.pause_threshold)
+        .indirect_probes(cfg.indirect_probes)
         .default_rise(cfg.default_rise)
         .max_request_bytes(cfg.max_request_bytes)
         .max_connections(cfg.max_connections)
@@ -217,6 +218,13 @@ pub async fn run(cfg: Settings) -> anyhow::Result<()> {
         (None, None) => None,
     };
     let keyed = keyring.is_some();
+    if cfg.indirect_probes > heartbeater::MAX_INDIRECT_PROBES {
+        anyhow::bail!(
+            "indirect_probes = {}: a round asks at most {} helpers (0 turns indirect probes off)",
+            cfg.indirect_probes,
+            heartbeater::MAX_INDIRECT_PROBES
+        );
+    }
     if let Some(keyring) = keyring {
         builder = builder.cluster_keys(keyring);
     }
@@ -287,6 +295,18 @@ pub async fn run(cfg: Settings) -> anyhow::Result<()> {
         format!("{} (RocksDB)", data_dir.display())
     };
     let identity = server.identity();
+    if cfg.indirect_probes > 0 && !server.indirect_probes_on() {
+        tracing::warn!(
+            "indirect probes are off: {}; every verdict rests on this node's own heartbeats, \
+             so a bad link to one peer convicts it",
+            if keyed {
+                "they travel as datagrams, and UDP is off"
+            } else {
+                "their requests and answers must be authenticated, and this node has no \
+                 cluster key (--cluster-key-file)"
+            }
+        );
+    }
     // Before the started line: whoever reads it may signal at once.
     let stop = crate::interrupted()?;
     if json_out {
@@ -301,6 +321,7 @@ pub async fn run(cfg: Settings) -> anyhow::Result<()> {
                 "data_dir": (!in_memory).then(|| data_dir.display().to_string()),
                 "peers": server.peers().await.len(),
                 "cluster_keys": keyed,
+                "indirect_probes": server.indirect_probes_on().then_some(cfg.indirect_probes),
                 "tls": tls.is_some(),
                 "mutual_tls": mutual,
                 "auth_token": token_file.is_some(),
@@ -319,6 +340,12 @@ pub async fn run(cfg: Settings) -> anyhow::Result<()> {
         say!("  peers     {} restored", server.peers().await.len());
         if keyed {
             say!("  datagrams authenticated with the cluster keys");
+        }
+        if server.indirect_probes_on() {
+            say!(
+                "  indirect  {} helpers asked before a peer is convicted",
+                cfg.indirect_probes
+            );
         }
         match (tls.is_some(), mutual) {
             (true, true) => say!("  gRPC      TLS, client certificates required"),

@@ -406,3 +406,219 @@ fn five_percent_loss_and_twenty_percent_jitter_give_no_false_disconnect() {
     );
     assert!(dropped > 0, "the loss rules dropped packets");
 }
+
+/// Three nodes on a bridge, each in its own namespace, with one cluster
+/// key: the topology indirect probes need (a monitor, a peer, a helper).
+/// Deleted on drop, the bridge's namespace with them.
+struct Trio {
+    hub: String,
+    nodes: [String; 3],
+    key_file: std::path::PathBuf,
+}
+
+const TRIO_IPS: [&str; 3] = ["10.232.0.1", "10.232.0.2", "10.232.0.3"];
+
+impl Trio {
+    fn new() -> Result<Trio, String> {
+        let pid = std::process::id();
+        remove_stale_namespaces();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let key_file = std::env::temp_dir().join(format!("hbt-trio-{pid}-{n}.keys"));
+        std::fs::write(
+            &key_file,
+            "8f2c1e0d9b7a65534231f0e1d2c3b4a5968778695a4b3c2d1e0f\n",
+        )
+        .map_err(|e| format!("key file: {e}"))?;
+        let trio = Trio {
+            hub: format!("hbt-{pid}-{n}-hub"),
+            nodes: ["a", "b", "c"].map(|x| format!("hbt-{pid}-{n}-{x}")),
+            key_file,
+        };
+        ip(&["netns", "add", &trio.hub])?;
+        ip(&["-n", &trio.hub, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &trio.hub, "link", "set", "br0", "up"])?;
+        for (i, ns) in trio.nodes.iter().enumerate() {
+            ip(&["netns", "add", ns])?;
+            let (inside, outside) = (
+                format!("ht{}{n}{i}i", pid % 10_000),
+                format!("ht{}{n}{i}o", pid % 10_000),
+            );
+            ip(&[
+                "link", "add", &inside, "netns", ns, "type", "veth", "peer", "name", &outside,
+                "netns", &trio.hub,
+            ])?;
+            ip(&["-n", &trio.hub, "link", "set", &outside, "master", "br0"])?;
+            ip(&["-n", &trio.hub, "link", "set", &outside, "up"])?;
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{}/24", TRIO_IPS[i]),
+                "dev",
+                &inside,
+            ])?;
+            ip(&["-n", ns, "link", "set", &inside, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(trio)
+    }
+
+    /// Node `i` with the cluster key and `more` arguments.
+    fn serve(&self, i: usize, more: &[&str]) -> Serve {
+        let key = self.key_file.display().to_string();
+        let mut args = vec!["--in-memory", "--cluster-key-file", &key];
+        args.extend_from_slice(more);
+        Serve::start_with(
+            Net::exec(&self.nodes[i], env!("CARGO_BIN_EXE_heartbeater")),
+            &format!("{}:{PORT}", TRIO_IPS[i]),
+            &args,
+        )
+    }
+
+    /// Registers node `j` (answering as `peer`) on node `i`.
+    fn register(&self, i: usize, peer: &Serve, j: usize) {
+        common::run_register(
+            Net::exec(&self.nodes[i], env!("CARGO_BIN_EXE_heartbeater")),
+            &format!("{}:{PORT}", TRIO_IPS[i]),
+            &peer.identity,
+            &format!("{}:{PORT}", TRIO_IPS[j]),
+            &["--freq", FREQ],
+        );
+    }
+
+    /// Drops every packet between nodes `i` and `j`, in `i`'s namespace,
+    /// both ways: a bad link that only this pair sees.
+    fn cut(&self, i: usize, j: usize) {
+        let other = TRIO_IPS[j];
+        Net::nft(
+            &self.nodes[i],
+            &format!(
+                "table inet hbt {{\n chain out {{\n type filter hook output priority 0;\n ip daddr {other} counter drop\n }}\n chain in {{\n type filter hook input priority 0;\n ip saddr {other} counter drop\n }}\n}}\n"
+            ),
+        );
+    }
+
+    /// `peers --json` as node `i` lists `peer_id`.
+    fn status(&self, i: usize, peer_id: &str) -> serde_json::Value {
+        let out = run(
+            Net::exec(&self.nodes[i], env!("CARGO_BIN_EXE_heartbeater")).args([
+                "peers",
+                "--json",
+                "--server",
+                &format!("{}:{PORT}", TRIO_IPS[i]),
+            ]),
+        )
+        .expect("peers");
+        out.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["peer_id"] == peer_id)
+            .unwrap_or_else(|| panic!("{peer_id} not listed: {out}"))
+    }
+}
+
+impl Drop for Trio {
+    fn drop(&mut self) {
+        for ns in self.nodes.iter().chain([&self.hub]) {
+            let _ = ip(&["netns", "del", ns]);
+        }
+        let _ = std::fs::remove_file(&self.key_file);
+    }
+}
+
+fn trio_or_skip(test: &str) -> Option<Trio> {
+    let why = match Trio::new() {
+        Ok(trio) if Command::new("nft").arg("--version").output().is_ok() => return Some(trio),
+        Ok(_) => "nft is not installed (Debian: apt-get install nftables)".to_owned(),
+        Err(e) => format!("cannot create network namespaces (needs root and `ip`): {e}"),
+    };
+    if std::env::var("HEARTBEATER_NETNS").as_deref() == Ok("require") {
+        panic!("{test}: {why}");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+    None
+}
+
+/// `max_missed x frequency + 2 x timeout` with the defaults at 100 ms: the
+/// bound with indirect probes on.
+const INDIRECT_BOUND: Duration = Duration::from_millis(500);
+
+/// Node A monitors B and C; all three are up. Returns them in that order.
+fn trio_up(trio: &Trio, a_args: &[&str]) -> (Serve, Serve, Serve) {
+    let a = trio.serve(0, a_args);
+    let b = trio.serve(1, &[]);
+    let c = trio.serve(2, &[]);
+    trio.register(0, &c, 2);
+    assert_eq!(
+        a.events_for(&c.identity, Duration::from_secs(2)),
+        ["Registered", "PeerUp"]
+    );
+    trio.register(0, &b, 1);
+    assert_eq!(
+        a.events_for(&b.identity, Duration::from_secs(2)),
+        ["Registered", "PeerUp"]
+    );
+    (a, b, c)
+}
+
+#[test]
+fn a_cut_link_is_bridged_by_a_helper_and_a_killed_peer_still_convicted() {
+    let Some(trio) = trio_or_skip("indirect probes") else {
+        return;
+    };
+    let (a, mut b, c) = trio_up(&trio, &[]);
+    assert_eq!(a.started["indirect_probes"], 3, "{}", a.started);
+    trio.cut(0, 1);
+    // A's own heartbeats to B go unanswered; C reaches B for it.
+    assert_eq!(
+        a.events_for(&b.identity, Duration::from_secs(5)),
+        ["ReachedIndirectly"],
+        "B stays ALIVE on A through C, reported as reached indirectly"
+    );
+    let status = trio.status(0, &b.identity);
+    assert_eq!(status["state"], "ALIVE", "{status}");
+    assert_eq!(status["reached_indirectly"], true, "{status}");
+    assert_eq!(
+        status["reached_via"],
+        serde_json::json!([c.identity]),
+        "{status}"
+    );
+    assert!(
+        Net::nft_counted(&trio.nodes[0]) > 0,
+        "the cut dropped A's heartbeats"
+    );
+    // B dies: A convicts it within the bound with indirect probes.
+    let killed_at = unix_micros_now();
+    let _ = b.child.kill();
+    let _ = b.child.wait();
+    let (kind, at) =
+        next_event(&a, &b.identity, Duration::from_secs(10)).expect("an event after B was killed");
+    assert_eq!(kind, "PeerDown");
+    let detected = Duration::from_micros(at.saturating_sub(killed_at));
+    eprintln!(
+        "indirect probes: PeerDown {} ms after the kill (bound {} ms)",
+        detected.as_millis(),
+        INDIRECT_BOUND.as_millis()
+    );
+    assert!(
+        detected <= INDIRECT_BOUND + SLACK,
+        "detected after {detected:?}, bound {INDIRECT_BOUND:?} (+{SLACK:?} for the test)"
+    );
+    // C was never in doubt.
+    assert_eq!(trio.status(0, &c.identity)["reached_indirectly"], false);
+}
+
+#[test]
+fn without_indirect_probes_the_same_cut_convicts_a_live_peer() {
+    let Some(trio) = trio_or_skip("indirect probes off") else {
+        return;
+    };
+    let (a, b, _c) = trio_up(&trio, &["--indirect-probes", "0"]);
+    assert!(a.started["indirect_probes"].is_null(), "{}", a.started);
+    trio.cut(0, 1);
+    assert_eq!(
+        a.events_for(&b.identity, Duration::from_secs(3)),
+        ["PeerDown"],
+        "with only its own view, A convicts B, which runs"
+    );
+}

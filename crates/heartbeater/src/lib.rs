@@ -54,6 +54,7 @@ pub mod store;
 pub mod topic;
 
 pub use client::{HeartbeatClient, HeartbeatClientBuilder};
+pub use driver::indirect::{DEFAULT_INDIRECT_PROBES, MAX_INDIRECT_PROBES};
 pub use driver::lateness::LatenessSnapshot;
 pub use driver::udp;
 pub use error::{ClientError, ServerError, Unreachable};
@@ -70,11 +71,14 @@ pub use grpc::{proto, tls};
 /// What a node's identity may be, its canonical spelling, and how an
 /// identity from the wire is shown safely.
 pub use heartbeater_core::identity;
+/// Indirect probes on the wire: the request a monitor sends a helper and
+/// the helper's answer (see docs/PROTOCOL.md, "Indirect probes").
+pub use heartbeater_core::indirect;
 pub use heartbeater_core::{
     DetectorConfig, DetectorKind, HeartbeatRate, KeyError, KeyId, Keyring, PauseThreshold,
     PeerSpec, PeerState, PeerStatus, PhiParams, StateCounts, ValidationError,
 };
-pub use node::counters::{DatagramStats, PauseStats};
+pub use node::counters::{DatagramStats, IndirectStats, PauseStats};
 pub use node::event::{EventStream, PeerEvent, PeerEventKind};
 pub use node::metrics::{
     HistogramSnapshot, NodeMetrics, PathCounts, TransitionCounts, GROUP_BUCKETS, RTT_BUCKETS,

@@ -35,7 +35,7 @@ use crate::grpc::proto::{
 };
 use crate::grpc::service::HeartbeatGrpc;
 use crate::grpc::tls::{TlsClientConfig, TlsServerConfig, TlsSlot};
-use crate::node::counters::{Counters, DatagramStats, PauseStats};
+use crate::node::counters::{Counters, DatagramStats, IndirectStats, PauseStats};
 use crate::node::event::EventStream;
 use crate::node::quarantine::QuarantinedPeer;
 use crate::node::{DefaultDetector, Limits, Node, NodeError, NodeParts};
@@ -133,6 +133,7 @@ pub struct HeartbeatServerBuilder {
     pause: PauseThreshold,
     default_detector: DefaultDetector,
     default_rise: u32,
+    indirect_probes: usize,
 }
 
 impl Default for HeartbeatServerBuilder {
@@ -164,6 +165,7 @@ impl Default for HeartbeatServerBuilder {
             pause: PauseThreshold::Auto,
             default_detector: DefaultDetector::MissCount,
             default_rise: 1,
+            indirect_probes: crate::driver::indirect::DEFAULT_INDIRECT_PROBES,
         }
     }
 }
@@ -400,6 +402,24 @@ impl HeartbeatServerBuilder {
     /// [`PauseThreshold::Off`] counts every heartbeat, pauses or not.
     pub fn pause_threshold(mut self, threshold: PauseThreshold) -> Self {
         self.pause = threshold;
+        self
+    }
+
+    /// Indirect probes (default: 3 helpers; 0 turns them off; at most 8).
+    /// Before this node convicts a peer, it asks up to `helpers` other
+    /// peers it sees ALIVE over datagrams to heartbeat the suspect on its
+    /// behalf; one valid answer through them keeps the peer ALIVE, shown
+    /// as reached indirectly ([`PeerStatus::reached_via`]), so a bad link
+    /// between this node and one peer is not a verdict. The detection
+    /// bound grows by one timeout: `max_missed x frequency + 2 x timeout`.
+    ///
+    /// Requests and answers are authenticated with the cluster key
+    /// ([`Self::cluster_keyring`]); without one, or without UDP, indirect
+    /// probes stay off whatever this says. This node also serves the
+    /// requests of other monitors with the same key, within a rate per
+    /// monitor.
+    pub fn indirect_probes(mut self, helpers: usize) -> Self {
+        self.indirect_probes = helpers.min(crate::driver::indirect::MAX_INDIRECT_PROBES);
         self
     }
 
@@ -645,6 +665,7 @@ impl HeartbeatServerBuilder {
             keyring: Mutex::new(self.keyring),
             lateness,
             pause: self.pause,
+            indirect_probes: self.indirect_probes,
             node,
             lifecycle: Mutex::new(Lifecycle::Built {
                 driver: Box::new(driver),
@@ -729,6 +750,7 @@ pub struct HeartbeatServer {
     keyring: Mutex<Option<Keyring>>,
     lateness: Arc<LatenessHistogram>,
     pause: PauseThreshold,
+    indirect_probes: usize,
     node: Arc<Node>,
     lifecycle: Mutex<Lifecycle>,
 }
@@ -807,6 +829,9 @@ impl HeartbeatServer {
     ) -> Result<Running, ServerError> {
         let mut token_secret = [0u8; 32];
         getrandom::fill(&mut token_secret)
+            .map_err(|e| ServerError::Internal(format!("no randomness for probe tokens: {e}")))?;
+        let mut relay_secret = [0u8; 32];
+        getrandom::fill(&mut relay_secret)
             .map_err(|e| ServerError::Internal(format!("no randomness for probe tokens: {e}")))?;
         let BoundSockets {
             listener,
@@ -927,6 +952,8 @@ impl HeartbeatServer {
                 keyring,
                 outbound: self.outbound.clone(),
                 pause: self.pause,
+                indirect_probes: self.indirect_probes,
+                relay_secret,
                 view: self.node.view().clone(),
             },
             shutdown_rx.clone(),
@@ -1064,6 +1091,21 @@ impl HeartbeatServer {
     /// (malformed, failing authentication), forged and unmatched pongs.
     pub fn datagram_stats(&self) -> DatagramStats {
         self.node.counters().snapshot()
+    }
+
+    /// What indirect probes did: rounds opened before convicting a peer,
+    /// requests sent, answers and the convictions they prevented, and the
+    /// requests of other monitors this node served.
+    pub fn indirect_stats(&self) -> IndirectStats {
+        self.node.counters().indirect_snapshot()
+    }
+
+    /// Whether this node asks helpers before convicting a peer: indirect
+    /// probes configured ([`HeartbeatServerBuilder::indirect_probes`]) and
+    /// a cluster key and UDP to authenticate and carry them.
+    pub fn indirect_probes_on(&self) -> bool {
+        let keyed = self.keyring.lock().map(|k| k.is_some()).unwrap_or(false);
+        self.indirect_probes > 0 && keyed && self.udp
     }
 
     /// Replaces the cluster keyring, on a running node or before `start`:

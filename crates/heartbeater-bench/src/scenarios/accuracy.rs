@@ -20,6 +20,12 @@
 //! then `kills`: a tenth of the peers black-holed at random moments, each
 //! timed from its black-holing to its `PeerDown` on each monitor.
 //!
+//! Last, `lossy_link` (the Rapid paper's case): two monitors with a cluster
+//! key reach half as many peers through a link losing 80% of datagrams each
+//! way, which a third node reaches cleanly; one monitor asks it for indirect
+//! probes (`false_downs_per_peer_hour_indirect`), the other does not (its
+//! baseline in the same run).
+//!
 //! The relay carries datagrams and TCP alike, so a monitor's second opinion
 //! (a gRPC `Heartbeat` after a lost datagram, answered by the responder)
 //! works as it does between real nodes; loss applies to datagrams only
@@ -122,6 +128,19 @@ async fn relay(
     impair: Arc<Impairment>,
     seed: u64,
 ) -> anyhow::Result<RelayedPeer> {
+    relay_sparing(port, identity, impair, None, seed).await
+}
+
+/// [`relay`], except for the datagrams of `spared.0` (both ways), which
+/// get `spared.1` instead: one node's clean path to a peer the others reach
+/// through a bad link.
+async fn relay_sparing(
+    port: u16,
+    identity: String,
+    impair: Arc<Impairment>,
+    spared: Option<(SocketAddr, Arc<Impairment>)>,
+    seed: u64,
+) -> anyhow::Result<RelayedPeer> {
     // TCP and UDP on one port, as a node listens: the monitors' second
     // opinion (a gRPC call after a lost datagram) goes through the relay
     // too.
@@ -148,6 +167,10 @@ async fn relay(
         let mut rng = seed | 1;
         let mut buf = vec![0u8; 2048];
         while let Ok((n, from)) = public.recv_from(&mut buf).await {
+            let impair = match &spared {
+                Some((addr, clean)) if *addr == from => clean.clone(),
+                _ => impair.clone(),
+            };
             let upstream = match upstreams.get(&from) {
                 Some(u) => u.clone(),
                 None => {
@@ -534,5 +557,154 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Row>> {
             .against(BASELINE, base_p99),
         );
     }
+    // The next run has the machine to itself.
+    drop(monitors);
+    drop(_responders);
+    rows.extend(lossy_link(peers_n / 2, phase).await?);
     Ok(rows)
+}
+
+/// Loss on the lossy link, each way: one round trip in 25 gets through.
+const BAD_LINK_LOSS_PPM: u32 = 800_000;
+const INDIRECT_BASELINE: &str = "count rule without indirect probes, same link";
+
+/// The Rapid-style run: two monitors with a cluster key (datagrams only)
+/// reach `n` peers through a link that loses 80% of datagrams each way,
+/// while a third node, the helper, reaches the same peers cleanly (the
+/// relay spares its datagrams) and is itself reached cleanly by both
+/// monitors. One monitor has indirect probes on (the default), the other
+/// off: every `PeerDown` in the phase is false, since every peer runs and
+/// one node reaches it. Then a tenth of the peers are black-holed (for the
+/// helper too), and the indirect monitor's detection is timed against its
+/// bound, `max_missed x period + 2 x timeout`.
+async fn lossy_link(n: usize, phase: Duration) -> anyhow::Result<Vec<Row>> {
+    let (_responders, groups) = super::responders_with(n, n, Some(true)).await?;
+    let helper = Helper::start_with(&["node"], Some(true)).await?;
+    let helper_addr: SocketAddr = helper.ready["addr"].as_str().unwrap_or_default().parse()?;
+    let helper_id = helper.ready["identity"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let bad = Arc::new(Impairment::default());
+    let clean = Arc::new(Impairment::default());
+    let mut peers = Vec::new();
+    for (i, (port, identity)) in groups.into_iter().flatten().enumerate() {
+        let seed = (0x1d1e + i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let spared = Some((helper_addr, clean.clone()));
+        peers.push(relay_sparing(port, identity, bad.clone(), spared, seed).await?);
+    }
+    let mut monitors = Vec::new();
+    let seen: Vec<Arc<Mutex<Vec<Seen>>>> = (0..2).map(|_| Arc::default()).collect();
+    for (i, args) in [&["node", "--no-indirect"][..], &["node"][..]]
+        .into_iter()
+        .enumerate()
+    {
+        let node = Helper::start_with(args, Some(true)).await?;
+        let client = node_client(node.ready["addr"].as_str().unwrap_or_default())?;
+        let mut events = client.watch_peers(false).await?;
+        let log = seen[i].clone();
+        tokio::spawn(async move {
+            while let Some(Ok(e)) = events.next().await {
+                let down = e.kind == PeerEventKind::PeerDown as i32;
+                if down || e.kind == PeerEventKind::PeerUp as i32 {
+                    if let Ok(mut log) = log.lock() {
+                        log.push(Seen {
+                            peer_id: e.peer_id,
+                            down,
+                            at_micros: e.timestamp_micros,
+                        });
+                    }
+                }
+            }
+        });
+        client
+            .register_peer(super::registration(
+                helper_addr.port(),
+                helper_id.clone(),
+                FREQ_MS,
+            ))
+            .await?;
+        for p in &peers {
+            client
+                .register_peer(super::registration(
+                    p.addr.port(),
+                    p.identity.clone(),
+                    FREQ_MS,
+                ))
+                .await?;
+        }
+        monitors.push((node, client));
+    }
+    // Everyone up over a clean link before it goes bad.
+    for (node, _) in &mut monitors {
+        super::wait_all_alive(node, peers.len() + 1, Duration::from_secs(60)).await?;
+    }
+    bad.loss_ppm.store(BAD_LINK_LOSS_PPM, Ordering::Relaxed);
+    let from = unix_micros(SystemTime::now());
+    tokio::time::sleep(phase).await;
+    let until = unix_micros(SystemTime::now());
+    // Kills: a tenth of the peers, 200 ms apart, dead for every node.
+    let mut killed: HashMap<String, i64> = HashMap::new();
+    for p in peers.iter().take((peers.len() / 10).max(1)) {
+        killed.insert(p.identity.clone(), unix_micros(SystemTime::now()));
+        p.dead.store(true, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let peer_hours = peers.len() as f64 * (until - from) as f64 / 3.6e9;
+    let mut figures = Vec::new();
+    for (i, name) in ["indirect_off", "indirect"].into_iter().enumerate() {
+        let log = seen[i].lock().map(|l| l.clone()).unwrap_or_default();
+        let downs = log
+            .iter()
+            .filter(|e| e.down && e.at_micros >= from && e.at_micros < until)
+            .count();
+        let mut detect: Vec<u64> = killed
+            .iter()
+            .filter_map(|(id, at)| {
+                log.iter()
+                    .find(|e| e.down && &e.peer_id == id && e.at_micros >= *at)
+                    .map(|e| u64::try_from((e.at_micros - at) / 1000).unwrap_or(0))
+            })
+            .collect();
+        detect.sort_unstable();
+        let p99 = if detect.len() < killed.len() {
+            f64::INFINITY
+        } else {
+            percentile(&detect, 0.99)
+        };
+        let work = monitors[i].0.ask("work").await.unwrap_or_default();
+        eprintln!(
+            "accuracy {name}: 80% loss to {} peers a helper reaches cleanly: {downs} false downs \
+             in {:.1} s, indirect rounds {} (kept {}), kills detected {}/{} (max {} ms)",
+            peers.len(),
+            (until - from) as f64 / 1e6,
+            work["indirect_rounds"],
+            work["indirect_kept"],
+            detect.len(),
+            killed.len(),
+            detect.last().copied().unwrap_or(0)
+        );
+        figures.push((downs as f64 / peer_hours, p99));
+    }
+    let (base_fd, base_p99) = figures[0];
+    let (fd, p99) = figures[1];
+    Ok(vec![
+        Row::new(
+            "accuracy",
+            "false_downs_per_peer_hour_indirect",
+            fd,
+            "/peer-hour",
+            "0",
+        )
+        .against(INDIRECT_BASELINE, base_fd),
+        Row::new(
+            "accuracy",
+            "detect_p99_ms_indirect",
+            p99,
+            "ms",
+            "<= 3 periods + 2 timeouts (500 ms)",
+        )
+        .against(INDIRECT_BASELINE, base_p99),
+    ])
 }

@@ -22,6 +22,7 @@ pub struct Snapshot {
     datagrams: heartbeater::DatagramStats,
     security: heartbeater::SecurityStats,
     pauses: heartbeater::PauseStats,
+    indirect: heartbeater::IndirectStats,
     lateness: HistogramSnapshot,
     awareness: u8,
     answered: u64,
@@ -51,6 +52,7 @@ impl Snapshot {
             datagrams: server.datagram_stats(),
             security: server.security_stats(),
             pauses: server.pause_stats(),
+            indirect: server.indirect_stats(),
             lateness: server.scheduler_lateness().histogram(LATENESS_BUCKETS),
             awareness: server.awareness_score(),
             answered: server.heartbeats_answered(),
@@ -274,6 +276,36 @@ impl Collector for Snapshot {
                 (kind("restarted"), t.restarted),
                 (kind("identity_mismatch"), t.identity_mismatch),
                 (kind("deregistered"), t.deregistered),
+                (kind("reached_indirectly"), t.reached_indirectly),
+            ],
+        )?;
+        let i = &self.indirect;
+        let what = |k: &'static str| Some([("what", k)]);
+        counter(
+            e,
+            "heartbeater_indirect_probes",
+            "Indirect probes of this node as a monitor: rounds opened before a conviction, \
+             requests sent to helpers, answers received, convictions prevented, rounds without \
+             a helper to ask.",
+            None,
+            &[
+                (what("rounds"), i.rounds),
+                (what("requests_sent"), i.requests_sent),
+                (what("answers"), i.answers),
+                (what("convictions_prevented"), i.convictions_prevented),
+                (what("without_helpers"), i.without_helpers),
+            ],
+        )?;
+        counter(
+            e,
+            "heartbeater_indirect_requests_served",
+            "Indirect probe requests of other monitors, by outcome: served (the suspect was \
+             pinged), refused (over the monitor's rate, or no room), answered.",
+            None,
+            &[
+                (Some([("outcome", "served")]), i.served),
+                (Some([("outcome", "refused")]), i.refused),
+                (Some([("outcome", "answered")]), i.answered),
             ],
         )?;
         counter(

@@ -274,6 +274,16 @@ impl DatagramPath {
         }
     }
 
+    /// The identity this node heartbeats as.
+    pub(crate) fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// The epoch this node heartbeats with.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     pub(crate) fn keyring(&self) -> Option<&Keyring> {
         self.keyring.as_ref()
     }
@@ -317,6 +327,35 @@ impl DatagramPath {
             .iter()
             .find(|p| p.target == Target::Addr(addr))
             .map(|p| p.key)
+    }
+
+    /// Where the datagrams of the peer under `key` go, once known: the
+    /// address an indirect probe names.
+    pub(crate) fn address(&self, key: PeerKey) -> Option<SocketAddr> {
+        match self.peers.get(key.index()).filter(|p| p.key == key)?.target {
+            Target::Addr(addr) => Some(addr),
+            _ => None,
+        }
+    }
+
+    /// [`Self::address`], for a peer whose last datagram was answered: one
+    /// that can be asked to probe others over datagrams.
+    pub(crate) fn answering_address(&self, key: PeerKey) -> Option<SocketAddr> {
+        let p = self.peers.get(key.index()).filter(|p| p.key == key)?;
+        match (p.path, p.target) {
+            (Path::Udp, Target::Addr(addr)) => Some(addr),
+            _ => None,
+        }
+    }
+
+    /// `id` sealed into a token under this run's secret.
+    pub(crate) fn seal(&self, id: ProbeId) -> [u8; 32] {
+        self.sealer.seal(id)
+    }
+
+    /// The probe a token of this run names, if it is one.
+    pub(crate) fn open(&self, token: &[u8; 32]) -> Option<ProbeId> {
+        self.sealer.open(token)
     }
 
     fn current(&mut self, key: PeerKey) -> Option<&mut PeerPath> {

@@ -156,5 +156,10 @@ fn log_transition(
         EventKind::Deregistered => {
             tracing::info!(target: "heartbeater::transitions", peer, "peer deregistered")
         }
+        EventKind::ReachedIndirectly { via } => tracing::warn!(
+            target: "heartbeater::transitions", peer, via = via.as_deref().unwrap_or("?"),
+            "peer reached only through another node: it is alive, the path between this node \
+             and it fails (check the link, routes and firewalls between the two)"
+        ),
     }
 }

@@ -35,9 +35,11 @@ pub(crate) mod clock;
 pub(crate) mod datagram_path;
 pub(crate) mod fanout;
 pub(crate) mod grpc_pool;
+pub(crate) mod indirect;
 pub(crate) mod lateness;
 pub(crate) mod outbound;
 pub(crate) mod receiver;
+pub(crate) mod relay;
 pub(crate) mod responder;
 pub mod udp;
 
@@ -186,6 +188,12 @@ pub(crate) struct DriverConfig {
     pub(crate) outbound: crate::driver::outbound::Outbound,
     /// The local-pause guard's threshold.
     pub(crate) pause: PauseThreshold,
+    /// Helpers asked per indirect probe round; 0 turns them off. Used only
+    /// while the node has a cluster key.
+    pub(crate) indirect_probes: usize,
+    /// Seals the tokens of the pings this node sends for other monitors;
+    /// random per run.
+    pub(crate) relay_secret: [u8; 32],
     /// Where the statuses are published for readers; filled from the
     /// table before the driver starts.
     pub(crate) view: Arc<PeerView>,
@@ -234,6 +242,18 @@ impl Driver {
         mut shutdown: watch::Receiver<bool>,
     ) -> PeerTable {
         let grpc_allowed = config.keyring.is_none() || config.udp.is_none();
+        let mut table = table;
+        table.set_indirect(indirect::usable(
+            config.indirect_probes,
+            config.keyring.as_ref(),
+            config.udp.is_some(),
+        ));
+        let udp = config.udp.is_some();
+        let seed = u64::from_le_bytes(
+            config.relay_secret[..8]
+                .try_into()
+                .unwrap_or([1, 0, 0, 0, 0, 0, 0, 0]),
+        );
         let sealer = ProbeSealer::new(config.token_secret);
         let path = config.udp.map(|socket| {
             DatagramPath::new(
@@ -274,6 +294,9 @@ impl Driver {
             looked: Looked::new(now()),
             receiver: None,
             losses: crate::driver::receiver::Losses::default(),
+            indirect: indirect::IndirectProbes::new(config.indirect_probes, seed),
+            relay: relay::Relay::new(config.relay_secret),
+            udp,
         };
         state.receiver = state
             .path
@@ -377,6 +400,9 @@ impl Driver {
                 }
             }
             state.expire();
+            state
+                .indirect
+                .ask(&mut state.table, state.path.as_ref(), &state.counters);
             for _ in 1..COMMAND_BATCH {
                 match commands.try_recv() {
                     Ok(command) => state.on_command(command),
@@ -490,6 +516,12 @@ struct Loop {
     receiver: Option<crate::driver::receiver::Receiver>,
     /// When the socket dropped replies.
     losses: crate::driver::receiver::Losses,
+    /// The rounds this node asks helpers for.
+    indirect: indirect::IndirectProbes,
+    /// The requests of other monitors this node serves.
+    relay: relay::Relay,
+    /// Whether the node has a datagram socket.
+    udp: bool,
 }
 
 /// The last time the driver found no reply waiting, per path: a reply it
@@ -597,6 +629,9 @@ impl Loop {
                 let _ = reply.send(known(&self.table, &ids));
             }
             Command::SetKeyring { keyring, reply } => {
+                self.table.set_indirect(
+                    self.indirect.enabled() && indirect::usable(1, keyring.as_ref(), self.udp),
+                );
                 match self.path.as_mut() {
                     Some(p) => {
                         self.grpc_allowed = keyring.is_none();
@@ -683,6 +718,9 @@ impl Loop {
                 if e.paths.contains(path) {
                     self.counters.work.timed_out(path);
                 }
+            }
+            if e.paths.contains(Path::Indirect) {
+                self.indirect.forget(e.id);
             }
             if let Some(p) = self.path.as_mut() {
                 p.on_expired(&e);
@@ -871,6 +909,19 @@ impl Loop {
                     // No sender named: nothing to answer or judge.
                     continue;
                 }
+                if heartbeater_core::indirect::is_relayed(bytes) {
+                    on_relayed(
+                        bytes,
+                        from,
+                        arrival,
+                        path,
+                        &mut self.table,
+                        &mut self.indirect,
+                        &mut self.relay,
+                        &self.counters,
+                    );
+                    continue;
+                }
                 let datagram = match Datagram::open(bytes, path.keyring()) {
                     Ok(d) => d,
                     Err(DecodeError::Auth(e)) => {
@@ -899,7 +950,19 @@ impl Loop {
                         let (outcome, left_both) =
                             path.on_pong(&datagram, arrival, &mut self.table);
                         match outcome {
-                            PongOutcome::Forged => Counters::add(&self.counters.forged_tokens),
+                            PongOutcome::Forged => {
+                                let relayed = self.relay.on_pong(
+                                    &datagram,
+                                    from,
+                                    now(),
+                                    path.keyring(),
+                                    &socket,
+                                    &self.counters,
+                                );
+                                if !relayed {
+                                    Counters::add(&self.counters.forged_tokens)
+                                }
+                            }
                             PongOutcome::Judged(v, _) if !v.matched() => {
                                 Counters::add(&self.counters.unmatched_pongs)
                             }
@@ -923,6 +986,58 @@ impl Loop {
             }
         }
         false
+    }
+}
+
+/// Handles an indirect-probe message: a request this node serves as a
+/// helper, or an answer to one of its own rounds.
+#[allow(clippy::too_many_arguments)]
+fn on_relayed(
+    bytes: &[u8],
+    from: SocketAddr,
+    arrival: Arrival,
+    path: &DatagramPath,
+    table: &mut PeerTable,
+    indirect: &mut indirect::IndirectProbes,
+    relay: &mut relay::Relay,
+    counters: &Counters,
+) {
+    use heartbeater_core::indirect::{open, Relayed};
+    let (message, keyring) = match (open(bytes, path.keyring()), path.keyring()) {
+        (Ok(m), Some(k)) => (m, k),
+        (Err(DecodeError::Auth(_)), _) | (Ok(_), None) => {
+            Counters::add(&counters.auth_failed);
+            return;
+        }
+        (Err(_), _) => {
+            Counters::add(&counters.malformed);
+            return;
+        }
+    };
+    match message {
+        Relayed::Request(request) => {
+            let me = (path.identity(), path.epoch());
+            match relay.on_request(
+                &request,
+                from,
+                bytes.len(),
+                now(),
+                me,
+                keyring,
+                &path.socket,
+            ) {
+                relay::Served::Probed => Counters::add(&counters.relay_served),
+                relay::Served::Refused => Counters::add(&counters.relay_refused),
+            }
+        }
+        Relayed::Answer(answer) => match indirect.on_answer(&answer, from, arrival, table, path) {
+            indirect::Answered::Kept => {
+                Counters::add(&counters.indirect_answers);
+                Counters::add(&counters.indirect_kept);
+            }
+            indirect::Answered::Unmatched => Counters::add(&counters.indirect_answers),
+            indirect::Answered::Forged => Counters::add(&counters.forged_tokens),
+        },
     }
 }
 

@@ -51,6 +51,8 @@ pub fn status_to_proto(s: PeerStatus) -> proto::PeerStatus {
         .into(),
         rise: s.detector.rise.get(),
         answers_as: s.answers_as,
+        reached_indirectly: s.reached_indirectly,
+        reached_via: s.reached_via,
     }
 }
 
@@ -72,6 +74,11 @@ pub(crate) fn event_to_proto(e: PeerEvent, server_id: &str) -> proto::PeerEvent 
             (proto::PeerEventKind::IdentityMismatch, None, observed)
         }
         PeerEventKind::Deregistered => (proto::PeerEventKind::Deregistered, None, String::new()),
+        PeerEventKind::ReachedIndirectly { via } => (
+            proto::PeerEventKind::ReachedIndirectly,
+            None,
+            via.unwrap_or_default(),
+        ),
     };
     proto::PeerEvent {
         kind: kind.into(),

@@ -25,8 +25,49 @@ pub(crate) struct Counters {
     pub(crate) receive_drops: AtomicU64,
     /// The table's local health score, as of the driver's latest wake-up.
     pub(crate) awareness: AtomicU64,
+    /// Indirect probe rounds opened (peers about to be convicted).
+    pub(crate) indirect_rounds: AtomicU64,
+    /// Requests sent to helpers.
+    pub(crate) indirect_requests: AtomicU64,
+    /// Genuine answers of helpers received.
+    pub(crate) indirect_answers: AtomicU64,
+    /// Rounds an answer kept alive: convictions prevented.
+    pub(crate) indirect_kept: AtomicU64,
+    /// Rounds that could ask no helper and convicted at once.
+    pub(crate) indirect_unavailable: AtomicU64,
+    /// Requests of other monitors this node served (pinged their suspect).
+    pub(crate) relay_served: AtomicU64,
+    /// Requests refused: over a monitor's rate, or no room.
+    pub(crate) relay_refused: AtomicU64,
+    /// Answers sent back to monitors.
+    pub(crate) relay_answered: AtomicU64,
     /// Heartbeats by path, RTTs, transitions, registry writes.
     pub(crate) work: crate::node::metrics::Metrics,
+}
+
+/// What a node's indirect probes did since it was built
+/// ([`crate::HeartbeatServer::indirect_stats`]): as a monitor, the rounds
+/// it opened before convicting a peer and what its helpers answered; as a
+/// helper, the requests of other monitors it served.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IndirectStats {
+    /// Rounds opened: a peer's misses would have convicted it.
+    pub rounds: u64,
+    /// Requests sent to helpers.
+    pub requests_sent: u64,
+    /// Genuine answers received from helpers.
+    pub answers: u64,
+    /// Rounds an answer kept alive: convictions prevented.
+    pub convictions_prevented: u64,
+    /// Rounds with no helper to ask (no other peer ALIVE over datagrams, or
+    /// no address for the suspect), which convicted at once.
+    pub without_helpers: u64,
+    /// Requests of other monitors served.
+    pub served: u64,
+    /// Requests of other monitors refused (over their rate, or no room).
+    pub refused: u64,
+    /// Answers sent back to other monitors.
+    pub answered: u64,
 }
 
 /// The local pauses a node's own scheduler went through
@@ -102,6 +143,20 @@ impl Counters {
             total: std::time::Duration::from_micros(get(&self.pause_total_micros)),
             voided_heartbeats: get(&self.pause_voided),
             voided_overloaded: get(&self.overload_voided),
+        }
+    }
+
+    pub(crate) fn indirect_snapshot(&self) -> IndirectStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        IndirectStats {
+            rounds: get(&self.indirect_rounds),
+            requests_sent: get(&self.indirect_requests),
+            answers: get(&self.indirect_answers),
+            convictions_prevented: get(&self.indirect_kept),
+            without_helpers: get(&self.indirect_unavailable),
+            served: get(&self.relay_served),
+            refused: get(&self.relay_refused),
+            answered: get(&self.relay_answered),
         }
     }
 

@@ -32,7 +32,7 @@ pub struct PeerEvent {
 impl PeerEvent {
     /// The event's name in the CLI's and the JSON output's words
     /// (`Registered`, `PeerUp`, `PeerDown`, `Restarted`, `IdentityMismatch`,
-    /// `Deregistered`).
+    /// `Deregistered`, `ReachedIndirectly`).
     pub fn kind_name(&self) -> &'static str {
         kind_name(&self.kind)
     }
@@ -47,6 +47,7 @@ pub fn kind_name(kind: &PeerEventKind) -> &'static str {
         PeerEventKind::Restarted { .. } => "Restarted",
         PeerEventKind::IdentityMismatch { .. } => "IdentityMismatch",
         PeerEventKind::Deregistered => "Deregistered",
+        PeerEventKind::ReachedIndirectly { .. } => "ReachedIndirectly",
     }
 }
 

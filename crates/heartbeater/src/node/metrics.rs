@@ -124,6 +124,8 @@ pub struct TransitionCounts {
     pub identity_mismatch: u64,
     /// Deregistrations.
     pub deregistered: u64,
+    /// Peers that began to be reached only through other nodes.
+    pub reached_indirectly: u64,
 }
 
 /// A copy of a node's work counters ([`crate::HeartbeatServer::metrics`]).
@@ -166,7 +168,7 @@ pub(crate) struct Metrics {
     datagram: PathAtomics,
     grpc: PathAtomics,
     rtt: Histogram,
-    transitions: [AtomicU64; 6],
+    transitions: [AtomicU64; 7],
     write: Histogram,
     group: Histogram,
 }
@@ -189,26 +191,36 @@ fn add(c: &AtomicU64) {
 }
 
 impl Metrics {
-    fn path(&self, path: Path) -> &PathAtomics {
+    /// The counts of a heartbeat path; indirect rounds are counted apart
+    /// ([`crate::IndirectStats`]).
+    fn path(&self, path: Path) -> Option<&PathAtomics> {
         match path {
-            Path::Datagram => &self.datagram,
-            Path::Grpc => &self.grpc,
+            Path::Datagram => Some(&self.datagram),
+            Path::Grpc => Some(&self.grpc),
+            Path::Indirect => None,
         }
     }
 
     pub(crate) fn sent(&self, path: Path) {
-        add(&self.path(path).sent);
+        if let Some(p) = self.path(path) {
+            add(&p.sent);
+        }
     }
 
     pub(crate) fn acked(&self, path: Path, rtt: Option<Duration>) {
-        add(&self.path(path).acked);
+        let Some(p) = self.path(path) else {
+            return;
+        };
+        add(&p.acked);
         if let Some(rtt) = rtt {
             self.rtt.record_duration(rtt);
         }
     }
 
     pub(crate) fn timed_out(&self, path: Path) {
-        add(&self.path(path).timed_out);
+        if let Some(p) = self.path(path) {
+            add(&p.timed_out);
+        }
     }
 
     pub(crate) fn transition(&self, kind: &EventKind) {
@@ -219,6 +231,7 @@ impl Metrics {
             EventKind::Restarted { .. } => 3,
             EventKind::IdentityMismatch { .. } => 4,
             EventKind::Deregistered => 5,
+            EventKind::ReachedIndirectly { .. } => 6,
         };
         add(&self.transitions[i]);
     }
@@ -242,6 +255,7 @@ impl Metrics {
                 restarted: t(3),
                 identity_mismatch: t(4),
                 deregistered: t(5),
+                reached_indirectly: t(6),
             },
             registry_write_seconds: self.write.snapshot(),
             registry_group_size: self.group.snapshot(),
