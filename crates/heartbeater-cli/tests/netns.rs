@@ -499,6 +499,18 @@ impl Trio {
         );
     }
 
+    /// `peers` of node `i`, as a person reads it.
+    fn table(&self, i: usize) -> String {
+        run(
+            Net::exec(&self.nodes[i], env!("CARGO_BIN_EXE_heartbeater")).args([
+                "peers",
+                "--server",
+                &format!("{}:{PORT}", TRIO_IPS[i]),
+            ]),
+        )
+        .expect("peers")
+    }
+
     /// `peers --json` as node `i` lists `peer_id`.
     fn status(&self, i: usize, peer_id: &str) -> serde_json::Value {
         let out = run(
@@ -582,6 +594,11 @@ fn a_cut_link_is_bridged_by_a_helper_and_a_killed_peer_still_convicted() {
         status["reached_via"],
         serde_json::json!([c.identity]),
         "{status}"
+    );
+    let table = trio.table(0);
+    assert!(
+        table.contains(&format!("reached only via {}", c.identity)),
+        "{table}"
     );
     assert!(
         Net::nft_counted(&trio.nodes[0]) > 0,

@@ -30,6 +30,10 @@ pub(crate) const RATE_PER_MONITOR: u32 = 200;
 pub(crate) const BURST_PER_MONITOR: u32 = 400;
 /// Monitor addresses with a rate kept at once.
 const MONITORS: usize = 4096;
+/// Requests of one monitor address open at once: a quarter of the room, so
+/// that one monitor (its requests held up to a minute each) cannot keep the
+/// others out.
+pub(crate) const OPEN_PER_MONITOR: usize = RELAY_ROOM / 4;
 
 /// One request being served.
 #[derive(Debug, Clone, Copy)]
@@ -110,6 +114,15 @@ impl Relay {
         true
     }
 
+    /// Requests of `monitor` still open at `now`.
+    fn open_for(&self, monitor: IpAddr, now: Instant) -> usize {
+        self.open
+            .iter()
+            .flatten()
+            .filter(|o| o.monitor.ip() == monitor && o.until >= now)
+            .count()
+    }
+
     /// A free place for a request at `now`: an empty one, or one whose
     /// request timed out.
     fn place(&mut self, now: Instant) -> Option<usize> {
@@ -140,7 +153,7 @@ impl Relay {
         keyring: &Keyring,
         socket: &UdpSocket,
     ) -> Served {
-        if !self.allowed(from.ip(), now) {
+        if !self.allowed(from.ip(), now) || self.open_for(from.ip(), now) >= OPEN_PER_MONITOR {
             return Served::Refused;
         }
         let Some(i) = self.place(now) else {
@@ -289,6 +302,44 @@ mod tests {
         assert_eq!(relay.place(t0), None);
         assert!(relay.place(t0 + Duration::from_millis(101)).is_some());
         assert_eq!(relay.open.len(), RELAY_ROOM);
+    }
+
+    #[tokio::test]
+    async fn one_monitor_holds_at_most_its_share_of_the_room() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let sink = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let keyring = Keyring::new(&[[3u8; 16]]).unwrap();
+        let mut relay = Relay::new([1; 32]);
+        let request = ProbeRequest {
+            nonce: [0; 32],
+            timeout: Duration::from_secs(60),
+            target: sink.local_addr().unwrap(),
+            expected: "suspect",
+        };
+        let t0 = Instant::now();
+        let mut serve = |relay: &mut Relay, from: &str, at: Instant| {
+            relay.on_request(
+                &request,
+                from.parse().unwrap(),
+                100,
+                at,
+                ("helper", 1),
+                &keyring,
+                &socket,
+            )
+        };
+        // Spread over time, so that the rate is not what refuses.
+        let mut at = t0;
+        for _ in 0..OPEN_PER_MONITOR {
+            at += Duration::from_millis(10);
+            assert_eq!(serve(&mut relay, "10.0.0.1:7", at), Served::Probed);
+        }
+        at += Duration::from_millis(10);
+        assert_eq!(serve(&mut relay, "10.0.0.1:7", at), Served::Refused);
+        assert_eq!(serve(&mut relay, "10.0.0.2:7", at), Served::Probed);
+        // Once its requests time out, the first monitor is served again.
+        let later = at + Duration::from_secs(61);
+        assert_eq!(serve(&mut relay, "10.0.0.1:7", later), Served::Probed);
     }
 
     #[test]
