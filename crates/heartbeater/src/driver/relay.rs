@@ -307,13 +307,21 @@ mod tests {
     #[tokio::test]
     async fn one_monitor_holds_at_most_its_share_of_the_room() {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // As in the driver, whose socket the runtime has seen writable.
+        socket.writable().await.unwrap();
         let sink = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let target = sink.local_addr().unwrap();
+        // The suspect reads its pings (a full buffer would refuse sends).
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while sink.recv_from(&mut buf).await.is_ok() {}
+        });
         let keyring = Keyring::new(&[[3u8; 16]]).unwrap();
         let mut relay = Relay::new([1; 32]);
         let request = ProbeRequest {
             nonce: [0; 32],
             timeout: Duration::from_secs(60),
-            target: sink.local_addr().unwrap(),
+            target,
             expected: "suspect",
         };
         let t0 = Instant::now();
@@ -333,6 +341,8 @@ mod tests {
         for _ in 0..OPEN_PER_MONITOR {
             at += Duration::from_millis(10);
             assert_eq!(serve(&mut relay, "10.0.0.1:7", at), Served::Probed);
+            // The suspect's turn to read.
+            tokio::task::yield_now().await;
         }
         at += Duration::from_millis(10);
         assert_eq!(serve(&mut relay, "10.0.0.1:7", at), Served::Refused);
