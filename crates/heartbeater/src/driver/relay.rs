@@ -325,7 +325,7 @@ mod tests {
             expected: "suspect",
         };
         let t0 = Instant::now();
-        let mut serve = |relay: &mut Relay, from: &str, at: Instant| {
+        let serve = |relay: &mut Relay, from: &str, at: Instant| {
             relay.on_request(
                 &request,
                 from.parse().unwrap(),
